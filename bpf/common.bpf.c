@@ -1,0 +1,77 @@
+/* Maps and helpers shared by every gpusentry BPF program.
+ *
+ * The loader concatenates common.bpf.c, then each program file, into one source text:
+ * BCC rewrites map calls (`map.lookup(...)`) and generates tracepoint argument structs
+ * only in its main text, never in an included file.
+ *
+ * Kernel struct fields are read only through the OFF_* constants, which the loader
+ * resolves from the running kernel's BTF (sensor/probe/btf.py). Nothing here dereferences
+ * a struct as laid out by the headers BCC compiles with.
+ */
+#include "events.h"
+
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 1024
+#endif
+
+/* BCC 0.26 has no BPF_LRU_HASH; the table type string is what it understands. */
+#define LRU_HASH(name, key_type, leaf_type, entries) BPF_TABLE("lru_hash", key_type, leaf_type, name, entries)
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+/* Records that could not be sent, by record type: per-CPU, so counting needs no atomics. */
+BPF_PERCPU_ARRAY(ringbuf_drops, u64, REC_TYPE_MAX);
+
+/* The agent's own processes: their events are never reported. */
+BPF_HASH(self_tgids, u32, u8, 64);
+
+static __always_inline void count_drop(u32 type)
+{
+	u64 *count = ringbuf_drops.lookup(&type);
+	if (count)
+		(*count)++;
+}
+
+static __always_inline int is_self(u32 tgid)
+{
+	return self_tgids.lookup(&tgid) != 0;
+}
+
+static __always_inline void fill_hdr(struct rec_hdr *hdr, u16 type, u32 size)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	hdr->type = type;
+	hdr->flags = 0;
+	hdr->size = size;
+	hdr->ts = bpf_ktime_get_boot_ns();
+	hdr->tgid = pid_tgid >> 32;
+	hdr->tid = (u32)pid_tgid;
+}
+
+/* Read a kernel field at a BTF-resolved offset; 0 when the read fails. */
+static __always_inline u64 read_kptr(const void *base, u32 offset)
+{
+	u64 value = 0;
+	if (base)
+		bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + offset);
+	return value;
+}
+
+static __always_inline u32 read_ku32(const void *base, u32 offset)
+{
+	u32 value = 0;
+	if (base)
+		bpf_probe_read_kernel(&value, sizeof(value), (const char *)base + offset);
+	return value;
+}
+
+static __always_inline u32 task_tgid(const void *task)
+{
+	return read_ku32(task, OFF_TASK_TGID);
+}
+
+static __always_inline u32 task_parent_tgid(const void *task)
+{
+	return task_tgid((const void *)read_kptr(task, OFF_TASK_REAL_PARENT));
+}
+

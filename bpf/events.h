@@ -1,0 +1,128 @@
+/* The one definition of every record gpusentry's BPF programs send to user space.
+ *
+ * sensor/probe/records.py mirrors these structs with ctypes; tests/kernel/test_layout.py
+ * checks the two agree field by field, as compiled for BPF. Every record starts with
+ * struct rec_hdr, and `type` selects the layout. Variable-length records carry their real
+ * length in hdr.size.
+ */
+#ifndef GPUSENTRY_EVENTS_H
+#define GPUSENTRY_EVENTS_H
+
+/* Limits are compile-time constants, set by the loader from typed configuration. */
+#ifndef MAX_ARGS
+#define MAX_ARGS 64
+#endif
+#ifndef ARG_LEN
+#define ARG_LEN 256
+#endif
+#ifndef FILENAME_LEN
+#define FILENAME_LEN 512
+#endif
+
+enum rec_type {
+	REC_EXEC = 1,
+	REC_FORK = 2,
+	REC_EXIT = 3,
+	REC_CONNECT = 4,
+	REC_TCP_ESTABLISHED = 5,
+	REC_ACCEPT = 6,
+	REC_GPU_OPEN = 7,
+	REC_GPU_IOCTL = 8,
+	REC_TYPE_MAX = 16, /* size of the drop-counter array */
+};
+
+struct rec_hdr {
+	u16 type;
+	u16 flags;
+	u32 size; /* bytes in the whole record, header included */
+	u64 ts;   /* bpf_ktime_get_boot_ns() */
+	u32 tgid;
+	u32 tid;
+};
+
+/* exec_rec.hdr.flags */
+#define EXEC_ARGV_TRUNCATED 0x1 /* more than MAX_ARGS arguments: argc keeps the real count */
+#define EXEC_ARG_CUT 0x2        /* at least one argument was longer than ARG_LEN */
+#define EXEC_ARGV_UNREAD 0x4    /* argv could not be read from the new image */
+#define EXEC_FILENAME_CUT 0x8
+#define EXEC_ARGC_UNKNOWN 0x10  /* failed exec: argc counted only up to MAX_ARGS */
+
+/* Each argument in exec_rec.argv: a u16 (captured length, ARGV_ENTRY_CUT if the argument
+ * was longer), then the captured bytes, no terminator. */
+#define ARGV_ENTRY_CUT 0x8000
+/* ARGV_SPAN is MAX_ARGS * (ARG_LEN + 2) rounded up to a power of two by the loader: the argv
+ * loop masks its offset with ARGV_SPAN - 1, so every path through one iteration leaves the
+ * verifier the same range and its states prune instead of doubling per argument. */
+#ifndef ARGV_SPAN
+#define ARGV_SPAN 32768
+#endif
+#define ARGV_BLOB (ARGV_SPAN + ARG_LEN + 4)
+
+struct exec_rec {
+	struct rec_hdr hdr;
+	s32 result; /* 0, or -errno from the failed execve/execveat */
+	u32 ppid;   /* real_parent's tgid */
+	u32 uid;
+	u32 gid;
+	u64 cgroup_id;
+	u64 start_ns; /* task start_boottime: with tgid, a process identity that survives PID reuse */
+	u64 exe_ino;  /* the executable's inode and device (new image only) */
+	u32 exe_dev;
+	u32 old_tid; /* the tid that called exec (differs from tgid when a thread exec'd) */
+	u32 argc;    /* real argument count */
+	u32 argv_count; /* arguments captured in argv[] */
+	u32 argv_size;  /* bytes used in argv[] */
+	u32 _pad;
+	char comm[16];
+	char filename[FILENAME_LEN];
+	u8 argv[ARGV_BLOB];
+};
+
+struct fork_rec {
+	struct rec_hdr hdr; /* tgid/tid: the task that forked */
+	u32 child_pid;
+	u32 parent_tgid; /* the child's real_parent (differs from hdr.tgid with CLONE_PARENT) */
+	u64 child_start_ns;
+};
+
+struct exit_rec {
+	struct rec_hdr hdr;
+	s32 exit_code; /* wait status: code << 8 | signal */
+	u32 _pad;
+	u64 start_ns;
+};
+
+/* connect(2) and accept(2) copy the raw sockaddr; user space decodes the family. */
+#define SOCKADDR_LEN 112
+
+struct connect_rec {
+	struct rec_hdr hdr;
+	s32 result; /* 0, or -errno (-EINPROGRESS for a non-blocking connect under way) */
+	s32 fd;
+	u32 addrlen; /* as passed by the caller */
+	u32 _pad;
+	u8 sockaddr[SOCKADDR_LEN];
+};
+
+/* An outbound TCP connection reached ESTABLISHED: the kernel's own addresses and ports,
+ * including the source port a later accept() on this host will see as its peer port. */
+struct tcp_rec {
+	struct rec_hdr hdr; /* tgid/tid: the process whose connect() started it */
+	u16 family;
+	u16 sport;
+	u16 dport;
+	u16 _pad;
+	u8 saddr[16];
+	u8 daddr[16];
+};
+
+struct accept_rec {
+	struct rec_hdr hdr;
+	s32 fd; /* the new connection's fd, or -errno */
+	s32 listen_fd;
+	u32 addrlen; /* as returned by the kernel; 0 when the caller asked for no address */
+	u32 _pad;
+	u8 sockaddr[SOCKADDR_LEN];
+};
+
+#endif /* GPUSENTRY_EVENTS_H */

@@ -1,0 +1,189 @@
+/* Outbound connections (connect), accepted connections (accept, accept4), and the kernel's
+ * own view of each outbound TCP connection once established (sock:inet_sock_set_state).
+ *
+ * The sockaddr is read at syscall exit: the kernel has copied it by then, so its page is
+ * resident. What a caller's other thread writes there afterwards is not what the kernel
+ * used; for TCP the tcp_rec from inet_sock_set_state carries the kernel's own addresses.
+ */
+/* Follows common.bpf.c in the loaded text. */
+
+#define AF_INET_ 2
+#define AF_INET6_ 10
+#define IPPROTO_TCP_ 6
+#define TCP_ESTABLISHED_ 1
+#define TCP_SYN_SENT_ 2
+#define TCP_CLOSE_ 7
+
+struct connect_args {
+	u64 uaddr;
+	s32 fd;
+	u32 addrlen;
+};
+
+struct accept_args {
+	u64 uaddr;
+	u64 uaddrlen;
+	s32 listen_fd;
+	u32 _pad;
+};
+
+struct sock_owner {
+	u32 tgid;
+	u32 tid;
+};
+
+LRU_HASH(connect_args_by_tid, u32, struct connect_args, 10240);
+LRU_HASH(accept_args_by_tid, u32, struct accept_args, 10240);
+/* Socket being connected -> the process that called connect(): the ESTABLISHED transition
+ * runs in softirq context, where `current` is whoever happened to be running. */
+LRU_HASH(tcp_owner, u64, struct sock_owner, 65536);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (is_self(id >> 32))
+		return 0;
+	u32 tid = id;
+	struct connect_args saved = {.uaddr = (u64)args->uservaddr, .fd = args->fd, .addrlen = args->addrlen};
+	connect_args_by_tid.update(&tid, &saved);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct connect_args *saved = connect_args_by_tid.lookup(&tid);
+	if (!saved)
+		return 0;
+	struct connect_args call = *saved;
+	connect_args_by_tid.delete(&tid);
+	struct connect_rec *rec = events.ringbuf_reserve(sizeof(struct connect_rec));
+	if (!rec) {
+		count_drop(REC_CONNECT);
+		return 0;
+	}
+	fill_hdr(&rec->hdr, REC_CONNECT, sizeof(*rec));
+	rec->result = args->ret;
+	rec->fd = call.fd;
+	rec->addrlen = call.addrlen;
+	rec->_pad = 0;
+	u32 len = call.addrlen;
+	if (len > SOCKADDR_LEN)
+		len = SOCKADDR_LEN;
+	__builtin_memset(rec->sockaddr, 0, SOCKADDR_LEN);
+	if (bpf_probe_read_user(rec->sockaddr, len & (SOCKADDR_LEN * 2 - 1), (void *)call.uaddr) < 0)
+		rec->hdr.flags = 1; /* address unreadable */
+	events.ringbuf_submit(rec, 0);
+	return 0;
+}
+
+static __always_inline int accept_enter(u64 uaddr, u64 uaddrlen, s32 listen_fd)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (is_self(id >> 32))
+		return 0;
+	u32 tid = id;
+	struct accept_args saved = {.uaddr = uaddr, .uaddrlen = uaddrlen, .listen_fd = listen_fd};
+	accept_args_by_tid.update(&tid, &saved);
+	return 0;
+}
+
+static __always_inline int accept_exit(long ret)
+{
+	u32 tid = bpf_get_current_pid_tgid();
+	struct accept_args *saved = accept_args_by_tid.lookup(&tid);
+	if (!saved)
+		return 0;
+	struct accept_args call = *saved;
+	accept_args_by_tid.delete(&tid);
+	if (ret == -11) /* EAGAIN: a non-blocking accept found nothing; not an event */
+		return 0;
+	struct accept_rec *rec = events.ringbuf_reserve(sizeof(struct accept_rec));
+	if (!rec) {
+		count_drop(REC_ACCEPT);
+		return 0;
+	}
+	fill_hdr(&rec->hdr, REC_ACCEPT, sizeof(*rec));
+	rec->fd = ret;
+	rec->listen_fd = call.listen_fd;
+	rec->_pad = 0;
+	__builtin_memset(rec->sockaddr, 0, SOCKADDR_LEN);
+	u32 len = 0;
+	if (ret >= 0 && call.uaddr && call.uaddrlen)
+		bpf_probe_read_user(&len, sizeof(len), (void *)call.uaddrlen);
+	if (len > SOCKADDR_LEN)
+		len = SOCKADDR_LEN;
+	rec->addrlen = len;
+	if (len && bpf_probe_read_user(rec->sockaddr, len & (SOCKADDR_LEN * 2 - 1), (void *)call.uaddr) < 0)
+		rec->hdr.flags = 1;
+	events.ringbuf_submit(rec, 0);
+	return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept)
+{
+	return accept_enter((u64)args->upeer_sockaddr, (u64)args->upeer_addrlen, args->fd);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4)
+{
+	return accept_enter((u64)args->upeer_sockaddr, (u64)args->upeer_addrlen, args->fd);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept)
+{
+	return accept_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4)
+{
+	return accept_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+	if (args->protocol != IPPROTO_TCP_)
+		return 0;
+	u64 sk = (u64)args->skaddr;
+	if (args->newstate == TCP_SYN_SENT_) {
+		/* Inside connect(): current is the connecting task. */
+		u64 id = bpf_get_current_pid_tgid();
+		if (is_self(id >> 32))
+			return 0;
+		struct sock_owner owner = {.tgid = id >> 32, .tid = (u32)id};
+		tcp_owner.update(&sk, &owner);
+		return 0;
+	}
+	if (args->oldstate != TCP_SYN_SENT_)
+		return 0;
+	struct sock_owner *found = tcp_owner.lookup(&sk);
+	if (!found)
+		return 0;
+	struct sock_owner owner = *found;
+	tcp_owner.delete(&sk);
+	if (args->newstate != TCP_ESTABLISHED_)
+		return 0;
+	struct tcp_rec *rec = events.ringbuf_reserve(sizeof(struct tcp_rec));
+	if (!rec) {
+		count_drop(REC_TCP_ESTABLISHED);
+		return 0;
+	}
+	fill_hdr(&rec->hdr, REC_TCP_ESTABLISHED, sizeof(*rec));
+	rec->hdr.tgid = owner.tgid;
+	rec->hdr.tid = owner.tid;
+	rec->family = args->family;
+	rec->sport = args->sport;
+	rec->dport = args->dport;
+	rec->_pad = 0;
+	if (args->family == AF_INET6_) {
+		__builtin_memcpy(rec->saddr, args->saddr_v6, 16);
+		__builtin_memcpy(rec->daddr, args->daddr_v6, 16);
+	} else {
+		__builtin_memset(rec->saddr, 0, 16);
+		__builtin_memset(rec->daddr, 0, 16);
+		__builtin_memcpy(rec->saddr, args->saddr, 4);
+		__builtin_memcpy(rec->daddr, args->daddr, 4);
+	}
+	events.ringbuf_submit(rec, 0);
+	return 0;
+}

@@ -1,0 +1,124 @@
+"""The aggregator: consumes events (live or from a capture) and keeps the host's state.
+
+It dispatches on the event kind through a table of handlers; each handler updates the
+process table and returns the process the event concerns, for whoever consumes the
+observation next (the printer now; classifiers and rules in later stages).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sensor import events as ev
+from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
+
+REAP_EVERY_NS = 1_000_000_000
+
+
+@dataclass
+class Observation:
+    """One event and the process it concerns, as the aggregator understood it."""
+
+    event: ev.Event
+    process: Process | None
+
+
+@dataclass
+class Counters:
+    events: Counter[str] = field(default_factory=Counter)
+    kernel_drops: dict[str, int] = field(default_factory=dict)
+    probe_drops: dict[str, int] = field(default_factory=dict)
+    records: dict[str, int] = field(default_factory=dict)
+    unknown_process: int = 0  # events for a process neither forked nor in the snapshot
+
+
+class Aggregator:
+    def __init__(self, table: ProcessTable | None = None) -> None:
+        self.table = table if table is not None else ProcessTable()
+        self.counters = Counters()
+        self.now_ns = 0
+        self._last_reap = 0
+        self._handlers: dict[type[ev.Event], Callable[[ev.Event], Process | None]] = {
+            ev.Proc: self._on_proc,  # type: ignore[dict-item]
+            ev.Fork: self._on_fork,  # type: ignore[dict-item]
+            ev.Exec: self._on_exec,  # type: ignore[dict-item]
+            ev.Exit: self._on_exit,  # type: ignore[dict-item]
+            ev.Stats: self._on_stats,  # type: ignore[dict-item]
+        }
+        self._waiting_for_parent: dict[int, list[Process]] = {}  # snapshot: ppid -> children
+
+    def handle(self, event: ev.Event) -> Observation:
+        self.counters.events[event.KIND.name.lower()] += 1
+        self.now_ns = max(self.now_ns, event.ts)
+        handler = self._handlers.get(type(event), self._on_activity)
+        process = handler(event)
+        if self.now_ns - self._last_reap >= REAP_EVERY_NS:
+            self._last_reap = self.now_ns
+            self.table.reap(self.now_ns)
+        return Observation(event, process)
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _on_proc(self, event: ev.Proc) -> Process:
+        parent = self.table.by_pid(event.ppid)
+        proc = self.table.add(Process(
+            key=ProcKey(event.tgid, event.start_ns), ppid=event.ppid,
+            parent=parent.key if parent else None,
+            uid=event.uid, gid=event.gid, cgroup_id=event.cgroup_id, comm=event.comm,
+            exe=event.exe, argv=event.argv, argc=len(event.argv), from_snapshot=True,
+        ))
+        if parent is None and event.ppid:
+            self._waiting_for_parent.setdefault(event.ppid, []).append(proc)
+        for child in self._waiting_for_parent.pop(event.tgid, []):
+            child.parent = proc.key
+            proc.children[child.key] = None
+        return proc
+
+    def _on_fork(self, event: ev.Fork) -> Process:
+        # The child is a copy of the process that forked (hdr tgid); with CLONE_PARENT its
+        # real parent differs, and lineage still follows the creator.
+        child = self.table.fork(event.tgid, event.child_pid, event.child_start_ns)
+        child.ppid = event.parent_tgid
+        return child
+
+    def _on_exec(self, event: ev.Exec) -> Process | None:
+        proc = self._process_of(event.tgid, event.start_ns, event.ppid)
+        if event.result != 0:
+            return proc  # a failed exec leaves the image as it was
+        proc.uid, proc.gid, proc.cgroup_id = event.uid, event.gid, event.cgroup_id
+        proc.comm, proc.exe, proc.argv = event.comm, event.filename, event.argv
+        proc.argc, proc.argv_flags = event.argc, event.flags
+        proc.exe_dev, proc.exe_ino = event.exe_dev, event.exe_ino
+        proc.execs += 1
+        proc.inherited = False
+        proc.exec_ts = event.ts
+        return proc
+
+    def _on_exit(self, event: ev.Exit) -> Process | None:
+        proc = self.table.lookup(event.tgid, event.start_ns)
+        if proc is not None:
+            self.table.mark_exited(proc, event.ts, event.exit_code)
+        return proc
+
+    def _on_stats(self, event: ev.Stats) -> None:
+        self.counters.kernel_drops = event.kernel_drops
+        self.counters.probe_drops = event.probe_drops
+        self.counters.records = event.records
+
+    def _on_activity(self, event: ev.Event) -> Process | None:
+        proc = self.table.by_pid(event.tgid)
+        if proc is None:
+            self.counters.unknown_process += 1
+        return proc
+
+    def _process_of(self, tgid: int, start_ns: int, ppid: int) -> Process:
+        """The process an exec happened in; created if its fork was never seen."""
+        proc = self.table.lookup(tgid, start_ns)
+        if proc is None:
+            self.counters.unknown_process += 1
+            parent = self.table.by_pid(ppid)
+            proc = self.table.add(Process(key=ProcKey(tgid, start_ns), ppid=ppid,
+                                          parent=parent.key if parent else None))
+        return proc

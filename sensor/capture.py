@@ -1,0 +1,167 @@
+"""The frame stream: a versioned header, then length-prefixed, checksummed msgpack frames.
+
+One format serves the pipe from the probe to the aggregator and capture files
+(`gpusentry record -w FILE`, `gpusentry analyze FILE`), so an offline analysis sees exactly
+what a live aggregator saw. Each frame is `u32 length, u32 crc32, payload` (little-endian):
+a truncated or damaged file is reported with the byte offset of the frame that broke.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import msgpack
+
+from sensor import __version__
+from sensor import events as ev
+from sensor.errors import GpusentryError
+
+MAGIC = b"GPUSNTRY"
+FORMAT_VERSION = 1
+MAX_FRAME = 1 << 20  # no event comes near this; a larger length means a damaged file
+_HEAD = struct.Struct("<8sHHI")  # magic, version, reserved, metadata length
+_FRAME = struct.Struct("<II")  # payload length, crc32
+
+
+class CaptureError(GpusentryError):
+    """A frame stream that cannot be read: names the byte offset where it broke."""
+
+
+@dataclass
+class StreamMeta:
+    """The header: when and where the stream was made, and the clock to turn ts into wall time."""
+
+    created_ns: int = field(default_factory=time.time_ns)
+    boot_to_wall_ns: int = field(
+        default_factory=lambda: time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    )
+    hostname: str = field(default_factory=socket.gethostname)
+    kernel: str = field(default_factory=platform.release)
+    writer: str = f"gpusentry {__version__}"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StreamMeta:
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def header_bytes(meta: StreamMeta) -> bytes:
+    body: bytes = msgpack.packb(meta.to_dict(), use_bin_type=True)
+    return _HEAD.pack(MAGIC, FORMAT_VERSION, 0, len(body)) + body
+
+
+def frame_bytes(payload: bytes) -> bytes:
+    return _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+class FrameWriter:
+    """Writes the header once, then batches of encoded events."""
+
+    def __init__(self, out: BinaryIO, meta: StreamMeta) -> None:
+        self._out = out
+        out.write(header_bytes(meta))
+        out.flush()
+
+    def write_payloads(self, payloads: Iterable[bytes]) -> None:
+        self._out.write(b"".join(frame_bytes(p) for p in payloads))
+        self._out.flush()
+
+    def write(self, event: ev.Event) -> None:
+        self.write_payloads([ev.encode(event)])
+
+
+def _read_exact(src: BinaryIO, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = src.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class FrameReader:
+    """Reads a frame stream; every problem is a CaptureError naming the offset."""
+
+    def __init__(self, src: BinaryIO, name: str) -> None:
+        self._src = src
+        self.name = name
+        self.offset = 0
+        self.meta = self._read_header()
+
+    def _fail(self, what: str, offset: int, fix: str = "") -> CaptureError:
+        return CaptureError(f"{self.name}: {what} at byte {offset}", fix)
+
+    def _read_header(self) -> StreamMeta:
+        head = _read_exact(self._src, _HEAD.size)
+        if not head.startswith(MAGIC) and not MAGIC.startswith(head):
+            raise self._fail("not a gpusentry capture (bad magic)", 0,
+                             "give a file written by `gpusentry record -w FILE`")
+        if len(head) < _HEAD.size:
+            raise self._fail(f"truncated header ({len(head)} of {_HEAD.size} bytes)", len(head))
+        _, version, _, meta_len = _HEAD.unpack(head)
+        if version > FORMAT_VERSION:
+            raise self._fail(
+                f"written by a newer gpusentry (format version {version}; this one reads "
+                f"version {FORMAT_VERSION})", 8, "analyze it with a newer gpusentry")
+        if meta_len > MAX_FRAME:
+            raise self._fail(f"corrupt header (metadata length {meta_len})", 12)
+        body = _read_exact(self._src, meta_len)
+        if len(body) < meta_len:
+            raise self._fail(f"truncated header ({len(body)} of {meta_len} metadata bytes)", _HEAD.size + len(body))
+        try:
+            raw = msgpack.unpackb(body, raw=False)
+            if not isinstance(raw, dict):
+                raise ValueError("metadata is not a map")
+            meta = StreamMeta.from_dict(raw)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise self._fail(f"corrupt header metadata ({exc})", _HEAD.size) from exc
+        self.offset = _HEAD.size + meta_len
+        return meta
+
+    def __iter__(self) -> Iterator[ev.Event]:
+        while True:
+            start = self.offset
+            head = _read_exact(self._src, _FRAME.size)
+            if not head:
+                return
+            if len(head) < _FRAME.size:
+                raise self._fail(f"truncated frame (the stream ends {len(head)} bytes into its length)", start)
+            length, crc = _FRAME.unpack(head)
+            if length > MAX_FRAME:
+                raise self._fail(f"corrupt frame (length {length})", start)
+            payload = _read_exact(self._src, length)
+            if len(payload) < length:
+                raise self._fail(f"truncated frame ({len(payload)} of {length} bytes)", start)
+            if zlib.crc32(payload) != crc:
+                raise self._fail("corrupt frame (checksum mismatch)", start)
+            try:
+                event = ev.decode(payload)
+            except (ev.FrameError, TypeError) as exc:
+                raise self._fail(f"corrupt frame ({exc})", start) from exc
+            self.offset = start + _FRAME.size + length
+            yield event
+
+
+def open_capture(path: str) -> tuple[BinaryIO, FrameReader]:
+    try:
+        src = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    except OSError as exc:
+        raise CaptureError(f"cannot open capture {path}: {exc.strerror}") from exc
+    try:
+        return src, FrameReader(src, path)
+    except CaptureError:
+        src.close()
+        raise

@@ -1,0 +1,239 @@
+"""The `gpusentry` command: run, record, analyze, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
+
+from sensor import __version__
+from sensor.aggregator.aggregator import Aggregator
+from sensor.capture import FrameReader, FrameWriter, StreamMeta, open_capture
+from sensor.errors import GpusentryError, UsageError
+from sensor.output import json_line, line
+from sensor.probe.program import ProbeConfig
+
+if TYPE_CHECKING:
+    from sensor.probe.probe import Probe
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line with the fix, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+
+
+def _probe_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-args", type=int, default=64, help="arguments captured per exec (default 64)")
+    parser.add_argument("--arg-len", type=int, default=256, help="bytes captured per argument (default 256)")
+    parser.add_argument("--ringbuf-pages", type=int, default=1024, help="BPF ring buffer size in 4 KiB pages")
+    parser.add_argument("--queue-size", type=int, default=65536, help="frames buffered between probe threads")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpusentry", description="eBPF sensor for GPU hosts")
+    parser.add_argument("--version", action="version", version=f"gpusentry {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="start the agent and print events")
+    _probe_flags(run)
+    run.add_argument("--json", action="store_true", help="print JSON lines")
+    run.add_argument("--ebpf", action="store_true", help="print the final BPF C and exit")
+    run.add_argument("--user", help="run the aggregator as this unprivileged user")
+
+    record = sub.add_parser("record", help="write the probe's frame stream to a capture file")
+    _probe_flags(record)
+    record.add_argument("-w", "--write", required=True, metavar="FILE", help="capture file ('-' for stdout)")
+    record.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    analyze = sub.add_parser("analyze", help="run the aggregator on a capture file, with no kernel")
+    analyze.add_argument("file")
+    analyze.add_argument("--json", action="store_true")
+    analyze.add_argument("--events", action="store_true", help="print every event")
+
+    aggregate = sub.add_parser("aggregate", help=argparse.SUPPRESS)
+    aggregate.add_argument("--json", action="store_true")
+
+    sub.add_parser("doctor", help="check what the probe needs from this machine")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ProbeConfig:
+    config = ProbeConfig(max_args=args.max_args, arg_len=args.arg_len,
+                         ringbuf_pages=args.ringbuf_pages, queue_size=args.queue_size)
+    config.validate()
+    return config
+
+
+# -- aggregate: the consuming side ---------------------------------------------------------
+
+
+def consume(reader: FrameReader, out: TextIO, as_json: bool, show: bool = True) -> Aggregator:
+    aggregator = Aggregator()
+    for event in reader:
+        obs = aggregator.handle(event)
+        if not show:
+            continue
+        text = json_line(obs) if as_json else line(obs, reader.meta.boot_to_wall_ns)
+        if text is not None:
+            out.write(text + "\n")
+            out.flush()
+    return aggregator
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the probe decides when to stop
+    reader = FrameReader(sys.stdin.buffer, "probe stream")
+    consume(reader, sys.stdout, args.json)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    src, reader = open_capture(args.file)
+    with src:
+        aggregator = consume(reader, sys.stdout, args.json, show=args.events)
+    print(summary(aggregator), file=sys.stdout)
+    return 0
+
+
+def summary(aggregator: Aggregator) -> str:
+    c = aggregator.counters
+    events = ", ".join(f"{k}={v}" for k, v in sorted(c.events.items()))
+    drops = {**{f"kernel.{k}": v for k, v in c.kernel_drops.items() if v},
+             **{f"probe.{k}": v for k, v in c.probe_drops.items() if v}}
+    drop_text = ", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "none"
+    live = sum(1 for p in aggregator.table if p.alive)
+    return (f"events: {events}\nprocesses: {len(aggregator.table)} known, {live} alive\n"
+            f"drops: {drop_text}")
+
+
+# -- the probe side ------------------------------------------------------------------------
+
+
+def _wait_for_stop(probe_failed: threading.Event, duration: float | None,
+                   child: subprocess.Popen[bytes] | None = None) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    waited = 0.0
+    while not stop.is_set() and not probe_failed.is_set():
+        if child is not None and child.poll() is not None:
+            break
+        stop.wait(0.2)
+        waited += 0.2
+        if duration is not None and waited >= duration:
+            break
+
+
+def _start_probe(config: ProbeConfig, sink: FrameWriter,
+                 exclude: Sequence[int] = ()) -> tuple[Probe, threading.Event, list[BaseException]]:
+    from sensor.probe.probe import Probe
+
+    failed = threading.Event()
+    errors: list[BaseException] = []
+
+    def on_error(exc: BaseException) -> None:
+        errors.append(exc)
+        failed.set()
+
+    probe = Probe(config, sink, exclude_pids=exclude, on_error=on_error)
+    probe.start()
+    return probe, failed, errors
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    from sensor.probe import program
+
+    if args.ebpf:
+        print(program.final_source(config))
+        return 0
+    program.preflight()
+    child_cmd = [sys.executable, "-m", "sensor", "aggregate"] + (["--json"] if args.json else [])
+    child = subprocess.Popen(child_cmd, stdin=subprocess.PIPE, user=args.user, group=_group_of(args.user),
+                             start_new_session=True)
+    assert child.stdin is not None
+    try:
+        writer = FrameWriter(cast(BinaryIO, child.stdin), StreamMeta(config=config.to_dict()))
+        probe, failed, errors = _start_probe(config, writer, exclude=[child.pid])
+        print(f"gpusentry: watching (probe pid {os.getpid()}, aggregator pid {child.pid}); Ctrl-C stops",
+              file=sys.stderr)
+        _wait_for_stop(failed, None, child)
+        probe.stop()
+        if errors:
+            raise GpusentryError(f"the probe stopped: {errors[0]}")
+    finally:
+        if child.stdin and not child.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                child.stdin.close()
+        child.wait(timeout=10)
+    return 0 if child.returncode == 0 else 1
+
+
+def _group_of(user: str | None) -> int | None:
+    if user is None:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_gid
+    except KeyError as exc:
+        raise UsageError(f"--user {user}: no such user", "give an existing unprivileged user") from exc
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.write}: {exc.strerror}", "give a writable path") from exc
+    with out:
+        writer = FrameWriter(out, StreamMeta(config=config.to_dict()))
+        probe, failed, errors = _start_probe(config, writer)
+        print(f"gpusentry: recording to {args.write}; Ctrl-C stops", file=sys.stderr)
+        _wait_for_stop(failed, args.duration)
+        probe.stop()
+    if errors:
+        raise GpusentryError(f"the probe stopped: {errors[0]}")
+    stats = probe.stats()
+    print(f"gpusentry: recorded {sum(stats.records.values())} records; drops: kernel "
+          f"{sum(stats.kernel_drops.values())}, probe {sum(stats.probe_drops.values())}", file=sys.stderr)
+    return 0
+
+
+def cmd_doctor(_args: argparse.Namespace) -> int:
+    from sensor.probe.features import run_checks
+
+    checks = run_checks(mount=os.geteuid() == 0)
+    for check in checks:
+        mark = "ok  " if check.ok else "MISSING"
+        print(f"{mark:8}{check.name:16}{check.detail}")
+        if not check.ok and check.fix:
+            print(f"{'':24}fix: {check.fix}")
+    failed = [c for c in checks if not c.ok and c.required]
+    print("ready" if not failed else f"not ready: {len(failed)} problem(s) above")
+    return 0 if not failed else 1
+
+
+COMMANDS = {"run": cmd_run, "record": cmd_record, "analyze": cmd_analyze,
+            "aggregate": cmd_aggregate, "doctor": cmd_doctor}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except GpusentryError as exc:
+        print(f"gpusentry: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130

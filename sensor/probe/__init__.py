@@ -1,0 +1,1 @@
+"""The privileged half: loads the BPF programs, reads the ring buffer, emits frames."""

@@ -1,0 +1,190 @@
+"""The probe: BPF ring buffer -> events -> bounded queue -> frame sink.
+
+Three threads: the ring-buffer reader (decodes each record at once, since the buffer is
+reused when the callback returns), the writer (encodes and writes frames to the sink), and
+the stats timer (kernel drop counters every second). The queue between reader and writer
+is bounded; when it is full the event is dropped and counted, never silently lost, and the
+counts travel downstream in every Stats frame.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from sensor import events as ev
+from sensor.probe import procfs, program, records
+
+STATS_INTERVAL_S = 1.0
+
+
+class FrameSink(Protocol):
+    def write_payloads(self, payloads: Iterable[bytes]) -> None: ...
+
+
+class Probe:
+    def __init__(
+        self,
+        config: program.ProbeConfig,
+        sink: FrameSink,
+        *,
+        exclude_pids: Iterable[int] = (),
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._sink = sink
+        self._exclude = {os.getpid(), *exclude_pids}
+        self._on_error = on_error
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=config.queue_size)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.bpf: Any = None
+        self.records: Counter[str] = Counter()  # records read, by type
+        self.probe_drops: Counter[str] = Counter()  # queue full, by type
+        self.decode_errors = 0
+        self.started_at = 0.0
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.bpf = program.load(self.config)
+        self.exclude(self._exclude)
+        self._emit_snapshot()
+        self.bpf[b"events"].open_ring_buffer(self._on_record)
+        for target, name in ((self._read_loop, "ringbuf"), (self._write_loop, "writer"),
+                             (self._stats_loop, "stats")):
+            thread = threading.Thread(target=target, name=f"probe-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def exclude(self, pids: Iterable[int]) -> None:
+        """Filter these processes (the agent's own) out in the kernel."""
+        table = self.bpf[b"self_tgids"]
+        for pid in pids:
+            table[table.Key(pid)] = table.Leaf(1)
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        for thread in self._threads:
+            if thread.name != "probe-writer":
+                thread.join(timeout=5)
+        self._emit(self.stats(), block=True)  # the final counts
+        self._queue.put(None)
+        for thread in self._threads:
+            if thread.name == "probe-writer":
+                thread.join(timeout=5)
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+    def __enter__(self) -> Probe:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def _on_record(self, _ctx: Any, data: int, size: int) -> None:
+        try:
+            event = records.decode(data, size)
+        except records.RecordError:
+            self.decode_errors += 1
+            return
+        kind = event.KIND.name.lower()
+        self.records[kind] += 1
+        if isinstance(event, ev.Exec):
+            _fill_argv_from_procfs(event)
+        self._emit(event)
+
+    def _emit(self, event: ev.Event, block: bool = False) -> None:
+        payload = ev.encode(event)
+        try:
+            self._queue.put(payload, block=block, timeout=1.0 if block else None)
+        except queue.Full:
+            self.probe_drops[event.KIND.name.lower()] += 1
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.bpf.ring_buffer_poll(100)
+            self.bpf.ring_buffer_consume()  # what arrived before the stop
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                batch = [first]
+                while len(batch) < 512:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                payloads = [p for p in batch if p is not None]
+                if payloads:
+                    self._sink.write_payloads(payloads)
+                if None in batch:
+                    return
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _stats_loop(self) -> None:
+        while not self._stop.wait(STATS_INTERVAL_S):
+            self._emit(self.stats(), block=True)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._stop.set()
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    # -- counters -------------------------------------------------------------------------
+
+    def kernel_drops(self) -> dict[str, int]:
+        """Ring-buffer reserve failures by record type, summed over CPUs."""
+        drops: dict[str, int] = {}
+        table = self.bpf[b"ringbuf_drops"]
+        for kind in ev.Kind:
+            if kind >= 32:
+                continue
+            total = sum(table[table.Key(int(kind))])
+            drops[kind.name.lower()] = int(total)
+        return drops
+
+    def stats(self) -> ev.Stats:
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        kernel = self.kernel_drops() if self.bpf is not None else {}
+        probe = dict(self.probe_drops)
+        if self.decode_errors:
+            probe["undecodable"] = self.decode_errors
+        return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records))
+
+    def _emit_snapshot(self) -> None:
+        for proc in procfs.snapshot():
+            if proc.tgid not in self._exclude:
+                self._emit(proc, block=True)
+
+
+def _fill_argv_from_procfs(event: ev.Exec) -> None:
+    """A successful exec whose argv the kernel could not read: take /proc/PID/cmdline.
+
+    Marked ARGV_FROM_PROCFS, because the process may have rewritten it already. A failed
+    exec keeps an unread argv: its /proc entry shows the old image."""
+    if event.flags & ev.ARGV_UNREAD and event.result == 0:
+        argv = procfs.read_cmdline(event.tgid)
+        if argv is not None:
+            event.argv = argv
+            event.argc = len(argv)
+            event.flags |= ev.ARGV_FROM_PROCFS

@@ -1,0 +1,180 @@
+"""Builds, compiles and loads the BPF programs with BCC, and explains every way that fails.
+
+The source is bpf/common.bpf.c followed by each program file, as one text (BCC processes
+only its main text). Everything that varies is a -D constant built from typed values:
+kernel field offsets from BTF, limits from ProbeConfig, feature probes. No user text is
+ever spliced into the C source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sensor.errors import GpusentryError, UsageError
+from sensor.probe import features
+from sensor.probe.btf import BtfError, resolve_offsets
+
+BPF_DIR = Path(os.environ.get("GPUSENTRY_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+PROGRAM_FILES = ("common.bpf.c", "process.bpf.c", "net.bpf.c")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What the probe can be told at start-up; checked before it reaches the compiler."""
+
+    max_args: int = 64  # arguments captured per exec
+    arg_len: int = 256  # bytes captured per argument
+    ringbuf_pages: int = 1024  # 4 KiB pages: 4 MiB by default
+    queue_size: int = 65536  # frames between the ring-buffer reader and the writer
+
+    def validate(self) -> None:
+        _in_range("--max-args", self.max_args, 1, 4096)
+        _in_range("--arg-len", self.arg_len, 16, 4096)
+        if self.max_args * (self.arg_len + 2) > 512 * 1024:
+            raise UsageError(
+                f"--max-args {self.max_args} x --arg-len {self.arg_len} needs "
+                f"{self.max_args * (self.arg_len + 2)} bytes per exec record",
+                "keep max-args x arg-len at or under 512 KiB",
+            )
+        _in_range("--ringbuf-pages", self.ringbuf_pages, 16, 1 << 18)
+        if self.ringbuf_pages & (self.ringbuf_pages - 1):
+            raise UsageError(f"--ringbuf-pages {self.ringbuf_pages} is not a power of two",
+                             "use 256, 1024, 4096, ...")
+        _in_range("--queue-size", self.queue_size, 16, 1 << 22)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _in_range(flag: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise UsageError(f"{flag} {value} is out of range", f"give a value from {low} to {high}")
+
+
+class LoadError(GpusentryError):
+    """The BPF programs could not be compiled, loaded or attached."""
+
+
+def possible_cpus() -> int:
+    """Highest possible CPU number + 1 (from /sys/devices/system/cpu/possible, e.g. "0-63")."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+
+
+def argv_span(config: ProbeConfig) -> int:
+    need = config.max_args * (config.arg_len + 2)
+    return 1 << (need - 1).bit_length()
+
+
+def cflags(config: ProbeConfig, offsets: dict[str, int]) -> list[str]:
+    defines: dict[str, int] = {
+        **offsets,
+        "MAX_ARGS": config.max_args,
+        "ARG_LEN": config.arg_len,
+        "ARGV_SPAN": argv_span(config),
+        "RINGBUF_PAGES": config.ringbuf_pages,
+        "NR_CPUS_POSSIBLE": possible_cpus(),
+    }
+    if features.exit_has_group_dead():
+        defines["HAVE_EXIT_GROUP_DEAD"] = 1
+    return [f"-D{name}={int(value)}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
+
+
+def source_text() -> str:
+    """The program text, with #line markers so compiler errors name the real file."""
+    parts = []
+    for name in PROGRAM_FILES:
+        path = BPF_DIR / name
+        parts.append(f'#line 1 "{path}"\n{path.read_text()}')
+    return "\n".join(parts)
+
+
+def preflight() -> None:
+    """The checks without which nothing can load, each as one clear error."""
+    checks = (features.check_privileges, features.check_bcc, features.check_headers,
+              features.check_btf, lambda: features.check_tracefs(mount=True), features.check_tracepoints)
+    for run_check in checks:  # in order: a later check may need what an earlier one ensured
+        check = run_check()
+        if not check.ok:
+            raise LoadError(f"cannot start the probe: {check.detail}", check.fix)
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """BCC writes compiler errors and verifier logs straight to fd 2: collect them."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(tmp.read().decode("utf-8", "replace").splitlines())
+
+
+def explain_failure(exc: Exception, log: list[str]) -> LoadError:
+    message = str(exc)
+    program = re.search(r"Failed to load BPF program b?'?([\w.]+)'?: (.*)", message)
+    if program:
+        # The verifier's log ends with its reason; skip the echoed C source lines.
+        tail = [line for line in log if line and not line.startswith(";")][-8:]
+        return LoadError(
+            f"the kernel's verifier rejected BPF program {program.group(1)} ({program.group(2)}): "
+            + " | ".join(tail),
+            "run `gpusentry run --ebpf` for the source and report it with this log",
+        )
+    if "Failed to compile" in message:
+        errors = [line for line in log if "error:" in line][:5]
+        return LoadError("the BPF programs did not compile: " + " | ".join(errors),
+                         "check the kernel headers (`gpusentry doctor`)")
+    return LoadError(f"BCC failed: {message}", "run `gpusentry doctor`")
+
+
+def load(config: ProbeConfig) -> Any:
+    """Compile, load and attach every program; returns the bcc.BPF object."""
+    config.validate()
+    preflight()
+    try:
+        offsets = resolve_offsets()
+    except BtfError as exc:
+        raise LoadError(f"cannot start the probe: {exc}") from exc
+    return compile_text(source_text(), cflags(config, offsets))
+
+
+def compile_text(text: str, flags: list[str]) -> Any:
+    """BCC's compile, load and attach, with its failures turned into one clear LoadError."""
+    from bcc import BPF  # imported late: `gpusentry analyze` and the tests of pure logic need no BCC
+
+    with _captured_stderr() as log:
+        try:
+            return BPF(text=text.encode(), cflags=flags)
+        except Exception as exc:  # BCC raises bare Exception for every failure
+            failure = exc
+    raise explain_failure(failure, log)
+
+
+def final_source(config: ProbeConfig) -> str:
+    """The exact C that `load` compiles, with its -D constants, for `--ebpf`."""
+    config.validate()
+    try:
+        offsets = resolve_offsets()
+    except BtfError as exc:
+        raise LoadError(str(exc)) from exc
+    lines = []
+    for flag in cflags(config, offsets):
+        if flag.startswith("-D"):
+            name, _, value = flag[2:].partition("=")
+            lines.append(f"#define {name} {value}")
+        else:
+            lines.append(f"// compiled with {flag}")
+    return "\n".join(lines) + "\n" + source_text()

@@ -1,0 +1,249 @@
+"""ctypes mirrors of bpf/events.h, and the decoding of each kernel record into an Event.
+
+These classes are the only Python description of the kernel records;
+tests/kernel/test_layout.py compiles events.h for BPF and checks every field's offset and
+size against them. The decoders run in the ring-buffer callback: they copy what they need
+out of the record at once (the buffer is reused when the callback returns).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+from collections.abc import Callable
+
+from sensor import events as ev
+
+FILENAME_LEN = 512
+SOCKADDR_LEN = 112
+ARGV_ENTRY_CUT = 0x8000
+
+u16, u32, u64, s32 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
+
+
+class RecHdr(ctypes.Structure):
+    _fields_ = [("type", u16), ("flags", u16), ("size", u32), ("ts", u64), ("tgid", u32), ("tid", u32)]
+
+
+class ExecRec(ctypes.Structure):
+    """struct exec_rec without its variable-length argv[] (which starts at sizeof)."""
+
+    _fields_ = [
+        ("hdr", RecHdr),
+        ("result", s32),
+        ("ppid", u32),
+        ("uid", u32),
+        ("gid", u32),
+        ("cgroup_id", u64),
+        ("start_ns", u64),
+        ("exe_ino", u64),
+        ("exe_dev", u32),
+        ("old_tid", u32),
+        ("argc", u32),
+        ("argv_count", u32),
+        ("argv_size", u32),
+        ("_pad", u32),
+        ("comm", ctypes.c_char * 16),
+        ("filename", ctypes.c_char * FILENAME_LEN),
+    ]
+
+
+class ForkRec(ctypes.Structure):
+    _fields_ = [("hdr", RecHdr), ("child_pid", u32), ("parent_tgid", u32), ("child_start_ns", u64)]
+
+
+class ExitRec(ctypes.Structure):
+    _fields_ = [("hdr", RecHdr), ("exit_code", s32), ("_pad", u32), ("start_ns", u64)]
+
+
+class ConnectRec(ctypes.Structure):
+    _fields_ = [
+        ("hdr", RecHdr),
+        ("result", s32),
+        ("fd", s32),
+        ("addrlen", u32),
+        ("_pad", u32),
+        ("sockaddr", ctypes.c_uint8 * SOCKADDR_LEN),
+    ]
+
+
+class TcpRec(ctypes.Structure):
+    _fields_ = [
+        ("hdr", RecHdr),
+        ("family", u16),
+        ("sport", u16),
+        ("dport", u16),
+        ("_pad", u16),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+    ]
+
+
+class AcceptRec(ctypes.Structure):
+    _fields_ = [
+        ("hdr", RecHdr),
+        ("fd", s32),
+        ("listen_fd", s32),
+        ("addrlen", u32),
+        ("_pad", u32),
+        ("sockaddr", ctypes.c_uint8 * SOCKADDR_LEN),
+    ]
+
+
+# record type -> (C struct name in events.h, mirror); the layout test walks this.
+MIRRORS: dict[ev.Kind, tuple[str, type[ctypes.Structure]]] = {
+    ev.Kind.EXEC: ("exec_rec", ExecRec),
+    ev.Kind.FORK: ("fork_rec", ForkRec),
+    ev.Kind.EXIT: ("exit_rec", ExitRec),
+    ev.Kind.CONNECT: ("connect_rec", ConnectRec),
+    ev.Kind.TCP_ESTABLISHED: ("tcp_rec", TcpRec),
+    ev.Kind.ACCEPT: ("accept_rec", AcceptRec),
+}
+
+
+class RecordError(ValueError):
+    """A record shorter than its type's layout, or of an unknown type."""
+
+
+def split_argv(blob: bytes, count: int) -> list[bytes]:
+    """Entries of exec_rec.argv: u16 length (ARGV_ENTRY_CUT set when cut), then the bytes."""
+    args: list[bytes] = []
+    off = 0
+    for _ in range(count):
+        if off + 2 > len(blob):
+            break
+        (entry,) = struct.unpack_from("<H", blob, off)
+        length = entry & ~ARGV_ENTRY_CUT
+        args.append(blob[off + 2 : off + 2 + length])
+        off += 2 + length
+    return args
+
+
+def user_dev(kernel_dev: int) -> int:
+    """The kernel's internal dev_t (major << 20 | minor) as user space encodes it (st_dev)."""
+    return os.makedev(kernel_dev >> 20, kernel_dev & 0xFFFFF)
+
+
+def _family_name(family: int) -> str:
+    names = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix", 0: "unspec"}
+    return names.get(family, f"af{family}")
+
+
+def decode_sockaddr(raw: bytes, addrlen: int) -> tuple[str, str, int]:
+    """(family, address, port) of a raw sockaddr as the caller passed it."""
+    if addrlen < 2:
+        return "unspec", "", 0
+    (family,) = struct.unpack_from("<H", raw, 0)
+    if family == socket.AF_INET and addrlen >= 8:
+        port = struct.unpack_from(">H", raw, 2)[0]
+        return "inet", socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if family == socket.AF_INET6 and addrlen >= 24:
+        port = struct.unpack_from(">H", raw, 2)[0]
+        return "inet6", socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    if family == socket.AF_UNIX:
+        path = raw[2 : min(addrlen, len(raw))]
+        if path[:1] == b"\0":  # abstract namespace: no terminator, length from addrlen
+            return "unix", "@" + path[1:].decode("utf-8", "backslashreplace"), 0
+        return "unix", path.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"), 0
+    return _family_name(family), "", 0
+
+
+def _hdr(rec: ctypes.Structure) -> tuple[int, int, int]:
+    return rec.hdr.ts, rec.hdr.tgid, rec.hdr.tid
+
+
+def _as(cls: type[ctypes.Structure], data: int, size: int) -> ctypes.Structure:
+    if size < ctypes.sizeof(cls):
+        raise RecordError(f"{cls.__name__} record of {size} bytes, expected at least {ctypes.sizeof(cls)}")
+    return cls.from_address(data)
+
+
+def decode_exec(data: int, size: int) -> ev.Exec:
+    rec = _as(ExecRec, data, size)
+    blob_size = min(rec.argv_size, size - ctypes.sizeof(ExecRec))
+    blob = ctypes.string_at(data + ctypes.sizeof(ExecRec), max(blob_size, 0))
+    return ev.Exec(
+        *_hdr(rec),
+        result=rec.result,
+        ppid=rec.ppid,
+        uid=rec.uid,
+        gid=rec.gid,
+        cgroup_id=rec.cgroup_id,
+        start_ns=rec.start_ns,
+        comm=rec.comm,
+        filename=rec.filename,
+        argv=split_argv(blob, rec.argv_count),
+        argc=rec.argc,
+        flags=rec.hdr.flags,
+        exe_dev=user_dev(rec.exe_dev),
+        exe_ino=rec.exe_ino,
+        old_tid=rec.old_tid,
+    )
+
+
+def decode_fork(data: int, size: int) -> ev.Fork:
+    rec = _as(ForkRec, data, size)
+    return ev.Fork(*_hdr(rec), rec.child_pid, rec.parent_tgid, rec.child_start_ns)
+
+
+def decode_exit(data: int, size: int) -> ev.Exit:
+    rec = _as(ExitRec, data, size)
+    return ev.Exit(*_hdr(rec), rec.exit_code, rec.start_ns)
+
+
+def decode_connect(data: int, size: int) -> ev.Connect:
+    rec = _as(ConnectRec, data, size)
+    family, address, port = decode_sockaddr(bytes(rec.sockaddr), min(rec.addrlen, SOCKADDR_LEN))
+    return ev.Connect(*_hdr(rec), rec.fd, rec.result, family, address, port)
+
+
+def _ip(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw)
+    return socket.inet_ntop(socket.AF_INET, raw[:4])
+
+
+def decode_tcp(data: int, size: int) -> ev.TcpEstablished:
+    rec = _as(TcpRec, data, size)
+    return ev.TcpEstablished(
+        *_hdr(rec),
+        _family_name(rec.family),
+        _ip(rec.family, bytes(rec.saddr)),
+        rec.sport,
+        _ip(rec.family, bytes(rec.daddr)),
+        rec.dport,
+    )
+
+
+def decode_accept(data: int, size: int) -> ev.Accept:
+    rec = _as(AcceptRec, data, size)
+    family, address, port = decode_sockaddr(bytes(rec.sockaddr), rec.addrlen)
+    return ev.Accept(*_hdr(rec), rec.fd, rec.listen_fd, family, address, port)
+
+
+Decoder = Callable[[int, int], ev.Event]
+
+DECODERS: dict[int, Decoder] = {
+    ev.Kind.EXEC: decode_exec,
+    ev.Kind.FORK: decode_fork,
+    ev.Kind.EXIT: decode_exit,
+    ev.Kind.CONNECT: decode_connect,
+    ev.Kind.TCP_ESTABLISHED: decode_tcp,
+    ev.Kind.ACCEPT: decode_accept,
+}
+
+
+def record_type(data: int, size: int) -> int:
+    if size < ctypes.sizeof(RecHdr):
+        raise RecordError(f"record of {size} bytes is shorter than its header")
+    return int(RecHdr.from_address(data).type)
+
+
+def decode(data: int, size: int) -> ev.Event:
+    kind = record_type(data, size)
+    decoder = DECODERS.get(kind)
+    if decoder is None:
+        raise RecordError(f"unknown record type {kind}")
+    return decoder(data, size)
