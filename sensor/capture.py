@@ -34,6 +34,10 @@ class CaptureError(GpusentryError):
     """A frame stream that cannot be read: names the byte offset where it broke."""
 
 
+class EmptyStream(CaptureError):
+    """Not one byte: for the agent's own pipe, the probe stopped before it started."""
+
+
 @dataclass
 class StreamMeta:
     """The header: when and where the stream was made, and the clock to turn ts into wall time."""
@@ -106,6 +110,9 @@ class FrameReader:
 
     def _read_header(self) -> StreamMeta:
         head = _read_exact(self._src, _HEAD.size)
+        if not head:
+            raise EmptyStream(f"{self.name}: empty (truncated header (0 of {_HEAD.size} bytes) at byte 0)",
+                              "give a file written by `gpusentry record -w FILE`")
         if not head.startswith(MAGIC) and not MAGIC.startswith(head):
             raise self._fail("not a gpusentry capture (bad magic)", 0,
                              "give a file written by `gpusentry record -w FILE`")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 from sensor import __version__
 from sensor.aggregator.aggregator import Aggregator
-from sensor.capture import FrameReader, FrameWriter, StreamMeta, open_capture
+from sensor.capture import EmptyStream, FrameReader, FrameWriter, StreamMeta, open_capture
 from sensor.errors import GpusentryError, UsageError
 from sensor.output import json_line, line
 from sensor.probe.program import ProbeConfig
@@ -90,7 +90,10 @@ def consume(reader: FrameReader, out: TextIO, as_json: bool, show: bool = True) 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the probe decides when to stop
-    reader = FrameReader(sys.stdin.buffer, "probe stream")
+    try:
+        reader = FrameReader(sys.stdin.buffer, "probe stream")
+    except EmptyStream:
+        return 0  # the probe failed to start and has said why
     consume(reader, sys.stdout, args.json)
     return 0
 
@@ -167,14 +170,23 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         _wait_for_stop(failed, None, child)
         probe.stop()
+        if child.poll() is not None:
+            raise GpusentryError(f"the aggregator (pid {child.pid}) stopped: {_exit_text(child.returncode)}",
+                                 "see its message above, then start the agent again")
         if errors:
-            raise GpusentryError(f"the probe stopped: {errors[0]}")
+            raise GpusentryError(f"the probe stopped: {errors[0]}", "start the agent again; report it if it recurs")
     finally:
         if child.stdin and not child.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 child.stdin.close()
         child.wait(timeout=10)
-    return 0 if child.returncode == 0 else 1
+    return 0
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by signal {-returncode} ({signal.Signals(-returncode).name})"
+    return f"exit status {returncode}"
 
 
 def _group_of(user: str | None) -> int | None:

@@ -102,7 +102,7 @@ def test_not_a_capture() -> None:
 
 
 def test_empty_and_short_headers() -> None:
-    with pytest.raises(CaptureError, match="truncated header \\(0 of 16 bytes\\) at byte 0"):
+    with pytest.raises(CaptureError, match="cap: empty \\(truncated header \\(0 of 16 bytes\\) at byte 0\\)"):
         read_all(b"")
     with pytest.raises(CaptureError, match="truncated header \\(5 of 16 bytes\\) at byte 5"):
         read_all(MAGIC[:5])
