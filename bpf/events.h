@@ -125,4 +125,77 @@ struct accept_rec {
 	u8 sockaddr[SOCKADDR_LEN];
 };
 
+/* What kind of NVIDIA device an fd is (decided from the file: NVIDIA-ABI.md, Device nodes). */
+enum gpu_kind {
+	GPU_NONE = 0,
+	GPU_CTL = 1,       /* /dev/nvidiactl */
+	GPU_DEV = 2,       /* /dev/nvidiaN: minor is N */
+	GPU_UVM = 3,       /* /dev/nvidia-uvm */
+	GPU_UVM_TOOLS = 4, /* /dev/nvidia-uvm-tools */
+	GPU_MODESET = 5,   /* /dev/nvidia-modeset */
+	GPU_OTHER = 6,     /* another minor of an NVIDIA major */
+};
+
+struct gpu_open_rec {
+	struct rec_hdr hdr;
+	s32 fd;
+	u8 kind;
+	u8 by_name; /* recognised by its name, not its device number (a fake, or a plain file) */
+	u16 _pad;
+	u32 minor;
+	u32 _pad2;
+};
+
+/* Why a GPU ioctl was worth a record of its own (all others are only counted). */
+enum gpu_reason {
+	GPU_R_ALLOC = 1,        /* RM_ALLOC of a class that matters (client, device, channel, compute, ...) */
+	GPU_R_ALLOC_FAILED = 2, /* an RM_ALLOC that failed: ioctl error or RM status */
+	GPU_R_FREE = 3,         /* RM_FREE of an object that had a record */
+	GPU_R_CONTROL = 4,      /* RM_CONTROL PERF_BOOST */
+	GPU_R_UVM = 5,          /* UVM INITIALIZE, REGISTER_GPU, REGISTER_CHANNEL */
+	GPU_R_FIRST_USE = 6,    /* the first ioctl of this process on this device */
+};
+
+/* gpu_ioctl_rec.hdr.flags */
+#define GPU_XFER 0x1 /* the call came wrapped in IOCTL_XFER_CMD and was followed one level */
+#define GPU_STATUS_READ 0x2 /* `status` was read from the argument struct at exit */
+
+struct gpu_ioctl_rec {
+	struct rec_hdr hdr;
+	u8 kind;
+	u8 reason;
+	u16 _pad;
+	s32 fd;
+	u32 minor;
+	u32 cmd;    /* the ioctl command as issued */
+	u32 nr;     /* RM escape number, or the UVM command */
+	u32 size;   /* argument size (of the inner call, after XFER) */
+	s32 ret;    /* ioctl's return: 0 or -errno */
+	u32 status; /* RM / UVM status from the argument struct */
+	u32 h_root;
+	u32 h_parent;
+	u32 h_object; /* RM_ALLOC: the new handle; RM_FREE: the freed one; RM_CONTROL: the target */
+	u32 h_class;  /* RM_ALLOC: the class (after the NV01_EVENT indirection) */
+	u32 ctrl_cmd; /* RM_CONTROL: the command */
+	u32 param0;   /* PERF_BOOST: flags; device alloc: deviceId; UVM REGISTER_CHANNEL: hChannel */
+	u32 param1;   /* PERF_BOOST: duration */
+	u32 _pad2;
+	u8 uuid[16]; /* UVM REGISTER_GPU / REGISTER_CHANNEL: the GPU's UUID */
+};
+
+/* In-kernel aggregation of every GPU ioctl, read by the probe on a timer. */
+struct gpu_count_key {
+	u32 tgid;
+	u32 cmd_id; /* RM escape number, or the UVM command */
+	u8 kind;
+	u8 _pad[3];
+};
+
+struct gpu_count {
+	u64 calls;
+	u64 errors;     /* ioctl error or non-zero status */
+	u64 suppressed; /* records not sent: the process was over its record budget */
+	u64 last_ts;
+};
+
 #endif /* GPUSENTRY_EVENTS_H */

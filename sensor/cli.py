@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--json", action="store_true")
 
     sub.add_parser("doctor", help="check what the probe needs from this machine")
+
+    fake = sub.add_parser("fake-gpu", help="a fake NVIDIA driver, for demos and tests on hosts without a GPU")
+    fake_sub = fake.add_subparsers(dest="fake_command", required=True, parser_class=_Parser)
+    replay = fake_sub.add_parser("replay", help="replay a fixture's CUDA ioctls against the fake driver")
+    replay.add_argument("fixture", help="a fixture file (tests/fixtures/gpu/*.yaml)")
     return parser
 
 
@@ -234,8 +239,30 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
+def cmd_fake_gpu(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sensor.fakegpu.fixtures import load
+    from sensor.fakegpu.session import fake_driver, replay
+
+    fixture = load(Path(args.fixture))
+    if os.geteuid() != 0:
+        raise UsageError("fake-gpu replay mounts a FUSE driver in a private mount namespace",
+                         "run it as root (sudo)")
+    with fake_driver(fixture.arch) as driver_dir:
+        result = replay(driver_dir, fixture.path)
+    if result.returncode != 0:
+        raise GpusentryError(f"the replay of {fixture.name} failed: {result.stderr.strip()}")
+    calls = result.report["calls"]
+    allocs = [c for c in calls if c["op"] == "alloc"]
+    failed = sum(1 for c in allocs if c["ret"] or c["status"])
+    print(f"replayed {fixture.name} ({fixture.arch}, driver {fixture.driver}) as pid {result.pid}: "
+          f"{result.report['ioctls']} ioctls, {len(allocs)} allocations ({failed} failed)")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "record": cmd_record, "analyze": cmd_analyze,
-            "aggregate": cmd_aggregate, "doctor": cmd_doctor}
+            "aggregate": cmd_aggregate, "doctor": cmd_doctor, "fake-gpu": cmd_fake_gpu}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -139,20 +139,103 @@ class Stats(Event):
     records: dict[str, int] = field(default_factory=dict)  # records read from the ring buffer
 
 
+class GpuKind(IntEnum):
+    """What kind of NVIDIA device an fd is (enum gpu_kind in bpf/events.h)."""
+
+    NONE = 0
+    CTL = 1  # /dev/nvidiactl
+    DEV = 2  # /dev/nvidiaN
+    UVM = 3  # /dev/nvidia-uvm
+    UVM_TOOLS = 4
+    MODESET = 5
+    OTHER = 6
+
+
+class GpuReason(IntEnum):
+    """Why a GPU ioctl had a record of its own (enum gpu_reason in bpf/events.h)."""
+
+    ALLOC = 1
+    ALLOC_FAILED = 2
+    FREE = 3
+    CONTROL = 4
+    UVM = 5
+    FIRST_USE = 6
+
+
+GPU_XFER = 0x1  # gpu_ioctl flags: followed through IOCTL_XFER_CMD
+GPU_STATUS_READ = 0x2
+
+
+@dataclass(slots=True)
+class GpuOpen(Event):
+    KIND = Kind.GPU_OPEN
+    fd: int
+    kind: int  # GpuKind
+    minor: int
+    by_name: bool  # recognised by name (a fake driver's file), not by device number
+
+
+@dataclass(slots=True)
+class GpuIoctl(Event):
+    """An ioctl on an NVIDIA device that mattered; every other one is only counted."""
+
+    KIND = Kind.GPU_IOCTL
+    reason: int  # GpuReason
+    kind: int  # GpuKind
+    fd: int
+    minor: int
+    cmd: int
+    nr: int  # RM escape number, or the UVM command
+    size: int
+    ret: int  # 0 or -errno
+    status: int  # RM / UVM status
+    h_root: int
+    h_parent: int
+    h_object: int
+    h_class: int
+    ctrl_cmd: int
+    param0: int
+    param1: int
+    uuid: bytes
+    flags: int
+
+
+@dataclass(slots=True)
+class GpuCount:
+    """Totals for one (process, device kind, command), from the in-kernel aggregation."""
+
+    tgid: int
+    kind: int
+    cmd_id: int
+    calls: int
+    errors: int
+    suppressed: int  # records the process's budget held back
+    last_ts: int
+
+
+@dataclass(slots=True)
+class GpuCounters(Event):
+    """The in-kernel GPU ioctl counters that changed since the last read, as totals."""
+
+    KIND = Kind.GPU_COUNTERS
+    counts: list[list[int]] = field(default_factory=list)  # GpuCount fields, in order
+    overflow: int = 0  # calls not counted: the kernel map was full
+
+    def entries(self) -> list[GpuCount]:
+        return [GpuCount(*row) for row in self.counts]
+
+
+# Made by the probe in user space, not by a monitored process: their tgid is the probe's.
+PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters)
+
 EVENT_TYPES: dict[int, type[Event]] = {
-    cls.KIND: cls for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats)
+    cls.KIND: cls
+    for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters)
 }
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
 }
-
-
-def register(cls: type[Event]) -> type[Event]:
-    """Add an event type defined elsewhere (the GPU events) to the schema."""
-    EVENT_TYPES[cls.KIND] = cls
-    _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return cls
 
 
 class FrameError(ValueError):

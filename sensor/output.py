@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import time
@@ -9,7 +10,9 @@ from typing import Any
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Observation
+from sensor.aggregator.facts import GpuCompute
 from sensor.aggregator.process_table import Process
+from sensor.gpu_classes import CONTROLS, class_name, command_name
 
 MAX_SHOWN_ARG = 120
 
@@ -80,19 +83,68 @@ def describe(obs: Observation) -> str | None:
         case ev.Accept():
             return (f"accept  {_who(event, proc)} fd={event.fd} from {event.address}:{event.port}"
                     if event.fd >= 0 else f"accept  {_who(event, proc)} -> {result_text(event.fd)}")
+        case ev.GpuOpen():
+            how = " (by name)" if event.by_name else ""
+            return f"gpu     {_who(event, proc)} open {device_name(event.kind, event.minor)} fd={event.fd}{how}"
+        case ev.GpuIoctl():
+            return f"gpu     {_who(event, proc)} {gpu_ioctl_text(event)}"
+    return None
+
+
+def device_name(kind: int, minor: int) -> str:
+    names: dict[int, str] = {ev.GpuKind.CTL: "nvidiactl", ev.GpuKind.UVM: "nvidia-uvm",
+                             ev.GpuKind.UVM_TOOLS: "nvidia-uvm-tools", ev.GpuKind.MODESET: "nvidia-modeset"}
+    if kind == ev.GpuKind.DEV:
+        return f"nvidia{minor}"
+    return names.get(kind, f"nvidia-device({minor})")
+
+
+def gpu_ioctl_text(event: ev.GpuIoctl) -> str:
+    where = f"{device_name(event.kind, event.minor)} {command_name(event.kind, event.nr)}"
+    status = f" status={event.status:#x}" if event.status else ""
+    result = f" -> {result_text(event.ret)}{status}"
+    match event.reason:
+        case ev.GpuReason.ALLOC | ev.GpuReason.ALLOC_FAILED:
+            return f"{where} {class_name(event.h_class)} handle={event.h_object:#x} parent={event.h_parent:#x}{result}"
+        case ev.GpuReason.FREE:
+            return f"{where} freed {class_name(event.h_class)} handle={event.h_object:#x}{result}"
+        case ev.GpuReason.CONTROL:
+            name = CONTROLS.get(event.ctrl_cmd, f"{event.ctrl_cmd:#x}")
+            return f"{where} {name} flags={event.param0:#x} duration={event.param1:#x}{result}"
+        case ev.GpuReason.FIRST_USE:
+            return f"{where} first use{result}"
+    return f"{where}{result}"
+
+
+def fact_line(fact: object) -> str | None:
+    if isinstance(fact, GpuCompute):
+        return (f"fact    gpu_compute pid={fact.process.pid} {class_name(fact.klass)} "
+                f"on GPU {fact.device_id} (channel {fact.channel_class:#x})")
     return None
 
 
 def line(obs: Observation, boot_to_wall_ns: int) -> str | None:
-    body = describe(obs)
-    return None if body is None else f"{wall_clock(obs.event.ts, boot_to_wall_ns)} {body}"
+    stamp = wall_clock(obs.event.ts, boot_to_wall_ns)
+    lines = [describe(obs)] + [fact_line(f) for f in obs.facts]
+    shown = [f"{stamp} {body}" for body in lines if body is not None]
+    return "\n".join(shown) if shown else None
 
 
 def json_line(obs: Observation) -> str | None:
-    if isinstance(obs.event, ev.Stats | ev.Proc):
+    if isinstance(obs.event, ev.PROBE_MADE):
         return None
     out: dict[str, Any] = ev.to_json_dict(obs.event)
     if obs.process is not None:
         out["process"] = {"exec_id": obs.process.exec_id, "exe": text(obs.process.exe),
                           "ppid": obs.process.ppid}
+    if obs.facts:
+        out["facts"] = [fact_json(f) for f in obs.facts]
     return json.dumps(out, ensure_ascii=False)
+
+
+def fact_json(fact: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": fact.KIND}
+    for f in dataclasses.fields(fact):
+        value = getattr(fact, f.name)
+        out[f.name] = str(value) if f.name == "process" else value
+    return out

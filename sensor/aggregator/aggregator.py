@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sensor import events as ev
+from sensor.aggregator.facts import Fact
+from sensor.aggregator.gpu import GpuTracker
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
 
 REAP_EVERY_NS = 1_000_000_000
@@ -19,10 +21,11 @@ REAP_EVERY_NS = 1_000_000_000
 
 @dataclass
 class Observation:
-    """One event and the process it concerns, as the aggregator understood it."""
+    """One event, the process it concerns, and what the aggregator concluded from it."""
 
     event: ev.Event
     process: Process | None
+    facts: list[Fact] = field(default_factory=list)
 
 
 @dataclass
@@ -32,11 +35,14 @@ class Counters:
     probe_drops: dict[str, int] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
     unknown_process: int = 0  # events for a process neither forked nor in the snapshot
+    gpu_count_overflow: int = 0  # GPU ioctls the kernel could not count: its map was full
 
 
 class Aggregator:
     def __init__(self, table: ProcessTable | None = None) -> None:
         self.table = table if table is not None else ProcessTable()
+        self.gpu = GpuTracker()
+        self.table.on_remove.append(self.gpu.forget)
         self.counters = Counters()
         self.now_ns = 0
         self._last_reap = 0
@@ -46,6 +52,7 @@ class Aggregator:
             ev.Exec: self._on_exec,  # type: ignore[dict-item]
             ev.Exit: self._on_exit,  # type: ignore[dict-item]
             ev.Stats: self._on_stats,  # type: ignore[dict-item]
+            ev.GpuCounters: self._on_gpu_counters,  # type: ignore[dict-item]
         }
         self._waiting_for_parent: dict[int, list[Process]] = {}  # snapshot: ppid -> children
 
@@ -54,10 +61,20 @@ class Aggregator:
         self.now_ns = max(self.now_ns, event.ts)
         handler = self._handlers.get(type(event), self._on_activity)
         process = handler(event)
+        facts = self._conclude(event, process)
         if self.now_ns - self._last_reap >= REAP_EVERY_NS:
             self._last_reap = self.now_ns
             self.table.reap(self.now_ns)
-        return Observation(event, process)
+        return Observation(event, process, facts)
+
+    def _conclude(self, event: ev.Event, process: Process | None) -> list[Fact]:
+        if process is None:
+            return []
+        if isinstance(event, ev.GpuIoctl):
+            return self.gpu.on_ioctl(event, process)
+        if isinstance(event, ev.GpuOpen):
+            return self.gpu.on_open(event, process)
+        return []
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -106,6 +123,10 @@ class Aggregator:
         self.counters.kernel_drops = event.kernel_drops
         self.counters.probe_drops = event.probe_drops
         self.counters.records = event.records
+
+    def _on_gpu_counters(self, event: ev.GpuCounters) -> None:
+        self.counters.gpu_count_overflow = event.overflow
+        self.gpu.on_counters(event, self.table.by_pid)
 
     def _on_activity(self, event: ev.Event) -> Process | None:
         proc = self.table.by_pid(event.tgid)

@@ -18,7 +18,7 @@ oldest exited entries go first, and every eviction is counted.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -90,6 +90,7 @@ class ProcessTable:
         self._by_pid: dict[int, ProcKey] = {}  # the current holder of each PID
         self._exited: OrderedDict[ProcKey, int] = OrderedDict()  # key -> exit ts, oldest first
         self.stats = TableStats()
+        self.on_remove: list[Callable[[ProcKey], None]] = []  # state kept elsewhere per process
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -195,6 +196,8 @@ class ProcessTable:
             if parent is not None:
                 parent.children.pop(key, None)
         self.stats.processes = len(self._by_key)
+        for callback in self.on_remove:
+            callback(key)
 
     def _enforce_cap(self) -> None:
         while len(self._by_key) > self.max_processes:

@@ -27,8 +27,8 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
     "connect": ("syscalls/sys_enter_connect", "syscalls/sys_exit_connect", "sock/inet_sock_set_state"),
     "accept": ("syscalls/sys_enter_accept", "syscalls/sys_exit_accept",
                "syscalls/sys_enter_accept4", "syscalls/sys_exit_accept4"),
-    "gpu": ("syscalls/sys_enter_ioctl", "syscalls/sys_exit_ioctl",
-            "syscalls/sys_enter_openat", "syscalls/sys_exit_openat"),
+    "gpu": ("syscalls/sys_enter_ioctl", "syscalls/sys_exit_ioctl", "syscalls/sys_exit_openat",
+            "syscalls/sys_exit_open"),
 }
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39

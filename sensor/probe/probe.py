@@ -48,6 +48,8 @@ class Probe:
         self.probe_drops: Counter[str] = Counter()  # queue full, by type
         self.decode_errors = 0
         self.started_at = 0.0
+        self._gpu_totals: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
+        self._exited: set[int] = set()  # processes whose GPU counters go after the next read
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -76,7 +78,8 @@ class Probe:
         for thread in self._threads:
             if thread.name != "probe-writer":
                 thread.join(timeout=5)
-        self._emit(self.stats(), block=True)  # the final counts
+        if self.bpf is not None:
+            self._emit_counters()  # the final counts
         self._queue.put(None)
         for thread in self._threads:
             if thread.name == "probe-writer":
@@ -104,6 +107,8 @@ class Probe:
         self.records[kind] += 1
         if isinstance(event, ev.Exec):
             _fill_argv_from_procfs(event)
+        elif isinstance(event, ev.Exit):
+            self._exited.add(event.tgid)
         self._emit(event)
 
     def _emit(self, event: ev.Event, block: bool = False) -> None:
@@ -143,7 +148,13 @@ class Probe:
 
     def _stats_loop(self) -> None:
         while not self._stop.wait(STATS_INTERVAL_S):
-            self._emit(self.stats(), block=True)
+            self._emit_counters()
+
+    def _emit_counters(self) -> None:
+        counters = self.gpu_counters()
+        if counters.counts or counters.overflow:
+            self._emit(counters, block=True)
+        self._emit(self.stats(), block=True)
 
     def _fail(self, exc: BaseException) -> None:
         self._stop.set()
@@ -162,6 +173,32 @@ class Probe:
             total = sum(table[table.Key(int(kind))])
             drops[kind.name.lower()] = int(total)
         return drops
+
+    def gpu_counters(self) -> ev.GpuCounters:
+        """The in-kernel GPU ioctl totals that changed since the last read.
+
+        Entries of processes that exited are removed once their final totals are read, so
+        the kernel map holds only live processes."""
+        table = self.bpf[b"gpu_counts"]
+        exited, self._exited = self._exited, set()
+        changed: list[list[int]] = []
+        gone = []
+        for key, per_cpu in table.items():
+            ident = (key.tgid, key.kind, key.cmd_id)
+            total = (sum(v.calls for v in per_cpu), sum(v.errors for v in per_cpu),
+                     sum(v.suppressed for v in per_cpu), max(v.last_ts for v in per_cpu))
+            if self._gpu_totals.get(ident) != total:
+                self._gpu_totals[ident] = total
+                changed.append([key.tgid, key.kind, key.cmd_id, *total])
+            if key.tgid in exited:
+                gone.append((key, ident))
+        for key, ident in gone:
+            del table[key]
+            self._gpu_totals.pop(ident, None)
+        overflow_table = self.bpf[b"gpu_count_overflow"]
+        overflow = int(sum(overflow_table[overflow_table.Key(0)]))
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        return ev.GpuCounters(now, os.getpid(), os.getpid(), changed, overflow)
 
     def stats(self) -> ev.Stats:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)

@@ -22,7 +22,7 @@ from sensor.probe import features
 from sensor.probe.btf import BtfError, resolve_offsets
 
 BPF_DIR = Path(os.environ.get("GPUSENTRY_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
-PROGRAM_FILES = ("common.bpf.c", "process.bpf.c", "net.bpf.c")
+PROGRAM_FILES = ("common.bpf.c", "process.bpf.c", "net.bpf.c", "gpu.bpf.c")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,18 @@ def possible_cpus() -> int:
     return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
 
 
+def uvm_major(devices: Path = Path("/proc/devices")) -> int:
+    """The nvidia-uvm character major (dynamic), or 0 when the module is not loaded."""
+    try:
+        for line in devices.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == "nvidia-uvm":
+                return int(parts[0])
+    except OSError:
+        pass
+    return 0
+
+
 def argv_span(config: ProbeConfig) -> int:
     need = config.max_args * (config.arg_len + 2)
     return 1 << (need - 1).bit_length()
@@ -81,6 +93,7 @@ def cflags(config: ProbeConfig, offsets: dict[str, int]) -> list[str]:
         "ARGV_SPAN": argv_span(config),
         "RINGBUF_PAGES": config.ringbuf_pages,
         "NR_CPUS_POSSIBLE": possible_cpus(),
+        "UVM_MAJOR": uvm_major(),
     }
     if features.exit_has_group_dead():
         defines["HAVE_EXIT_GROUP_DEAD"] = 1

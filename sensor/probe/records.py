@@ -92,6 +92,51 @@ class AcceptRec(ctypes.Structure):
     ]
 
 
+class GpuOpenRec(ctypes.Structure):
+    _fields_ = [
+        ("hdr", RecHdr),
+        ("fd", s32),
+        ("kind", ctypes.c_uint8),
+        ("by_name", ctypes.c_uint8),
+        ("_pad", u16),
+        ("minor", u32),
+        ("_pad2", u32),
+    ]
+
+
+class GpuIoctlRec(ctypes.Structure):
+    _fields_ = [
+        ("hdr", RecHdr),
+        ("kind", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("_pad", u16),
+        ("fd", s32),
+        ("minor", u32),
+        ("cmd", u32),
+        ("nr", u32),
+        ("size", u32),
+        ("ret", s32),
+        ("status", u32),
+        ("h_root", u32),
+        ("h_parent", u32),
+        ("h_object", u32),
+        ("h_class", u32),
+        ("ctrl_cmd", u32),
+        ("param0", u32),
+        ("param1", u32),
+        ("_pad2", u32),
+        ("uuid", ctypes.c_uint8 * 16),
+    ]
+
+
+class GpuCountKey(ctypes.Structure):
+    _fields_ = [("tgid", u32), ("cmd_id", u32), ("kind", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 3)]
+
+
+class GpuCountValue(ctypes.Structure):
+    _fields_ = [("calls", u64), ("errors", u64), ("suppressed", u64), ("last_ts", u64)]
+
+
 # record type -> (C struct name in events.h, mirror); the layout test walks this.
 MIRRORS: dict[ev.Kind, tuple[str, type[ctypes.Structure]]] = {
     ev.Kind.EXEC: ("exec_rec", ExecRec),
@@ -100,7 +145,11 @@ MIRRORS: dict[ev.Kind, tuple[str, type[ctypes.Structure]]] = {
     ev.Kind.CONNECT: ("connect_rec", ConnectRec),
     ev.Kind.TCP_ESTABLISHED: ("tcp_rec", TcpRec),
     ev.Kind.ACCEPT: ("accept_rec", AcceptRec),
+    ev.Kind.GPU_OPEN: ("gpu_open_rec", GpuOpenRec),
+    ev.Kind.GPU_IOCTL: ("gpu_ioctl_rec", GpuIoctlRec),
 }
+# map key and value structs, checked the same way
+MAP_MIRRORS: dict[str, type[ctypes.Structure]] = {"gpu_count_key": GpuCountKey, "gpu_count": GpuCountValue}
 
 
 class RecordError(ValueError):
@@ -223,6 +272,21 @@ def decode_accept(data: int, size: int) -> ev.Accept:
     return ev.Accept(*_hdr(rec), rec.fd, rec.listen_fd, family, address, port)
 
 
+def decode_gpu_open(data: int, size: int) -> ev.GpuOpen:
+    rec = _as(GpuOpenRec, data, size)
+    return ev.GpuOpen(*_hdr(rec), rec.fd, rec.kind, rec.minor, bool(rec.by_name))
+
+
+def decode_gpu_ioctl(data: int, size: int) -> ev.GpuIoctl:
+    rec = _as(GpuIoctlRec, data, size)
+    return ev.GpuIoctl(
+        *_hdr(rec), reason=rec.reason, kind=rec.kind, fd=rec.fd, minor=rec.minor, cmd=rec.cmd, nr=rec.nr,
+        size=rec.size, ret=rec.ret, status=rec.status, h_root=rec.h_root, h_parent=rec.h_parent,
+        h_object=rec.h_object, h_class=rec.h_class, ctrl_cmd=rec.ctrl_cmd, param0=rec.param0,
+        param1=rec.param1, uuid=bytes(rec.uuid), flags=rec.hdr.flags,
+    )
+
+
 Decoder = Callable[[int, int], ev.Event]
 
 DECODERS: dict[int, Decoder] = {
@@ -232,6 +296,8 @@ DECODERS: dict[int, Decoder] = {
     ev.Kind.CONNECT: decode_connect,
     ev.Kind.TCP_ESTABLISHED: decode_tcp,
     ev.Kind.ACCEPT: decode_accept,
+    ev.Kind.GPU_OPEN: decode_gpu_open,
+    ev.Kind.GPU_IOCTL: decode_gpu_ioctl,
 }
 
 

@@ -21,9 +21,11 @@ def _fields() -> list[tuple[str, str, int, int]]:
             descriptor = getattr(mirror, name)
             rows.append((c_name, name, descriptor.offset, descriptor.size))
         rows.append((c_name, "", -1, ctypes.sizeof(mirror)))
-    for name, _ in records.RecHdr._fields_:
-        descriptor = getattr(records.RecHdr, name)
-        rows.append(("rec_hdr", name, descriptor.offset, descriptor.size))
+    for c_name, mirror in [("rec_hdr", records.RecHdr), *records.MAP_MIRRORS.items()]:
+        for name, _ in mirror._fields_:
+            descriptor = getattr(mirror, name)
+            rows.append((c_name, name, descriptor.offset, descriptor.size))
+        rows.append((c_name, "", -1, ctypes.sizeof(mirror)))
     return rows
 
 

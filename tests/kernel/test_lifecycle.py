@@ -159,5 +159,5 @@ def test_the_probes_own_process_is_filtered_in_the_kernel(live: LiveProbe) -> No
     child = subprocess.Popen(["/bin/true", marker])
     child.wait()
     live.wait_for(lambda e: isinstance(e, ev.Exec) and e.argv[-1:] == [marker.encode()])
-    own = [e for e in live.collector.events() if e.tgid == os.getpid() and not isinstance(e, ev.Stats | ev.Proc)]
+    own = [e for e in live.collector.events() if e.tgid == os.getpid() and not isinstance(e, ev.PROBE_MADE)]
     assert own == []

@@ -1,0 +1,193 @@
+"""GPU sessions: what each process has done with the NVIDIA driver.
+
+Built from the GPU records (opens, allocations that matter, frees, PERF_BOOST, UVM
+registration) and the in-kernel counters. A `GpuCompute` fact is concluded when a
+compute-class object is allocated successfully: after it, the process can run kernels
+(which make no ioctl of their own, NVIDIA-ABI.md). A process that only queries the driver,
+like nvidia-smi (client, controls, no channel), never gets one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from sensor import events as ev
+from sensor.aggregator.facts import Fact, GpuCompute
+from sensor.aggregator.process_table import Process, ProcKey
+from sensor.gpu_classes import PERF_BOOST_CUDA, Role, architecture_of, command_name, role_of
+
+MAX_OBJECTS = 4096  # per process; records are already rate-limited in the kernel
+MAX_FAILURES_KEPT = 32
+
+
+@dataclass(slots=True)
+class GpuObject:
+    root: int
+    handle: int
+    parent: int
+    klass: int
+    role: Role
+    architecture: str
+    ts: int
+    device_id: int = -1  # device objects: which GPU
+    freed_ts: int | None = None
+
+
+@dataclass(slots=True)
+class FailedAlloc:
+    ts: int
+    klass: int
+    ret: int  # ioctl return (-errno)
+    status: int  # RM status
+
+
+@dataclass
+class GpuSession:
+    process: ProcKey
+    devices: dict[tuple[int, int], int] = field(default_factory=dict)  # (GpuKind, minor) -> first seen
+    objects: dict[tuple[int, int], GpuObject] = field(default_factory=dict)  # (root, handle)
+    first_compute_ts: int | None = None
+    last_activity_ts: int = 0
+    failed: list[FailedAlloc] = field(default_factory=list)
+    failed_count: int = 0
+    freed: int = 0
+    objects_dropped: int = 0
+    boost: tuple[int, int] | None = None  # PERF_BOOST (flags, duration)
+    uvm_gpus: set[bytes] = field(default_factory=set)
+    uvm_channels: set[int] = field(default_factory=set)
+    counts: dict[tuple[int, int], ev.GpuCount] = field(default_factory=dict)  # (kind, cmd) -> totals
+    rates: dict[str, float] = field(default_factory=dict)  # ioctls per second, by device kind
+    _rate_base: tuple[int, dict[int, int]] | None = None
+
+    def live(self, role: Role) -> list[GpuObject]:
+        return [o for o in self.objects.values() if o.role is role and o.freed_ts is None]
+
+    def ever(self, role: Role) -> list[GpuObject]:
+        return [o for o in self.objects.values() if o.role is role]
+
+    @property
+    def has_compute(self) -> bool:
+        return self.first_compute_ts is not None
+
+    @property
+    def cuda_boost(self) -> bool:
+        return self.boost is not None and bool(self.boost[0] & PERF_BOOST_CUDA)
+
+    def ioctl_totals(self) -> dict[str, int]:
+        """Calls by command name, all devices."""
+        totals: dict[str, int] = {}
+        for (kind, cmd), count in self.counts.items():
+            name = command_name(kind, cmd)
+            totals[name] = totals.get(name, 0) + count.calls
+        return totals
+
+
+class GpuTracker:
+    def __init__(self) -> None:
+        self.sessions: dict[ProcKey, GpuSession] = {}
+
+    def __iter__(self) -> Iterator[GpuSession]:
+        return iter(list(self.sessions.values()))
+
+    def session(self, proc: Process) -> GpuSession:
+        found = self.sessions.get(proc.key)
+        if found is None:
+            found = self.sessions[proc.key] = GpuSession(proc.key)
+        return found
+
+    def forget(self, key: ProcKey) -> None:
+        self.sessions.pop(key, None)
+
+    def on_open(self, event: ev.GpuOpen, proc: Process) -> list[Fact]:
+        session = self.session(proc)
+        session.devices.setdefault((event.kind, event.minor), event.ts)
+        session.last_activity_ts = event.ts
+        return []
+
+    def on_ioctl(self, event: ev.GpuIoctl, proc: Process) -> list[Fact]:
+        session = self.session(proc)
+        session.devices.setdefault((event.kind, event.minor), event.ts)
+        session.last_activity_ts = max(session.last_activity_ts, event.ts)
+        match event.reason:
+            case ev.GpuReason.ALLOC:
+                return self._allocated(session, event)
+            case ev.GpuReason.ALLOC_FAILED:
+                session.failed_count += 1
+                if len(session.failed) < MAX_FAILURES_KEPT:
+                    session.failed.append(FailedAlloc(event.ts, event.h_class, event.ret, event.status))
+            case ev.GpuReason.FREE:
+                self._freed(session, event)
+            case ev.GpuReason.CONTROL:
+                session.boost = (event.param0, event.param1)
+            case ev.GpuReason.UVM:
+                if event.nr == 37:  # REGISTER_GPU
+                    session.uvm_gpus.add(event.uuid)
+                elif event.nr == 27:  # REGISTER_CHANNEL
+                    session.uvm_channels.add(event.param0)
+        return []
+
+    def _allocated(self, session: GpuSession, event: ev.GpuIoctl) -> list[Fact]:
+        role = role_of(event.h_class)
+        obj = GpuObject(root=event.h_root, handle=event.h_object, parent=event.h_parent, klass=event.h_class,
+                        role=role, architecture=architecture_of(event.h_class), ts=event.ts,
+                        device_id=event.param0 if role is Role.DEVICE else -1)
+        if len(session.objects) >= MAX_OBJECTS and (obj.root, obj.handle) not in session.objects:
+            session.objects_dropped += 1
+        else:
+            session.objects[(obj.root, obj.handle)] = obj
+        if role is not Role.COMPUTE:
+            return []
+        if session.first_compute_ts is None:
+            session.first_compute_ts = event.ts
+        channel = session.objects.get((obj.root, obj.parent))
+        return [GpuCompute(ts=event.ts, process=session.process, handle=obj.handle, klass=obj.klass,
+                           architecture=obj.architecture,
+                           channel_class=channel.klass if channel and channel.role is Role.CHANNEL else 0,
+                           device_id=self._device_of(session, obj))]
+
+    @staticmethod
+    def _device_of(session: GpuSession, obj: GpuObject) -> int:
+        """Walk up the parents (compute -> channel -> channel group -> device)."""
+        seen = set()
+        current: GpuObject | None = obj
+        while current is not None and (current.root, current.handle) not in seen:
+            if current.role is Role.DEVICE:
+                return current.device_id
+            seen.add((current.root, current.handle))
+            current = session.objects.get((current.root, current.parent))
+        return -1
+
+    @staticmethod
+    def _freed(session: GpuSession, event: ev.GpuIoctl) -> None:
+        obj = session.objects.get((event.h_root, event.h_object))
+        if obj is not None and obj.freed_ts is None:
+            obj.freed_ts = event.ts
+            session.freed += 1
+
+    def on_counters(self, event: ev.GpuCounters, proc_of: Callable[[int], Process | None]) -> None:
+        by_session: dict[ProcKey, GpuSession] = {}
+        for count in event.entries():
+            proc = proc_of(count.tgid)
+            if proc is None:
+                continue
+            session = self.session(proc)
+            session.counts[(count.kind, count.cmd_id)] = count
+            session.last_activity_ts = max(session.last_activity_ts, count.last_ts)
+            by_session[session.process] = session
+        for session in by_session.values():
+            _update_rates(session, event.ts)
+
+
+def _update_rates(session: GpuSession, now: int) -> None:
+    """Ioctls per second by device kind, since the previous counters that changed."""
+    totals: dict[int, int] = {}
+    for (kind, _), count in session.counts.items():
+        totals[kind] = totals.get(kind, 0) + count.calls
+    if session._rate_base is not None:
+        then, before = session._rate_base
+        seconds = (now - then) / 1e9
+        if seconds > 0:
+            session.rates = {ev.GpuKind(kind).name.lower(): (calls - before.get(kind, 0)) / seconds
+                             for kind, calls in totals.items()}
+    session._rate_base = (now, totals)

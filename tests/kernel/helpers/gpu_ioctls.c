@@ -1,0 +1,95 @@
+/* Makes NVIDIA-looking ioctls, to test how the sensor recognises GPU devices.
+ *
+ *   gpu_ioctls flood PATH COUNT   RM_ALLOC (a compute class) COUNT times on PATH, as fast as it can
+ *   gpu_ioctls opath PATH         one RM_ALLOC on an O_PATH fd of PATH (no driver needed)
+ *   gpu_ioctls reuse PATH COUNT   COUNT times: an ioctl on a plain file, close it, open PATH with
+ *                                 openat2 (not hooked by the sensor), an ioctl on it
+ *   gpu_ioctls rmalloc PATH       one RM_ALLOC on PATH opened normally
+ *
+ * Prints "pid count seconds" (flood, reuse) or "pid fd errno" (opath, rmalloc). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NV_IOWR(nr, size) (0xC0000000u | ((size) << 16) | ('F' << 8) | (nr))
+#define RM_ALLOC NV_IOWR(0x2B, 48)
+#define RM_CONTROL NV_IOWR(0x2A, 32)
+
+static uint32_t nvos64[12] = {0xc1d00001, 0x5c000007, 0x5c000008, 0xCBC0};
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int flood(const char *path, long count)
+{
+	int fd = open(path, O_RDWR);
+	if (fd < 0) {
+		perror(path);
+		return 1;
+	}
+	double start = now();
+	for (long i = 0; i < count; i++)
+		ioctl(fd, RM_ALLOC, nvos64);
+	printf("%d %ld %.6f\n", getpid(), count, now() - start);
+	return 0;
+}
+
+static int one(const char *path, int flags)
+{
+	int fd = open(path, flags);
+	if (fd < 0) {
+		perror(path);
+		return 1;
+	}
+	int ret = ioctl(fd, RM_ALLOC, nvos64);
+	printf("%d %d %d\n", getpid(), fd, ret < 0 ? errno : 0);
+	return 0;
+}
+
+static int reuse(const char *path, long count)
+{
+	uint32_t nvos54[8] = {0};
+	struct open_how how = {.flags = O_RDWR};
+	double start = now();
+	for (long i = 0; i < count; i++) {
+		int plain = open("/etc/hostname", O_RDONLY);
+		ioctl(plain, RM_CONTROL, nvos54); /* cached as "not a GPU" */
+		close(plain);
+		int gpu = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
+		if (gpu != plain) {
+			fprintf(stderr, "openat2 gave fd %d, not %d\n", gpu, plain);
+			return 1;
+		}
+		ioctl(gpu, RM_CONTROL, nvos54);
+		close(gpu);
+	}
+	printf("%d %ld %.6f\n", getpid(), count, now() - start);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 4 && !strcmp(argv[1], "flood"))
+		return flood(argv[2], atol(argv[3]));
+	if (argc >= 3 && !strcmp(argv[1], "opath"))
+		return one(argv[2], O_PATH);
+	if (argc >= 3 && !strcmp(argv[1], "rmalloc"))
+		return one(argv[2], O_RDWR);
+	if (argc >= 4 && !strcmp(argv[1], "reuse"))
+		return reuse(argv[2], atol(argv[3]));
+	fprintf(stderr, "usage: gpu_ioctls flood|opath|reuse|rmalloc PATH [COUNT]\n");
+	return 2;
+}
