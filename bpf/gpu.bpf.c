@@ -215,7 +215,10 @@ static __always_inline int gpu_file_of(u32 tgid, s32 fd, struct gpu_file *out, i
 		return out->kind != GPU_NONE;
 	}
 	classify_file(file, inode, out);
-	gpu_fd_cache.update(&key, out);
+	/* At open, only GPU verdicts are worth a cache entry: most opens on a host are not GPUs,
+	 * an ioctl classifies its fd anyway, and the inode check makes a stale entry harmless. */
+	if (!fresh || out->kind != GPU_NONE)
+		gpu_fd_cache.update(&key, out);
 	return out->kind != GPU_NONE;
 }
 
