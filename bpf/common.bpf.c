@@ -70,6 +70,17 @@ static __always_inline u32 task_tgid(const void *task)
 	return read_ku32(task, OFF_TASK_TGID);
 }
 
+static __always_inline u32 task_netns(const void *task)
+{
+	void *nsproxy = (void *)read_kptr(task, OFF_TASK_NSPROXY);
+	return read_ku32((void *)read_kptr(nsproxy, OFF_NSPROXY_NET_NS), OFF_NET_INUM);
+}
+
+static __always_inline u32 current_netns(void)
+{
+	return task_netns((void *)bpf_get_current_task());
+}
+
 static __always_inline u32 task_parent_tgid(const void *task)
 {
 	return task_tgid((const void *)read_kptr(task, OFF_TASK_REAL_PARENT));

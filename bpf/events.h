@@ -72,7 +72,9 @@ struct exec_rec {
 	u32 argc;    /* real argument count */
 	u32 argv_count; /* arguments captured in argv[] */
 	u32 argv_size;  /* bytes used in argv[] */
-	u32 _pad;
+	u32 loginuid;   /* the login user (audit): unchanged by su, sudo or setuid */
+	u32 sessionid;  /* the login session (audit): only a new login changes it */
+	u32 netns;      /* network namespace inode */
 	char comm[16];
 	char filename[FILENAME_LEN];
 	u8 argv[ARGV_BLOB];
@@ -100,7 +102,7 @@ struct connect_rec {
 	s32 result; /* 0, or -errno (-EINPROGRESS for a non-blocking connect under way) */
 	s32 fd;
 	u32 addrlen; /* as passed by the caller */
-	u32 _pad;
+	u32 netns;
 	u8 sockaddr[SOCKADDR_LEN];
 };
 
@@ -112,6 +114,8 @@ struct tcp_rec {
 	u16 sport;
 	u16 dport;
 	u16 _pad;
+	u32 netns; /* of the connecting process, at connect() */
+	u32 _pad2;
 	u8 saddr[16];
 	u8 daddr[16];
 };
@@ -121,7 +125,7 @@ struct accept_rec {
 	s32 fd; /* the new connection's fd, or -errno */
 	s32 listen_fd;
 	u32 addrlen; /* as returned by the kernel; 0 when the caller asked for no address */
-	u32 _pad;
+	u32 netns;
 	u8 sockaddr[SOCKADDR_LEN];
 };
 

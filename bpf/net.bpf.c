@@ -30,6 +30,8 @@ struct accept_args {
 struct sock_owner {
 	u32 tgid;
 	u32 tid;
+	u32 netns;
+	u32 _pad;
 };
 
 LRU_HASH(connect_args_by_tid, u32, struct connect_args, 10240);
@@ -66,7 +68,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	rec->result = args->ret;
 	rec->fd = call.fd;
 	rec->addrlen = call.addrlen;
-	rec->_pad = 0;
+	rec->netns = current_netns();
 	u32 len = call.addrlen;
 	if (len > SOCKADDR_LEN)
 		len = SOCKADDR_LEN;
@@ -106,7 +108,7 @@ static __always_inline int accept_exit(long ret)
 	fill_hdr(&rec->hdr, REC_ACCEPT, sizeof(*rec));
 	rec->fd = ret;
 	rec->listen_fd = call.listen_fd;
-	rec->_pad = 0;
+	rec->netns = current_netns();
 	__builtin_memset(rec->sockaddr, 0, SOCKADDR_LEN);
 	u32 len = 0;
 	if (ret >= 0 && call.uaddr && call.uaddrlen)
@@ -150,7 +152,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		u64 id = bpf_get_current_pid_tgid();
 		if (is_self(id >> 32))
 			return 0;
-		struct sock_owner owner = {.tgid = id >> 32, .tid = (u32)id};
+		struct sock_owner owner = {.tgid = id >> 32, .tid = (u32)id, .netns = current_netns()};
 		tcp_owner.update(&sk, &owner);
 		return 0;
 	}
@@ -175,6 +177,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	rec->sport = args->sport;
 	rec->dport = args->dport;
 	rec->_pad = 0;
+	rec->netns = owner.netns;
+	rec->_pad2 = 0;
 	if (args->family == AF_INET6_) {
 		__builtin_memcpy(rec->saddr, args->saddr_v6, 16);
 		__builtin_memcpy(rec->daddr, args->daddr_v6, 16);

@@ -84,7 +84,9 @@ static __always_inline struct exec_rec *exec_rec_init(void)
 	rec->argc = 0;
 	rec->argv_count = 0;
 	rec->argv_size = 0;
-	rec->_pad = 0;
+	rec->loginuid = read_ku32(task, OFF_TASK_LOGINUID);
+	rec->sessionid = read_ku32(task, OFF_TASK_SESSIONID);
+	rec->netns = task_netns(task);
 	return rec;
 }
 

@@ -10,14 +10,18 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TextIO, cast
 
 from sensor import __version__
 from sensor.aggregator.aggregator import Aggregator
+from sensor.aggregator.detector import DetectorConfig
 from sensor.capture import EmptyStream, FrameReader, FrameWriter, StreamMeta, open_capture
 from sensor.errors import GpusentryError, UsageError
-from sensor.output import json_line, line
+from sensor.output import alert_json, alert_lines, json_line, line
 from sensor.probe.program import ProbeConfig
+from sensor.rules.loader import RuleError, load_rules
+from sensor.rules.model import RuleSet
 
 if TYPE_CHECKING:
     from sensor.probe.probe import Probe
@@ -37,6 +41,13 @@ def _probe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, default=65536, help="frames buffered between probe threads")
 
 
+def _detection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rules", action="append", default=[], metavar="FILE",
+                        help="a rule file, in addition to the built-in rules (repeatable)")
+    parser.add_argument("--egress-allow", action="append", default=[], metavar="CIDR",
+                        help="destinations that are allowed egress (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpusentry", description="eBPF sensor for GPU hosts")
     parser.add_argument("--version", action="version", version=f"gpusentry {__version__}")
@@ -47,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print JSON lines")
     run.add_argument("--ebpf", action="store_true", help="print the final BPF C and exit")
     run.add_argument("--user", help="run the aggregator as this unprivileged user")
+    _detection_flags(run)
 
     record = sub.add_parser("record", help="write the probe's frame stream to a capture file")
     _probe_flags(record)
@@ -57,9 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("file")
     analyze.add_argument("--json", action="store_true")
     analyze.add_argument("--events", action="store_true", help="print every event")
+    _detection_flags(analyze)
 
     aggregate = sub.add_parser("aggregate", help=argparse.SUPPRESS)
     aggregate.add_argument("--json", action="store_true")
+    _detection_flags(aggregate)
+
+    rules = sub.add_parser("rules", help="rule files")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True, parser_class=_Parser)
+    check = rules_sub.add_parser("check", help="check rule files and report every problem")
+    check.add_argument("files", nargs="*", help="rule files (the built-in rules are always checked)")
 
     sub.add_parser("doctor", help="check what the probe needs from this machine")
 
@@ -80,14 +99,59 @@ def _config(args: argparse.Namespace) -> ProbeConfig:
 # -- aggregate: the consuming side ---------------------------------------------------------
 
 
-def consume(reader: FrameReader, out: TextIO, as_json: bool, show: bool = True) -> Aggregator:
-    aggregator = Aggregator()
+def load_detection(args: argparse.Namespace) -> tuple[RuleSet, DetectorConfig]:
+    """The rules and detector settings; an invalid rule file stops the command here."""
+    import ipaddress
+
+    for cidr in args.egress_allow:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise UsageError(f"--egress-allow {cidr!r} is not a network", "give a CIDR like 10.0.0.0/8") from exc
+    ruleset = load_rules(Path(p) for p in args.rules)
+    return ruleset, DetectorConfig(egress_allowlist=tuple(args.egress_allow))
+
+
+class Reloader:
+    """SIGHUP reloads the rule files; if they are invalid, the current rules stay."""
+
+    def __init__(self, paths: list[str], aggregator: Aggregator) -> None:
+        self.paths = paths
+        self.aggregator = aggregator
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self._request)
+
+    def _request(self, *_: object) -> None:
+        self.requested = True
+
+    def reload_if_requested(self) -> None:
+        if not self.requested or self.aggregator.detector is None:
+            return
+        self.requested = False
+        current = len(self.aggregator.detector.engine.ruleset.rules)
+        try:
+            ruleset = load_rules(Path(p) for p in self.paths)
+        except RuleError as exc:
+            print(f"gpusentry: rules not reloaded, keeping the current {current} rules: {exc}", file=sys.stderr)
+            return
+        self.aggregator.detector.reload(ruleset)
+        print(f"gpusentry: rules reloaded: {len(ruleset.rules)} rules", file=sys.stderr)
+
+
+def consume(reader: FrameReader, out: TextIO, as_json: bool, show: bool = True,
+            aggregator: Aggregator | None = None, reloader: Reloader | None = None) -> Aggregator:
+    aggregator = aggregator if aggregator is not None else Aggregator()
     for event in reader:
         obs = aggregator.handle(event)
-        if not show:
-            continue
+        if reloader is not None:
+            reloader.reload_if_requested()
         text = json_line(obs) if as_json else line(obs, reader.meta.boot_to_wall_ns)
-        if text is not None:
+        if text is not None and (show or obs.alerts):
+            if not show:  # alerts only
+                text = "\n".join(alert_json(a) for a in obs.alerts) if as_json else "\n".join(
+                    "\n".join(alert_lines(a, reader.meta.boot_to_wall_ns)) for a in obs.alerts)
             out.write(text + "\n")
             out.flush()
     return aggregator
@@ -95,18 +159,24 @@ def consume(reader: FrameReader, out: TextIO, as_json: bool, show: bool = True) 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the probe decides when to stop
+    ruleset, config = load_detection(args)
     try:
         reader = FrameReader(sys.stdin.buffer, "probe stream")
     except EmptyStream:
         return 0  # the probe failed to start and has said why
-    consume(reader, sys.stdout, args.json)
+    aggregator = Aggregator(rules=ruleset, config=config)
+    reloader = Reloader(args.rules, aggregator)
+    reloader.install()
+    consume(reader, sys.stdout, args.json, aggregator=aggregator, reloader=reloader)
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    ruleset, config = load_detection(args)
     src, reader = open_capture(args.file)
     with src:
-        aggregator = consume(reader, sys.stdout, args.json, show=args.events)
+        aggregator = consume(reader, sys.stdout, args.json, show=args.events,
+                             aggregator=Aggregator(rules=ruleset, config=config))
     print(summary(aggregator), file=sys.stdout)
     return 0
 
@@ -118,8 +188,13 @@ def summary(aggregator: Aggregator) -> str:
              **{f"probe.{k}": v for k, v in c.probe_drops.items() if v}}
     drop_text = ", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "none"
     live = sum(1 for p in aggregator.table if p.alive)
-    return (f"events: {events}\nprocesses: {len(aggregator.table)} known, {live} alive\n"
+    text = (f"events: {events}\nprocesses: {len(aggregator.table)} known, {live} alive\n"
             f"drops: {drop_text}")
+    if aggregator.detector is not None:
+        stats = aggregator.detector.engine.stats
+        by_rule = ", ".join(f"{k}={v}" for k, v in sorted(stats.by_rule.items())) or "none"
+        text += f"\nalerts: {stats.alerts} ({by_rule}); facts evaluated: {stats.facts}"
+    return text
 
 
 # -- the probe side ------------------------------------------------------------------------
@@ -163,8 +238,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.ebpf:
         print(program.final_source(config))
         return 0
+    load_detection(args)  # an invalid rule file stops the agent before anything starts
     program.preflight()
     child_cmd = [sys.executable, "-m", "sensor", "aggregate"] + (["--json"] if args.json else [])
+    child_cmd += [flag for path in args.rules for flag in ("--rules", os.path.abspath(path))]
+    child_cmd += [flag for cidr in args.egress_allow for flag in ("--egress-allow", cidr)]
     child = subprocess.Popen(child_cmd, stdin=subprocess.PIPE, user=args.user, group=_group_of(args.user),
                              start_new_session=True)
     assert child.stdin is not None
@@ -173,6 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe, failed, errors = _start_probe(config, writer, exclude=[child.pid])
         print(f"gpusentry: watching (probe pid {os.getpid()}, aggregator pid {child.pid}); Ctrl-C stops",
               file=sys.stderr)
+        signal.signal(signal.SIGHUP, lambda *_: child.send_signal(signal.SIGHUP))  # reload the rules
         _wait_for_stop(failed, None, child)
         probe.stop()
         if child.poll() is not None:
@@ -225,6 +304,18 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    try:
+        ruleset = load_rules(Path(p) for p in args.files)
+    except RuleError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s)")
+        return 1
+    print(f"ok: {len(ruleset.rules)} rules in {len(ruleset.files)} file(s)")
+    return 0
+
+
 def cmd_doctor(_args: argparse.Namespace) -> int:
     from sensor.probe.features import run_checks
 
@@ -240,8 +331,6 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 
 
 def cmd_fake_gpu(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from sensor.fakegpu.fixtures import load
     from sensor.fakegpu.session import fake_driver, replay
 
@@ -262,7 +351,7 @@ def cmd_fake_gpu(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "record": cmd_record, "analyze": cmd_analyze,
-            "aggregate": cmd_aggregate, "doctor": cmd_doctor, "fake-gpu": cmd_fake_gpu}
+            "aggregate": cmd_aggregate, "doctor": cmd_doctor, "fake-gpu": cmd_fake_gpu, "rules": cmd_rules}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

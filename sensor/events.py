@@ -67,6 +67,9 @@ class Exec(Event):
     exe_dev: int
     exe_ino: int
     old_tid: int
+    loginuid: int = 0xFFFFFFFF  # unset: no login recorded
+    sessionid: int = 0xFFFFFFFF
+    netns: int = 0
 
 
 @dataclass(slots=True)
@@ -92,6 +95,7 @@ class Connect(Event):
     family: str  # "inet", "inet6", "unix", "unspec", or "af<N>"
     address: str  # IP address, or a UNIX socket path ("@name" for the abstract namespace)
     port: int
+    netns: int = 0  # network namespace inode
 
 
 @dataclass(slots=True)
@@ -102,6 +106,7 @@ class TcpEstablished(Event):
     sport: int
     daddr: str
     dport: int
+    netns: int = 0
 
 
 @dataclass(slots=True)
@@ -112,6 +117,7 @@ class Accept(Event):
     family: str
     address: str  # the peer
     port: int
+    netns: int = 0
 
 
 @dataclass(slots=True)
@@ -127,6 +133,11 @@ class Proc(Event):
     comm: bytes
     exe: bytes
     argv: list[bytes]
+    loginuid: int = 0xFFFFFFFF
+    sessionid: int = 0xFFFFFFFF
+    netns: int = 0
+    exe_dev: int = 0
+    exe_ino: int = 0
 
 
 @dataclass(slots=True)

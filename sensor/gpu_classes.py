@@ -105,6 +105,16 @@ def class_name(klass: int) -> str:
     return f"{role.value} {klass:#x}" + (f" ({arch})" if arch else "")
 
 
+def device_name(kind: int, minor: int) -> str:
+    from sensor.events import GpuKind
+
+    names: dict[int, str] = {GpuKind.CTL: "nvidiactl", GpuKind.UVM: "nvidia-uvm",
+                             GpuKind.UVM_TOOLS: "nvidia-uvm-tools", GpuKind.MODESET: "nvidia-modeset"}
+    if kind == GpuKind.DEV:
+        return f"nvidia{minor}"
+    return names.get(kind, f"nvidia-device({minor})")
+
+
 def command_name(kind: int, cmd_id: int) -> str:
     from sensor.events import GpuKind
 

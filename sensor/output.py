@@ -10,9 +10,10 @@ from typing import Any
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Observation
-from sensor.aggregator.facts import GpuCompute
+from sensor.aggregator.facts import ConnectFact, ExecFact, Fact, GpuCompute, GpuOpenFact
 from sensor.aggregator.process_table import Process
-from sensor.gpu_classes import CONTROLS, class_name, command_name
+from sensor.gpu_classes import CONTROLS, class_name, command_name, device_name
+from sensor.rules.alert import Alert
 
 MAX_SHOWN_ARG = 120
 
@@ -91,14 +92,6 @@ def describe(obs: Observation) -> str | None:
     return None
 
 
-def device_name(kind: int, minor: int) -> str:
-    names: dict[int, str] = {ev.GpuKind.CTL: "nvidiactl", ev.GpuKind.UVM: "nvidia-uvm",
-                             ev.GpuKind.UVM_TOOLS: "nvidia-uvm-tools", ev.GpuKind.MODESET: "nvidia-modeset"}
-    if kind == ev.GpuKind.DEV:
-        return f"nvidia{minor}"
-    return names.get(kind, f"nvidia-device({minor})")
-
-
 def gpu_ioctl_text(event: ev.GpuIoctl) -> str:
     where = f"{device_name(event.kind, event.minor)} {command_name(event.kind, event.nr)}"
     status = f" status={event.status:#x}" if event.status else ""
@@ -116,30 +109,59 @@ def gpu_ioctl_text(event: ev.GpuIoctl) -> str:
     return f"{where}{result}"
 
 
-def fact_line(fact: object) -> str | None:
+def fact_line(fact: Fact) -> str | None:
+    """Facts worth a line of their own; exec and connect facts repeat their event's line."""
     if isinstance(fact, GpuCompute):
         return (f"fact    gpu_compute pid={fact.process.pid} {class_name(fact.klass)} "
                 f"on GPU {fact.device_id} (channel {fact.channel_class:#x})")
-    return None
+    if isinstance(fact, ExecFact | ConnectFact | GpuOpenFact):
+        return None
+    return f"fact    {fact.KIND} pid={fact.process.pid} {text(fact.summary().encode())}"
 
 
 def line(obs: Observation, boot_to_wall_ns: int) -> str | None:
     stamp = wall_clock(obs.event.ts, boot_to_wall_ns)
     lines = [describe(obs)] + [fact_line(f) for f in obs.facts]
     shown = [f"{stamp} {body}" for body in lines if body is not None]
+    for alert in obs.alerts:
+        shown += alert_lines(alert, boot_to_wall_ns)
     return "\n".join(shown) if shown else None
 
 
+def alert_lines(alert: Alert, boot_to_wall_ns: int) -> list[str]:
+    """The alert, then its chain: each step's fact and process, then who the processes are."""
+    stamp = wall_clock(alert.ts, boot_to_wall_ns)
+    scope = f" [scope {alert.scope}: {alert.scope_key}]" if alert.scope != "fact" else ""
+    out = [f"{stamp} ALERT {alert.severity.upper()} {alert.rule_id}: {alert.title}{scope}"]
+    by_id = {p.exec_id: p for p in alert.processes}
+    for number, step in enumerate(alert.steps, start=1):
+        proc = by_id[step.exec_id]
+        out.append(f"    {number}. {wall_clock(step.ts, boot_to_wall_ns)} {step.fact:12} pid={proc.pid} "
+                   f"{text(proc.exe.encode())}: {text(step.summary.encode())}")
+    for proc in alert.processes:
+        chain = " <- ".join(f"{a['pid']} {text(str(a['exe']).encode()) or '?'}" for a in proc.ancestors)
+        args = argv_text([a.encode() for a in proc.argv], len(proc.argv))
+        out.append(f"    pid {proc.pid} uid={proc.uid} cgroup={proc.cgroup_id}: {args}")
+        if chain:
+            out.append(f"        lineage: {chain}")
+    return out
+
+
+def alert_json(alert: Alert) -> str:
+    return json.dumps({"kind": "alert", **alert.to_dict()}, ensure_ascii=False)
+
+
 def json_line(obs: Observation) -> str | None:
+    alerts = [alert_json(a) for a in obs.alerts]
     if isinstance(obs.event, ev.PROBE_MADE):
-        return None
+        return "\n".join(alerts) or None
     out: dict[str, Any] = ev.to_json_dict(obs.event)
     if obs.process is not None:
         out["process"] = {"exec_id": obs.process.exec_id, "exe": text(obs.process.exe),
                           "ppid": obs.process.ppid}
     if obs.facts:
         out["facts"] = [fact_json(f) for f in obs.facts]
-    return json.dumps(out, ensure_ascii=False)
+    return "\n".join([json.dumps(out, ensure_ascii=False), *alerts])
 
 
 def fact_json(fact: Any) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The aggregator: consumes events (live or from a capture) and keeps the host's state.
 
 It dispatches on the event kind through a table of handlers; each handler updates the
-process table and returns the process the event concerns, for whoever consumes the
-observation next (the printer now; classifiers and rules in later stages).
+process table and returns the process the event concerns. Then the GPU tracker and the
+detector (classifiers, tunnel taint, rules) conclude facts and alerts from it. Time is the
+events' own (boot-clock ns), so a capture analysed later behaves as it did live.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sensor import events as ev
+from sensor.aggregator.detector import Detector, DetectorConfig
 from sensor.aggregator.facts import Fact
 from sensor.aggregator.gpu import GpuTracker
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
+from sensor.rules.alert import Alert
+from sensor.rules.model import RuleSet
 
 REAP_EVERY_NS = 1_000_000_000
 
@@ -26,6 +30,7 @@ class Observation:
     event: ev.Event
     process: Process | None
     facts: list[Fact] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
 
 
 @dataclass
@@ -39,8 +44,11 @@ class Counters:
 
 
 class Aggregator:
-    def __init__(self, table: ProcessTable | None = None) -> None:
+    def __init__(self, table: ProcessTable | None = None, rules: RuleSet | None = None,
+                 config: DetectorConfig | None = None) -> None:
+        """Without rules there is no detection: only state (the process table, GPU sessions)."""
         self.table = table if table is not None else ProcessTable()
+        self.detector = Detector(self.table, rules, config) if rules is not None else None
         self.gpu = GpuTracker()
         self.table.on_remove.append(self.gpu.forget)
         self.counters = Counters()
@@ -61,20 +69,24 @@ class Aggregator:
         self.now_ns = max(self.now_ns, event.ts)
         handler = self._handlers.get(type(event), self._on_activity)
         process = handler(event)
-        facts = self._conclude(event, process)
+        facts = self._conclude(event, process) if process is not None else []
+        alerts = self.detector.evaluate(facts, process) if self.detector and process is not None else []
         if self.now_ns - self._last_reap >= REAP_EVERY_NS:
             self._last_reap = self.now_ns
             self.table.reap(self.now_ns)
-        return Observation(event, process, facts)
+            if self.detector is not None:
+                self.detector.expire(self.now_ns)
+        return Observation(event, process, facts, alerts)
 
-    def _conclude(self, event: ev.Event, process: Process | None) -> list[Fact]:
-        if process is None:
-            return []
+    def _conclude(self, event: ev.Event, process: Process) -> list[Fact]:
+        facts: list[Fact] = []
         if isinstance(event, ev.GpuIoctl):
-            return self.gpu.on_ioctl(event, process)
-        if isinstance(event, ev.GpuOpen):
-            return self.gpu.on_open(event, process)
-        return []
+            facts += self.gpu.on_ioctl(event, process)
+        elif isinstance(event, ev.GpuOpen):
+            facts += self.gpu.on_open(event, process)
+        if self.detector is not None:
+            facts += self.detector.facts_of(event, process)
+        return facts
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -85,6 +97,8 @@ class Aggregator:
             parent=parent.key if parent else None,
             uid=event.uid, gid=event.gid, cgroup_id=event.cgroup_id, comm=event.comm,
             exe=event.exe, argv=event.argv, argc=len(event.argv), from_snapshot=True,
+            loginuid=event.loginuid, sessionid=event.sessionid, netns=event.netns,
+            exe_dev=event.exe_dev, exe_ino=event.exe_ino,
         ))
         if parent is None and event.ppid:
             self._waiting_for_parent.setdefault(event.ppid, []).append(proc)
@@ -98,6 +112,8 @@ class Aggregator:
         # real parent differs, and lineage still follows the creator.
         child = self.table.fork(event.tgid, event.child_pid, event.child_start_ns)
         child.ppid = event.parent_tgid
+        if self.detector is not None:
+            self.detector.on_fork(event.tgid, child)
         return child
 
     def _on_exec(self, event: ev.Exec) -> Process | None:
@@ -108,6 +124,7 @@ class Aggregator:
         proc.comm, proc.exe, proc.argv = event.comm, event.filename, event.argv
         proc.argc, proc.argv_flags = event.argc, event.flags
         proc.exe_dev, proc.exe_ino = event.exe_dev, event.exe_ino
+        proc.loginuid, proc.sessionid, proc.netns = event.loginuid, event.sessionid, event.netns
         proc.execs += 1
         proc.inherited = False
         proc.exec_ts = event.ts

@@ -1,13 +1,16 @@
 """Facts: what the aggregator concluded from events, for rules and subscribers.
 
-An event says what the kernel saw; a fact says what it means ("this process acquired GPU
-compute", "this exec opened a reverse tunnel"). Each fact names the process it is about.
+An event says what the kernel saw; a fact says what it means ("this process opened a reverse
+tunnel", "this connection leaves the host", "this process acquired GPU compute"). Every fact
+names the process it is about. Rules match facts by kind (`KIND`) and by their fields; the
+fields are plain values (str, int, bool, lists of str) so that rule conditions stay simple.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sensor.aggregator.process_table import ProcKey
 
@@ -17,6 +20,106 @@ class Fact:
     KIND: ClassVar[str]
     ts: int
     process: ProcKey
+
+    def fields(self) -> dict[str, Any]:
+        """The fact's own fields, for rules and output (not ts and process)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("ts", "process")}
+
+    def summary(self) -> str:
+        return self.KIND
+
+
+@dataclass(slots=True, frozen=True)
+class ExecFact(Fact):
+    KIND = "exec"
+    exe: str
+    name: str  # basename of the executable
+    argv: tuple[str, ...]
+    cmdline: str  # argv joined by spaces
+    uid: int
+    loginuid: int
+    known_tool: str  # what the binary is by identity ("ssh" for a renamed ssh), or ""
+
+    def summary(self) -> str:
+        return f"exec {self.cmdline[:200]}"
+
+
+@dataclass(slots=True, frozen=True)
+class ConnectFact(Fact):
+    KIND = "connect"
+    family: str
+    address: str
+    port: int
+    result: int
+    destination: str  # loopback, local (this host), lan (direct route), egress (via a gateway), unreachable
+    allowed: bool  # in the configured egress allowlist
+
+    def summary(self) -> str:
+        return f"connect {self.address}:{self.port} ({self.destination})"
+
+
+@dataclass(slots=True, frozen=True)
+class EgressFact(Fact):
+    """A connection that leaves the host through a gateway, to a destination not allowed."""
+
+    KIND = "egress"
+    address: str
+    port: int
+    result: int
+    allowed: bool
+
+    def summary(self) -> str:
+        return f"egress {self.address}:{self.port}"
+
+
+@dataclass(slots=True, frozen=True)
+class TunnelFact(Fact):
+    KIND = "tunnel"
+    tool: str
+    reverse: bool
+    directions: tuple[str, ...]
+    remote_host: str
+    remote_user: str
+    remote_port: int
+    forwards: tuple[str, ...]  # each "direction listen -> target", as given
+    scope: str  # the tunnel scope label its process and what comes back through it carry
+
+    def summary(self) -> str:
+        spec = ", ".join(self.forwards)
+        return f"{self.tool} tunnel ({'/'.join(self.directions)}) to {self.remote_host or '?'}: {spec}"
+
+
+@dataclass(slots=True, frozen=True)
+class MinerFact(Fact):
+    KIND = "miner"
+    reason: str  # pool-port, stratum-url, pool-host, miner-binary, miner-flag
+    detail: str  # the port, URL, host, binary or flag that matched
+    address: str = ""
+    port: int = 0
+
+    def summary(self) -> str:
+        return f"miner signal: {self.reason} {self.detail}"
+
+
+@dataclass(slots=True, frozen=True)
+class InternalScanFact(Fact):
+    KIND = "internal_scan"
+    destinations: int  # distinct internal destinations in the window
+    window_s: int
+
+    def summary(self) -> str:
+        return f"{self.destinations} internal destinations in {self.window_s}s"
+
+
+@dataclass(slots=True, frozen=True)
+class GpuOpenFact(Fact):
+    KIND = "gpu_open"
+    device: str
+    minor: int
+    by_name: bool
+
+    def summary(self) -> str:
+        return f"opened {self.device}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,3 +132,16 @@ class GpuCompute(Fact):
     architecture: str
     channel_class: int  # the GPFIFO channel it was allocated under; 0 when that channel was not seen
     device_id: int  # the GPU (deviceId of the device object above it); -1 when not seen
+
+    def summary(self) -> str:
+        return f"GPU compute class {self.klass:#x} ({self.architecture}) on GPU {self.device_id}"
+
+
+FACT_KINDS: dict[str, type[Fact]] = {
+    cls.KIND: cls
+    for cls in (ExecFact, ConnectFact, EgressFact, TunnelFact, MinerFact, InternalScanFact, GpuOpenFact, GpuCompute)
+}
+
+
+def field_names(kind: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(FACT_KINDS[kind])} - {"ts", "process"}

@@ -48,6 +48,12 @@ class Process:
     argv_flags: int = 0
     exe_dev: int = 0
     exe_ino: int = 0
+    loginuid: int = 0xFFFFFFFF
+    sessionid: int = 0xFFFFFFFF
+    netns: int = 0
+    # Tunnel scopes this process belongs to: set on a tunnel's process, inherited at fork, and
+    # carried to the session a tunnel's connection starts (sensor/aggregator/taint.py).
+    tunnel_scopes: frozenset[str] = frozenset()
     execs: int = 0  # execs seen; 0: identity inherited from the parent, or from /proc
     inherited: bool = False  # exe/argv are the parent's: forked, not exec'd
     exec_ts: int = 0
@@ -251,4 +257,6 @@ def _inherit(child: Process, parent: Process) -> None:
     child.comm, child.exe, child.argv = parent.comm, parent.exe, parent.argv
     child.argc, child.argv_flags = parent.argc, parent.argv_flags
     child.exe_dev, child.exe_ino = parent.exe_dev, parent.exe_ino
+    child.loginuid, child.sessionid, child.netns = parent.loginuid, parent.sessionid, parent.netns
+    child.tunnel_scopes = parent.tunnel_scopes
     child.inherited = True

@@ -76,6 +76,29 @@ def _ids(pid: int) -> tuple[int, int]:
     return uid, gid
 
 
+def _read_int(path: Path, default: int) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return default
+
+
+def netns_inode(pid: int) -> int:
+    """The network namespace's inode, from the "net:[4026531840]" link."""
+    try:
+        return os.stat(PROC / str(pid) / "ns/net").st_ino
+    except OSError:
+        return 0
+
+
+def _exe_identity(pid: int) -> tuple[int, int]:
+    try:
+        st = os.stat(PROC / str(pid) / "exe")
+    except OSError:
+        return 0, 0
+    return st.st_dev, st.st_ino
+
+
 def read_process(pid: int, now_ns: int, mount: Path | None) -> ev.Proc | None:
     fields = _stat_fields(pid)
     if fields is None:
@@ -89,6 +112,7 @@ def read_process(pid: int, now_ns: int, mount: Path | None) -> ev.Proc | None:
     except OSError:
         exe = b""  # kernel thread, or exited
     uid, gid = _ids(pid)
+    exe_dev, exe_ino = _exe_identity(pid)
     # stat fields after comm: state(0) ppid(1) ... starttime(19)
     return ev.Proc(
         ts=now_ns,
@@ -102,6 +126,11 @@ def read_process(pid: int, now_ns: int, mount: Path | None) -> ev.Proc | None:
         comm=comm,
         exe=exe,
         argv=read_cmdline(pid) or [],
+        loginuid=_read_int(PROC / str(pid) / "loginuid", 0xFFFFFFFF),
+        sessionid=_read_int(PROC / str(pid) / "sessionid", 0xFFFFFFFF),
+        netns=netns_inode(pid),
+        exe_dev=exe_dev,
+        exe_ino=exe_ino,
     )
 
 

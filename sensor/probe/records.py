@@ -44,7 +44,9 @@ class ExecRec(ctypes.Structure):
         ("argc", u32),
         ("argv_count", u32),
         ("argv_size", u32),
-        ("_pad", u32),
+        ("loginuid", u32),
+        ("sessionid", u32),
+        ("netns", u32),
         ("comm", ctypes.c_char * 16),
         ("filename", ctypes.c_char * FILENAME_LEN),
     ]
@@ -64,7 +66,7 @@ class ConnectRec(ctypes.Structure):
         ("result", s32),
         ("fd", s32),
         ("addrlen", u32),
-        ("_pad", u32),
+        ("netns", u32),
         ("sockaddr", ctypes.c_uint8 * SOCKADDR_LEN),
     ]
 
@@ -76,6 +78,8 @@ class TcpRec(ctypes.Structure):
         ("sport", u16),
         ("dport", u16),
         ("_pad", u16),
+        ("netns", u32),
+        ("_pad2", u32),
         ("saddr", ctypes.c_uint8 * 16),
         ("daddr", ctypes.c_uint8 * 16),
     ]
@@ -87,7 +91,7 @@ class AcceptRec(ctypes.Structure):
         ("fd", s32),
         ("listen_fd", s32),
         ("addrlen", u32),
-        ("_pad", u32),
+        ("netns", u32),
         ("sockaddr", ctypes.c_uint8 * SOCKADDR_LEN),
     ]
 
@@ -229,6 +233,9 @@ def decode_exec(data: int, size: int) -> ev.Exec:
         exe_dev=user_dev(rec.exe_dev),
         exe_ino=rec.exe_ino,
         old_tid=rec.old_tid,
+        loginuid=rec.loginuid,
+        sessionid=rec.sessionid,
+        netns=rec.netns,
     )
 
 
@@ -245,7 +252,7 @@ def decode_exit(data: int, size: int) -> ev.Exit:
 def decode_connect(data: int, size: int) -> ev.Connect:
     rec = _as(ConnectRec, data, size)
     family, address, port = decode_sockaddr(bytes(rec.sockaddr), min(rec.addrlen, SOCKADDR_LEN))
-    return ev.Connect(*_hdr(rec), rec.fd, rec.result, family, address, port)
+    return ev.Connect(*_hdr(rec), rec.fd, rec.result, family, address, port, rec.netns)
 
 
 def _ip(family: int, raw: bytes) -> str:
@@ -263,13 +270,14 @@ def decode_tcp(data: int, size: int) -> ev.TcpEstablished:
         rec.sport,
         _ip(rec.family, bytes(rec.daddr)),
         rec.dport,
+        rec.netns,
     )
 
 
 def decode_accept(data: int, size: int) -> ev.Accept:
     rec = _as(AcceptRec, data, size)
     family, address, port = decode_sockaddr(bytes(rec.sockaddr), rec.addrlen)
-    return ev.Accept(*_hdr(rec), rec.fd, rec.listen_fd, family, address, port)
+    return ev.Accept(*_hdr(rec), rec.fd, rec.listen_fd, family, address, port, rec.netns)
 
 
 def decode_gpu_open(data: int, size: int) -> ev.GpuOpen:

@@ -19,6 +19,7 @@ from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator, Observation
 from sensor.probe.probe import Probe
 from sensor.probe.program import ProbeConfig
+from sensor.rules.loader import load_rules
 from tests.waiting import wait_until
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -70,7 +71,8 @@ class LiveProbe:
 
 @pytest.fixture(scope="session")
 def live(root: None) -> Iterator[LiveProbe]:
-    collector = Collector()
+    """The probe with the full aggregator: built-in rules, classifiers, tunnel taint."""
+    collector = Collector(Aggregator(rules=load_rules([])))
     probe = Probe(ProbeConfig(), collector)
     probe.start()
     try:

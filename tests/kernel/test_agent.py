@@ -24,10 +24,16 @@ class Agent:
         self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--json", *flags],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.lines: list[dict[str, object]] = []
-        self.banner = ""
-        threading.Thread(target=self._read, daemon=True).start()
+        self.messages: list[str] = []
         assert self.proc.stderr is not None
         self.banner = self.proc.stderr.readline()
+        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_messages, daemon=True).start()
+
+    def _read_messages(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.messages.append(line.rstrip("\n"))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -39,6 +45,9 @@ class Agent:
             if all(line.get(k) == v for k, v in fields.items()):
                 return line
         return None
+
+    def alerts(self, rule_id: str) -> list[dict[str, object]]:
+        return [line for line in list(self.lines) if line.get("kind") == "alert" and line.get("rule_id") == rule_id]
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
@@ -89,7 +98,78 @@ def test_agent_stops_cleanly_when_the_aggregator_dies(agent: Agent) -> None:
     aggregator_pid = int(agent.banner.split("aggregator pid ")[1].split(")")[0])
     os.kill(aggregator_pid, signal.SIGKILL)
     assert agent.proc.wait(timeout=30) == 2
-    assert agent.proc.stderr is not None
-    assert agent.proc.stderr.read().splitlines() == [
+    wait_until(lambda: agent.messages, what="the agent's last word")
+    assert agent.messages == [
         f"gpusentry: error: the aggregator (pid {aggregator_pid}) stopped: killed by signal 9 (SIGKILL); "
         "fix: see its message above, then start the agent again"]
+
+
+MARKER_RULE = """rules:
+  - id: {rule_id}
+    title: Marker seen
+    description: An exec with the test's marker argument.
+    severity: low
+    match:
+      fact: exec
+      where: {{argv: {marker}}}
+"""
+
+
+def test_an_invalid_rule_file_stops_the_agent_before_it_starts(root: None, tmp_path: Path) -> None:
+    rules = tmp_path / "bad.yaml"
+    rules.write_text("rules:\n  - id: broken\n    title: T\n    description: D\n    severity: high\n"
+                     "    match: {fact: tunnel, where: {colour: red}}\n")
+    result = subprocess.run([sys.executable, "-m", "sensor", "run", "--rules", str(rules)], capture_output=True,
+                            text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gpusentry: error: invalid rules: {rules}:6: rule broken: a tunnel fact has no field 'colour' (fields: "
+        + result.stderr.split("(fields: ", 1)[1].split(")")[0] + "); fix: correct the rule file; "
+        "`gpusentry rules check FILE` lists every problem"]
+
+
+def test_sighup_reloads_rules_and_keeps_them_when_the_new_file_is_invalid(root: None, tmp_path: Path) -> None:
+    rules = tmp_path / "site.yaml"
+    rules.write_text(MARKER_RULE.format(rule_id="marker-one", marker="gs-marker-1"))
+    agent = Agent("--rules", str(rules))
+    try:
+        subprocess.run(["/bin/true", "gs-marker-1"], check=True)
+        wait_until(lambda: agent.alerts("marker-one"), what="the site rule's alert")
+
+        rules.write_text("rules: [broken\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: any("rules not reloaded" in m for m in agent.messages), what="the refused reload")
+        assert any(f"keeping the current 10 rules: invalid rules: {rules}:2: not valid YAML" in m
+                   for m in agent.messages), agent.messages
+        subprocess.run(["/bin/true", "gs-marker-1"], check=True)
+        wait_until(lambda: len(agent.alerts("marker-one")) == 2, what="the kept rule still firing")
+
+        rules.write_text(MARKER_RULE.format(rule_id="marker-two", marker="gs-marker-2"))
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "gpusentry: rules reloaded: 10 rules" in agent.messages, what="the reload")
+        subprocess.run(["/bin/true", "gs-marker-2"], check=True)
+        wait_until(lambda: agent.alerts("marker-two"), what="the new rule's alert")
+        assert agent.stop() == 0
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+
+
+def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(MARKER_RULE.format(rule_id="fine", marker="x"))
+    bad.write_text("rules:\n  - id: one\n    title: T\n    description: D\n    severity: loud\n"
+                   "    match: {fact: exec}\n  - id: two\n    title: T\n    description: D\n    severity: low\n"
+                   "    match: {fact: exec, where: {cmdline: {regex: '(x+)+'}}}\n")
+    ok = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good)], capture_output=True,
+                        text=True, cwd=ROOT)
+    assert (ok.returncode, ok.stdout) == (0, "ok: 10 rules in 2 file(s)\n")
+    checked = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good), str(bad)],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert checked.returncode == 1
+    assert checked.stdout.splitlines() == [
+        f"{bad}:5: rule one: `severity` is one of info, low, medium, high, critical",
+        f"{bad}:11: rule two: cmdline: `regex` '(x+)+' repeats a repetition (like (a+)+), which can take "
+        "exponential time",
+        "2 problem(s)",
+    ]

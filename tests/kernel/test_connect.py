@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections.abc import Iterator
 
@@ -53,9 +54,11 @@ def test_connect_to_loopback_listener(live: LiveProbe, listener: socket.socket) 
     assert isinstance(conn, ev.Connect)
     assert (conn.family, conn.address, conn.port, conn.fd, conn.result) == (
         "inet6" if ":" in host else "inet", host, port, fd, 0)
+    assert conn.netns == os.stat("/proc/self/ns/net").st_ino
     (tcp,) = live.wait_for(lambda e: isinstance(e, ev.TcpEstablished) and e.tgid == pid)
     assert isinstance(tcp, ev.TcpEstablished)
     assert (tcp.saddr, tcp.sport, tcp.daddr, tcp.dport) == (host, sport, host, port)
+    assert tcp.netns == conn.netns
 
 
 def test_connect_to_closed_port_is_refused(live: LiveProbe) -> None:

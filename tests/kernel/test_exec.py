@@ -35,6 +35,10 @@ def test_known_arguments_exact_with_uid_and_parent(live: LiveProbe) -> None:
     assert event.comm == b"true"
     st = os.stat("/bin/true")
     assert (event.exe_dev, event.exe_ino) == (st.st_dev, st.st_ino)
+    # audit login identity and network namespace, inherited from this process
+    assert event.loginuid == int(Path("/proc/self/loginuid").read_text())
+    assert event.sessionid == int(Path("/proc/self/sessionid").read_text())
+    assert event.netns == os.stat("/proc/self/ns/net").st_ino
     proc = live.aggregator.table.lookup(pid, event.start_ns)
     assert proc is not None and proc.argv == event.argv and proc.execs == 1
 

@@ -18,8 +18,7 @@ from sensor.aggregator.facts import GpuCompute
 from sensor.aggregator.gpu import GpuSession
 from sensor.fakegpu.fixtures import load
 from sensor.fakegpu.session import ReplayResult, fake_driver, replay
-from sensor.gpu_classes import Role
-from sensor.output import device_name
+from sensor.gpu_classes import Role, device_name
 from tests.kernel.conftest import LiveProbe
 from tests.waiting import wait_until
 

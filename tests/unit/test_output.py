@@ -28,4 +28,4 @@ def test_json_line_is_valid_json_with_escaped_bytes() -> None:
     event = ev.Connect(ts=1, tgid=2, tid=2, fd=3, result=0, family="inet", address="198.51.100.7", port=3333)
     assert json.loads(json_line(Observation(event, None)) or "") == {
         "kind": "connect", "ts": 1, "tgid": 2, "tid": 2, "fd": 3, "result": 0, "family": "inet",
-        "address": "198.51.100.7", "port": 3333}
+        "address": "198.51.100.7", "port": 3333, "netns": 0}

@@ -1,0 +1,191 @@
+"""From events to facts to alerts: the classifiers, tunnel taint, and the rule engine.
+
+The aggregator hands each event and its process here. Classifiers turn it into facts (exec,
+connect, egress, tunnel, miner, internal scan, GPU open; GPU compute comes from the GPU
+tracker), tunnel taint follows reverse tunnels into the sessions they bring in, and the rule
+engine turns facts into alerts. This is also the engine's view of processes: the scope keys
+that relate facts, and the process details an alert carries.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from sensor import events as ev
+from sensor.aggregator import facts as f
+from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
+from sensor.aggregator.taint import TunnelTaint
+from sensor.classify.binaries import BinaryIdentity, basename
+from sensor.classify.egress import Destination, EgressClassifier
+from sensor.classify.miner import MinerClassifier
+from sensor.classify.scan import ScanDetector
+from sensor.classify.tunnel import classify_tunnel
+from sensor.gpu_classes import device_name
+from sensor.rules.alert import Alert, AlertProcess
+from sensor.rules.engine import RuleEngine
+from sensor.rules.model import Rule, RuleSet
+
+MAX_ANCESTORS_SHOWN = 8
+LINEAGE_CACHE = 16384
+UNSET = 0xFFFFFFFF
+
+
+def text(raw: bytes) -> str:
+    return raw.decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class DetectorConfig:
+    egress_allowlist: tuple[str, ...] = ()
+    static_routes: tuple[tuple[str, str], ...] = ()  # (CIDR, destination) answered before the routing table
+    scan_threshold: int = 32
+    scan_window_s: int = 10
+
+
+class Detector:
+    def __init__(self, table: ProcessTable, ruleset: RuleSet, config: DetectorConfig | None = None,
+                 identity: BinaryIdentity | None = None) -> None:
+        config = config or DetectorConfig()
+        self.table = table
+        static = {cidr: Destination(dest) for cidr, dest in config.static_routes}
+        self.egress = EgressClassifier(list(config.egress_allowlist), static)
+        self.miner = MinerClassifier(ruleset.lists)
+        self.binaries = identity if identity is not None else BinaryIdentity()
+        self.scan = ScanDetector(config.scan_threshold, config.scan_window_s)
+        self.taint = TunnelTaint()
+        self.engine = RuleEngine(ruleset, self)
+        self._lineage: OrderedDict[tuple[ProcKey, int], frozenset[str]] = OrderedDict()
+
+    def reload(self, ruleset: RuleSet) -> None:
+        self.miner = MinerClassifier(ruleset.lists)
+        self.engine.load(ruleset)
+        self._lineage.clear()
+
+    # -- events to facts ------------------------------------------------------------------
+
+    def facts_of(self, event: ev.Event, process: Process) -> list[f.Fact]:
+        match event:
+            case ev.Exec() if event.result == 0:
+                return self._exec_facts(event, process)
+            case ev.Connect():
+                return self._connect_facts(event, process)
+            case ev.TcpEstablished():
+                destination = self.egress.classify(event.daddr, event.netns, event.tgid).destination
+                self.taint.on_tcp(process, event, destination.value)
+            case ev.Accept():
+                self.taint.on_accept(process, event)
+            case ev.GpuOpen():
+                return [f.GpuOpenFact(event.ts, process.key, device_name(event.kind, event.minor), event.minor,
+                                      event.by_name)]
+        return []
+
+    def on_fork(self, parent_pid: int, child: Process) -> None:
+        self.taint.on_fork(parent_pid, child)
+
+    def _exec_facts(self, event: ev.Exec, process: Process) -> list[f.Fact]:
+        known_tool = self.binaries.identify(event.exe_dev, event.exe_ino, event.tgid)
+        argv = tuple(text(a) for a in event.argv)
+        exe = text(event.filename)
+        name = basename(exe)
+        out: list[f.Fact] = [f.ExecFact(event.ts, process.key, exe, name, argv, " ".join(argv), event.uid,
+                                        event.loginuid, known_tool)]
+        tunnel = classify_tunnel(list(event.argv), event.filename, known_tool or None)
+        if tunnel is not None:
+            label = f"tunnel:{process.exec_id}"
+            if tunnel.is_reverse:
+                process.tunnel_scopes = process.tunnel_scopes | {label}
+            forwards = tuple(_forward_text(fw) for fw in tunnel.forwards)
+            out.append(f.TunnelFact(event.ts, process.key, tunnel.tool, tunnel.is_reverse,
+                                    tuple(sorted(d.value for d in tunnel.directions)), tunnel.remote_host,
+                                    tunnel.remote_user, tunnel.remote_port, forwards, label))
+        out += [f.MinerFact(event.ts, process.key, s.reason, s.detail, s.address, s.port)
+                for s in self.miner.on_exec(name, argv)]
+        return out
+
+    def _connect_facts(self, event: ev.Connect, process: Process) -> list[f.Fact]:
+        verdict = self.egress.classify(event.address, event.netns, event.tgid)
+        destination = verdict.destination.value
+        out: list[f.Fact] = [f.ConnectFact(event.ts, process.key, event.family, event.address, event.port,
+                                           event.result, destination, verdict.allowed)]
+        if verdict.destination is Destination.EGRESS and not verdict.allowed:
+            out.append(f.EgressFact(event.ts, process.key, event.address, event.port, event.result, False))
+        out += [f.MinerFact(event.ts, process.key, s.reason, s.detail, s.address, s.port)
+                for s in self.miner.on_connect(event.address, event.port, destination)]
+        count = self.scan.on_connect(process.key, event.address, event.port, destination, event.ts)
+        if count is not None:
+            out.append(f.InternalScanFact(event.ts, process.key, count, self.scan.window_s))
+        return out
+
+    def evaluate(self, facts: list[f.Fact], process: Process) -> list[Alert]:
+        alerts = []
+        for fact in facts:
+            alerts += self.engine.on_fact(fact, process)
+        return alerts
+
+    def expire(self, now_ns: int) -> None:
+        self.engine.expire(now_ns)
+        self.taint.expire(now_ns)
+
+    # -- what the rule engine asks about processes ------------------------------------------
+
+    def scope_keys(self, process: Process, scope: str, rule: Rule) -> frozenset[str]:
+        if scope == "lineage":
+            return self._lineage_root(process, rule.lineage_boundary)
+        if scope == "cgroup":
+            return frozenset({f"cgroup:{process.cgroup_id}"}) if process.cgroup_id else frozenset()
+        if scope == "session":
+            return frozenset({f"session:{process.sessionid}"}) if process.sessionid not in (UNSET, 0) else frozenset()
+        if scope == "user":
+            user = process.loginuid if process.loginuid != UNSET else process.uid
+            return frozenset({f"user:{user}"})
+        if scope == "tunnel":
+            return process.tunnel_scopes
+        return frozenset({"host"})
+
+    def _lineage_root(self, process: Process, boundary: frozenset[str]) -> frozenset[str]:
+        """The process's ancestor just below the nearest boundary (init, sshd, a launcher...)."""
+        key = (process.key, hash(boundary))
+        cached = self._lineage.get(key)
+        if cached is not None:
+            return cached
+        root = process
+        for ancestor in self.table.ancestors(process.key):
+            if ancestor.pid == 1 or _name(ancestor) in boundary:
+                break
+            root = ancestor
+        if _name(root) in boundary or root.pid == 1:
+            result: frozenset[str] = frozenset()  # a boundary process itself belongs to no lineage
+        else:
+            result = frozenset({f"lineage:{root.key}"})
+        self._lineage[key] = result
+        if len(self._lineage) > LINEAGE_CACHE:
+            self._lineage.popitem(last=False)
+        return result
+
+    def process_values(self, process: Process) -> dict[str, Any]:
+        argv = tuple(text(a) for a in process.argv)
+        return {"process.exe": text(process.exe), "process.name": _name(process), "process.argv": argv,
+                "process.cmdline": " ".join(argv), "process.comm": text(process.comm), "process.uid": process.uid,
+                "process.loginuid": process.loginuid, "process.pid": process.pid,
+                "process.cgroup_id": process.cgroup_id, "process.tunnel_scoped": bool(process.tunnel_scopes)}
+
+    def describe(self, process: Process) -> AlertProcess:
+        ancestors = tuple({"exec_id": a.exec_id, "pid": a.pid, "exe": text(a.exe),
+                           "argv": [text(x) for x in a.argv]}
+                          for a in self.table.ancestors(process.key)[:MAX_ANCESTORS_SHOWN])
+        return AlertProcess(exec_id=process.exec_id, pid=process.pid, ppid=process.ppid, exe=text(process.exe),
+                            argv=tuple(text(a) for a in process.argv), uid=process.uid, loginuid=process.loginuid,
+                            cgroup_id=process.cgroup_id, tunnel_scopes=tuple(sorted(process.tunnel_scopes)),
+                            ancestors=ancestors)
+
+
+def _name(process: Process) -> str:
+    return basename(process.exe) if process.exe else text(process.comm)
+
+
+def _forward_text(forward: Any) -> str:
+    listen = forward.listen_path or f"{forward.listen_host}:{forward.listen_port}".lstrip(":")
+    target = forward.target_path or (f"{forward.target_host}:{forward.target_port}" if forward.target_host else "")
+    return f"{forward.direction.value} {listen}" + (f" -> {target}" if target else "")

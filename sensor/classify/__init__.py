@@ -1,0 +1,1 @@
+"""Classifiers: plain functions and small caches that turn events into facts."""

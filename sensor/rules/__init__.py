@@ -1,0 +1,1 @@
+"""Rules: YAML data, checked on load, matched against facts by the engine."""

@@ -1,0 +1,209 @@
+"""The rule engine: single-fact rules and sequences over facts, joined by a scope.
+
+Rules are indexed by fact kind, so a fact meets only the rules that can match it. A sequence
+keeps partial matches: a match of its first step opens one; a later fact that matches the
+next step, within the window and in the same scope (any of the rule's scope kinds), moves it
+on; the last step raises the alert and closes it. Partials expire with their window and are
+capped per rule (the oldest goes first, counted). A single-fact rule raises at most one
+alert per process and fact summary a minute, the rest counted as suppressed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sensor.aggregator.facts import Fact
+from sensor.aggregator.process_table import Process
+from sensor.rules.alert import Alert, AlertProcess, AlertStep
+from sensor.rules.model import Rule, RuleSet, Step
+
+MAX_PARTIALS_PER_RULE = 10_000
+DEDUP_NS = 60 * 1_000_000_000
+
+
+class EngineContext(Protocol):
+    """What the engine needs to know about processes, from the aggregator."""
+
+    def scope_keys(self, process: Process, scope: str, rule: Rule) -> frozenset[str]: ...
+
+    def describe(self, process: Process) -> AlertProcess: ...
+
+    def process_values(self, process: Process) -> dict[str, Any]: ...
+
+
+@dataclass
+class EngineStats:
+    facts: int = 0
+    evaluations: int = 0  # step checks made
+    alerts: int = 0
+    suppressed: int = 0  # repeats of a single-fact alert within a minute
+    partials: int = 0  # open partial sequence matches now
+    partials_expired: int = 0
+    partials_dropped: int = 0  # at the per-rule cap
+    by_rule: dict[str, int] = field(default_factory=dict)  # alerts per rule
+
+
+@dataclass
+class _Partial:
+    rule: Rule
+    next_step: int
+    first_ts: int
+    last_ts: int
+    scopes: dict[str, frozenset[str]]  # scope kind -> keys shared by every step so far
+    steps: list[tuple[Fact, Process]]
+
+    def identity(self) -> tuple[Any, ...]:
+        return (self.next_step, tuple(sorted((k, tuple(sorted(v))) for k, v in self.scopes.items())))
+
+
+class RuleEngine:
+    def __init__(self, ruleset: RuleSet, context: EngineContext) -> None:
+        self.context = context
+        self.stats = EngineStats()
+        self._recent: OrderedDict[tuple[str, Any, str], int] = OrderedDict()
+        self.load(ruleset)
+
+    def load(self, ruleset: RuleSet) -> None:
+        """Use these rules from now on (a reload): open partial matches start over."""
+        self.ruleset = ruleset
+        self._single: dict[str, list[Rule]] = {}
+        self._steps: dict[str, list[tuple[Rule, int]]] = {}  # fact kind -> (sequence rule, step index)
+        for rule in ruleset.rules:
+            if rule.sequence:
+                for index, step in enumerate(rule.steps):
+                    self._steps.setdefault(step.fact, []).append((rule, index))
+            else:
+                self._single.setdefault(rule.steps[0].fact, []).append(rule)
+        self._partials: dict[str, OrderedDict[tuple[Any, ...], _Partial]] = {
+            r.id: OrderedDict() for r in ruleset.rules if r.sequence}
+        self.stats.partials = 0
+
+    def on_fact(self, fact: Fact, process: Process) -> list[Alert]:
+        self.stats.facts += 1
+        single = self._single.get(fact.KIND, ())
+        steps = self._steps.get(fact.KIND, ())
+        if not single and not steps:
+            return []
+        values = {**fact.fields(), **self.context.process_values(process)}
+        alerts = [a for rule in single if (a := self._single_rule(rule, fact, process, values))]
+        for rule, index in steps:
+            alerts += self._sequence_step(rule, index, fact, process, values)
+        self.stats.alerts += len(alerts)
+        for alert in alerts:
+            self.stats.by_rule[alert.rule_id] = self.stats.by_rule.get(alert.rule_id, 0) + 1
+        return alerts
+
+    # -- single-fact rules ----------------------------------------------------------------
+
+    def _single_rule(self, rule: Rule, fact: Fact, process: Process, values: dict[str, Any]) -> Alert | None:
+        self.stats.evaluations += 1
+        if not rule.steps[0].matches(values):
+            return None
+        key = (rule.id, process.key, fact.summary())
+        last = self._recent.get(key)
+        if last is not None and fact.ts - last < DEDUP_NS:
+            self.stats.suppressed += 1
+            return None
+        self._recent[key] = fact.ts
+        self._recent.move_to_end(key)
+        while len(self._recent) > MAX_PARTIALS_PER_RULE:
+            self._recent.popitem(last=False)
+        return self._alert(rule, [(fact, process)], "fact", process.exec_id)
+
+    # -- sequences ------------------------------------------------------------------------
+
+    def _sequence_step(self, rule: Rule, index: int, fact: Fact, process: Process,
+                       values: dict[str, Any]) -> list[Alert]:
+        step: Step = rule.steps[index]
+        self.stats.evaluations += 1
+        if not step.matches(values):
+            return []
+        if index == 0:
+            self._open(rule, fact, process)
+            return []
+        alerts = []
+        partials = self._partials[rule.id]
+        for identity, partial in list(partials.items()):
+            if partial.next_step != index:
+                continue
+            if fact.ts - partial.first_ts > rule.window_ns:
+                self._close(rule, identity, expired=True)
+                continue
+            if fact.ts < partial.last_ts:
+                continue  # steps happen in order
+            shared = self._shared_scopes(rule, partial.scopes, process)
+            if not shared:
+                continue
+            self._close(rule, identity)
+            advanced = _Partial(rule, index + 1, partial.first_ts, fact.ts, shared, [*partial.steps, (fact, process)])
+            if advanced.next_step == len(rule.steps):
+                kind, keys = next(iter(shared.items()))
+                alerts.append(self._alert(rule, advanced.steps, kind, sorted(keys)[0]))
+            else:
+                self._keep(rule, advanced)
+        return alerts
+
+    def _open(self, rule: Rule, fact: Fact, process: Process) -> None:
+        scopes = {kind: self.context.scope_keys(process, kind, rule) for kind in rule.scopes}
+        scopes = {kind: keys for kind, keys in scopes.items() if keys}
+        if scopes:
+            self._keep(rule, _Partial(rule, 1, fact.ts, fact.ts, scopes, [(fact, process)]))
+
+    def _shared_scopes(self, rule: Rule, scopes: dict[str, frozenset[str]],
+                       process: Process) -> dict[str, frozenset[str]]:
+        shared = {}
+        for kind, keys in scopes.items():
+            common = keys & self.context.scope_keys(process, kind, rule)
+            if common:
+                shared[kind] = common
+        return shared
+
+    def _keep(self, rule: Rule, partial: _Partial) -> None:
+        partials = self._partials[rule.id]
+        identity = partial.identity()
+        if identity in partials:
+            del partials[identity]  # the same step in the same scope: keep the newest
+            self.stats.partials -= 1
+        partials[identity] = partial
+        self.stats.partials += 1
+        while len(partials) > MAX_PARTIALS_PER_RULE:
+            partials.popitem(last=False)
+            self.stats.partials -= 1
+            self.stats.partials_dropped += 1
+
+    def _close(self, rule: Rule, identity: tuple[Any, ...], expired: bool = False) -> None:
+        if self._partials[rule.id].pop(identity, None) is not None:
+            self.stats.partials -= 1
+            if expired:
+                self.stats.partials_expired += 1
+
+    def expire(self, now_ns: int) -> None:
+        """Close partial matches whose window has passed."""
+        for rule_id, partials in self._partials.items():
+            rule = self.ruleset.by_id(rule_id)
+            if rule is None:
+                continue
+            for identity, partial in list(partials.items()):
+                if now_ns - partial.first_ts > rule.window_ns:
+                    self._close(rule, identity, expired=True)
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    def _alert(self, rule: Rule, steps: list[tuple[Fact, Process]], scope: str, scope_key: str) -> Alert:
+        processes: dict[str, AlertProcess] = {}
+        alert_steps = []
+        for fact, process in steps:
+            info = processes.get(process.exec_id) or self.context.describe(process)
+            processes[info.exec_id] = info
+            alert_steps.append(AlertStep(fact.KIND, fact.ts, fact.summary(), _plain_fields(fact), info.exec_id))
+        return Alert(rule_id=rule.id, severity=rule.severity.label, title=rule.title, description=rule.description,
+                     tags=rule.tags, ts=steps[-1][0].ts, scope=scope, scope_key=scope_key,
+                     steps=tuple(alert_steps), processes=tuple(processes.values()))
+
+
+def _plain_fields(fact: Fact) -> dict[str, Any]:
+    convert: Callable[[Any], Any] = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {k: convert(v) for k, v in fact.fields().items()}

