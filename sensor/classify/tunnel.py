@@ -29,13 +29,13 @@ import socket
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import unquote_plus
 
 
-class Direction(str, Enum):  # noqa: UP042 - (str, Enum) as egress.Destination; StrEnum would change str()
+class Direction(StrEnum):
     REVERSE = "reverse"  # the far end listens; connections come back in to us (ssh -R)
     LOCAL = "local"  # we listen; connections go out through the far end (ssh -L)
     DYNAMIC = "dynamic"  # we run a SOCKS proxy whose traffic leaves through the far end (ssh -D)
