@@ -50,6 +50,7 @@ class StreamMeta:
     kernel: str = field(default_factory=platform.release)
     writer: str = f"gpusentry {__version__}"
     config: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)  # what the probe found in the kernel
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

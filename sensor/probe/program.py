@@ -100,6 +100,18 @@ def cflags(config: ProbeConfig, offsets: dict[str, int]) -> list[str]:
     return [f"-D{name}={int(value)}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
 
 
+def kernel_features(config: ProbeConfig) -> dict[str, str]:
+    """What the probe found and uses, for the stream header and GetStatus."""
+    return {
+        "btf": "yes (struct offsets from /sys/kernel/btf/vmlinux)",
+        "ring_buffer": f"{config.ringbuf_pages * 4} KiB",
+        "exit_group_dead": "yes" if features.exit_has_group_dead() else "no (leader exit)",
+        "nvidia_uvm_major": str(uvm_major() or "not loaded"),
+        "possible_cpus": str(possible_cpus()),
+        "argv": f"{config.max_args} args x {config.arg_len} bytes",
+    }
+
+
 def source_text() -> str:
     """The program text, with #line markers so compiler errors name the real file."""
     parts = []

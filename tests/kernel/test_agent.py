@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +22,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Agent:
+    """The agent as `gpusentry run --json`, in its own process group, with its own API socket and
+    journal unless given (so tests never meet the default /run and /var/lib paths)."""
+
     def __init__(self, *flags: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--json", *flags],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        if "--socket" not in flags:
+            self.tmp = tempfile.mkdtemp(prefix="gs-agent-")
+            flags = (*flags, "--socket", f"{self.tmp}/api.sock", "--journal", f"{self.tmp}/journal.db")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--json", "--no-view", *flags],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                     start_new_session=True)
         self.lines: list[dict[str, object]] = []
         self.messages: list[str] = []
         assert self.proc.stderr is not None
-        self.banner = self.proc.stderr.readline()
+        self.banner = ""
+        for line in self.proc.stderr:  # the probe's "watching" line; the API's may come first
+            if line.startswith("gpusentry: watching"):
+                self.banner = line
+                break
+            self.messages.append(line.rstrip("\n"))
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_messages, daemon=True).start()
 
@@ -98,8 +112,8 @@ def test_agent_stops_cleanly_when_the_aggregator_dies(agent: Agent) -> None:
     aggregator_pid = int(agent.banner.split("aggregator pid ")[1].split(")")[0])
     os.kill(aggregator_pid, signal.SIGKILL)
     assert agent.proc.wait(timeout=30) == 2
-    wait_until(lambda: agent.messages, what="the agent's last word")
-    assert agent.messages == [
+    wait_until(lambda: [m for m in agent.messages if m.startswith("gpusentry: error")], what="the agent's last word")
+    assert [m for m in agent.messages if not m.startswith("gpusentry: API on")] == [
         f"gpusentry: error: the aggregator (pid {aggregator_pid}) stopped: killed by signal 9 (SIGKILL); "
         "fix: see its message above, then start the agent again"]
 
@@ -173,3 +187,102 @@ def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
         "exponential time",
         "2 problem(s)",
     ]
+
+
+def _api(socket: Path) -> object:
+    import grpc
+
+    from sensor.api.client import sensor_stub
+
+    return sensor_stub(grpc.insecure_channel(f"unix:{socket}"))
+
+
+def _journaled(socket: Path) -> list[int]:
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    return [a.cursor for a in _api(socket).ListAlerts(pb.ListAlertsRequest(page_size=1000)).alerts]  # type: ignore[attr-defined]
+
+
+def test_kill_9_loses_no_committed_alert_and_leaves_the_journal_intact(root: None, tmp_path: Path) -> None:
+    import sqlite3
+
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    rules, socket, journal = tmp_path / "site.yaml", tmp_path / "api.sock", tmp_path / "journal.db"
+    rules.write_text(MARKER_RULE.format(rule_id="marker", marker="gs-kill-marker"))
+    flags = ("--rules", str(rules), "--socket", str(socket), "--journal", str(journal), "--quiet")
+    agent = Agent(*flags)
+    wait_until(socket.exists, what="the API socket")
+    seen: list[int] = []
+    stream = _api(socket).Subscribe(pb.SubscribeRequest(alerts=True))  # type: ignore[attr-defined]
+
+    def read() -> None:
+        import grpc
+
+        with contextlib.suppress(grpc.RpcError):  # the stream ends when the agent is killed
+            for response in stream:
+                seen.append(response.alert.cursor)
+
+    threading.Thread(target=read, daemon=True).start()
+    storm = subprocess.Popen(["/bin/sh", "-c", "while true; do /bin/true gs-kill-marker; done"])
+    try:
+        wait_until(lambda: len(seen) >= 20, timeout=30, what="alerts streaming")
+        os.killpg(agent.proc.pid, signal.SIGKILL)  # the probe and the aggregator, mid-stream
+        os.kill(agent.proc.pid, signal.SIGKILL)
+        agent.proc.wait(timeout=10)
+        aggregator_pid = int(agent.banner.split("aggregator pid ")[1].split(")")[0])
+        with contextlib.suppress(ProcessLookupError):  # it runs in a session of its own
+            os.kill(aggregator_pid, signal.SIGKILL)
+    finally:
+        storm.kill()
+        storm.wait()
+    received = list(seen)
+    check = sqlite3.connect(journal)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+    restarted = Agent(*flags)
+    try:
+        wait_until(lambda: socket.exists() and _safe_journaled(socket), what="the restarted API")
+        journaled = _journaled(socket)
+        assert set(received) <= set(journaled)  # every alert a client saw was committed first
+        assert journaled == sorted(journaled) and len(journaled) == len(set(journaled))
+        subprocess.run(["/bin/true", "gs-kill-marker"], check=True)
+        wait_until(lambda: max(_journaled(socket)) > max(journaled), what="a new alert")
+        assert max(_journaled(socket)) == max(journaled) + 1  # cursors continue, never reused
+        assert restarted.stop() == 0
+    finally:
+        if restarted.proc.poll() is None:
+            restarted.proc.kill()
+
+
+def _safe_journaled(socket: Path) -> bool:
+    try:
+        _journaled(socket)
+    except Exception:
+        return False
+    return True
+
+
+def test_graceful_restart_keeps_the_journal_and_the_socket_group(root: None, tmp_path: Path) -> None:
+    import grp
+
+    rules, socket, journal = tmp_path / "site.yaml", tmp_path / "api.sock", tmp_path / "journal.db"
+    rules.write_text(MARKER_RULE.format(rule_id="marker", marker="gs-restart-marker"))
+    flags = ("--rules", str(rules), "--socket", str(socket), "--journal", str(journal), "--quiet",
+             "--socket-group", "daemon")
+    first = Agent(*flags)
+    wait_until(socket.exists, what="the API socket")
+    assert (os.stat(socket).st_mode & 0o777, os.stat(socket).st_gid) == (0o660, grp.getgrnam("daemon").gr_gid)
+    subprocess.run(["/bin/true", "gs-restart-marker"], check=True)
+    wait_until(lambda: _journaled(socket) == [1], what="the first alert")
+    assert first.stop() == 0
+    second = Agent(*flags)
+    try:
+        wait_until(lambda: socket.exists() and _safe_journaled(socket) and _journaled(socket) == [1],
+                   what="the journal after a restart")
+        subprocess.run(["/bin/true", "gs-restart-marker"], check=True)
+        wait_until(lambda: _journaled(socket) == [1, 2], what="the next cursor")
+        assert second.stop() == 0
+    finally:
+        if second.proc.poll() is None:
+            second.proc.kill()

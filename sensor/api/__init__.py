@@ -1,0 +1,1 @@
+"""The gRPC API: generated messages and service (v1/), conversion, broker, server."""

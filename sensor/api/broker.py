@@ -1,0 +1,207 @@
+"""Fan-out from the aggregator to subscribers, without ever slowing the aggregator.
+
+The aggregator appends items (events and alerts, already converted) to one bounded ring and
+never waits. Each subscriber reads the ring at its own position: its queue is the part of
+the ring it has not read yet, bounded by the ring's size. A subscriber that falls further
+behind than the ring holds has lost items: it gets a Gap saying how many events and alerts
+were published while it was behind, then its missed alerts again from the journal, then the
+live stream from the oldest item still held. Publishing wakes the server's event loop at most
+once per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from sensor.api.filters import Filter
+from sensor.api.v1 import gpusentry_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Item:
+    seq: int
+    alerts_before: int  # alerts published before this item: turns a lost range into counts
+    event: pb.Event | None = None
+    alert: pb.Alert | None = None
+    # what filters look at
+    exec_id: str = ""
+    exe: str = ""
+    lineage: frozenset[str] = frozenset()  # the process's key and its ancestors' ("pid:start_ns")
+    cgroup_id: int = 0
+
+    def matches(self, wanted: Filter) -> bool:
+        if self.alert is not None:
+            return alert_matches(self.alert, wanted)
+        if self.event is None or not wanted.events or (wanted.kinds and self.event.kind not in wanted.kinds):
+            return False
+        return self._process_matches(wanted)
+
+    def _process_matches(self, wanted: Filter) -> bool:
+        if wanted.exec_id and self.exec_id != wanted.exec_id:
+            return False
+        if wanted.binary and self.exe != wanted.binary and self.exe.rsplit("/", 1)[-1] != wanted.binary:
+            return False
+        if wanted.ancestor and wanted.ancestor not in self.lineage:
+            return False
+        return not wanted.cgroup_ids or self.cgroup_id in wanted.cgroup_ids
+
+
+def alert_matches(alert: pb.Alert, wanted: Filter) -> bool:
+    """An alert matches a process filter when any of its processes does."""
+    if not wanted.alerts or (wanted.rule_ids and alert.rule_id not in wanted.rule_ids):
+        return False
+    if alert.severity < wanted.min_severity:
+        return False
+    processes = [p.process for p in alert.processes]
+    if wanted.exec_id and all(p.exec_id != wanted.exec_id for p in processes):
+        return False
+    if wanted.binary and all(p.exe != wanted.binary and p.exe.rsplit("/", 1)[-1] != wanted.binary
+                             for p in processes):
+        return False
+    if wanted.ancestor and all(
+            wanted.ancestor != p.process.exec_id.rsplit(":", 1)[0]
+            and all(wanted.ancestor != a.exec_id.rsplit(":", 1)[0] for a in p.ancestors)
+            for p in alert.processes):
+        return False
+    return not wanted.cgroup_ids or any(p.cgroup_id in wanted.cgroup_ids for p in processes)
+
+
+@dataclass
+class Subscription:
+    id: int
+    filter: Filter
+    position: int  # the next sequence number to read
+    alerts_before: int  # alerts published before `position`
+    wakeup: asyncio.Event
+    last_alert_cursor: int = 0
+    delivered: int = 0
+    missed_events: int = 0
+    missed_alerts: int = 0
+    gaps: int = 0
+
+
+@dataclass
+class Behind:
+    """A subscriber's position fell out of the ring."""
+
+    missed_events: int
+    missed_alerts: int
+
+
+@dataclass
+class BrokerStats:
+    published_events: int = 0
+    published_alerts: int = 0
+    subscribers: int = 0
+    refused: int = 0  # subscriptions refused at the limit
+    missed: dict[str, int] = field(default_factory=dict)  # by subscriber id: items lost to gaps
+
+
+class TooManySubscribers(RuntimeError):
+    pass
+
+
+class Broker:
+    def __init__(self, capacity: int = 65536, max_subscribers: int = 64) -> None:
+        self.capacity = capacity
+        self.max_subscribers = max_subscribers
+        self._ring: deque[Item] = deque(maxlen=capacity)
+        self._next_seq = 0
+        self._alerts = 0
+        self._lock = threading.Lock()
+        self._subscriptions: dict[int, Subscription] = {}
+        self._ids = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_pending = False
+        self.stats = BrokerStats()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    @property
+    def wants_events(self) -> bool:
+        return any(s.filter.events for s in list(self._subscriptions.values()))
+
+    @property
+    def wants_lineage(self) -> bool:
+        return any(s.filter.needs_lineage for s in list(self._subscriptions.values()))
+
+    # -- the aggregator's side ------------------------------------------------------------
+
+    def publish(self, items: list[Item]) -> None:
+        """Append (event, alert) items with their filter keys; never blocks on subscribers."""
+        if not items:
+            return
+        with self._lock:
+            for item in items:
+                stamped = Item(self._next_seq, self._alerts, item.event, item.alert, item.exec_id, item.exe,
+                               item.lineage, item.cgroup_id)
+                self._ring.append(stamped)
+                self._next_seq += 1
+                if item.alert is not None:
+                    self._alerts += 1
+                    self.stats.published_alerts += 1
+                else:
+                    self.stats.published_events += 1
+            wake = not self._wake_pending and self._loop is not None and bool(self._subscriptions)
+            self._wake_pending = self._wake_pending or wake
+        if wake and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+            subscriptions = list(self._subscriptions.values())
+        for subscription in subscriptions:
+            subscription.wakeup.set()
+
+    # -- the server's side ----------------------------------------------------------------
+
+    def subscribe(self, wanted: Filter) -> Subscription:
+        with self._lock:
+            if len(self._subscriptions) >= self.max_subscribers:
+                self.stats.refused += 1
+                raise TooManySubscribers(f"the sensor already has {self.max_subscribers} subscribers")
+            self._ids += 1
+            subscription = Subscription(self._ids, wanted, self._next_seq, self._alerts, asyncio.Event())
+            self._subscriptions[subscription.id] = subscription
+            self.stats.subscribers = len(self._subscriptions)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscriptions.pop(subscription.id, None)
+            self.stats.subscribers = len(self._subscriptions)
+
+    def take(self, subscription: Subscription, limit: int = 512) -> tuple[Behind | None, list[Item]]:
+        """The next items for a subscriber (unfiltered), and whether it fell behind first."""
+        with self._lock:
+            behind = None
+            oldest = self._ring[0].seq if self._ring else self._next_seq
+            if subscription.position < oldest:
+                first = self._ring[0] if self._ring else None
+                alerts_at_oldest = first.alerts_before if first else self._alerts
+                lost = oldest - subscription.position
+                lost_alerts = alerts_at_oldest - subscription.alerts_before
+                behind = Behind(lost - lost_alerts, lost_alerts)
+                subscription.position, subscription.alerts_before = oldest, alerts_at_oldest
+                subscription.gaps += 1
+                subscription.missed_events += behind.missed_events
+                subscription.missed_alerts += behind.missed_alerts
+                self.stats.missed[str(subscription.id)] = subscription.missed_events + subscription.missed_alerts
+            start = subscription.position - oldest
+            items = [self._ring[i] for i in range(start, min(start + limit, len(self._ring)))]
+            if items:
+                last = items[-1]
+                subscription.position = last.seq + 1
+                subscription.alerts_before = last.alerts_before + (1 if last.alert is not None else 0)
+            else:
+                subscription.wakeup.clear()
+        return behind, items
+
+    def subscriptions(self) -> list[Subscription]:
+        with self._lock:
+            return list(self._subscriptions.values())

@@ -1,0 +1,30 @@
+"""What the API serves: the aggregator's state, the journal and the broker, and the lock the
+aggregator holds while it changes that state."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sensor.aggregator.aggregator import Aggregator
+from sensor.api.broker import Broker
+from sensor.api.convert import Clock
+from sensor.capture import StreamMeta
+from sensor.journal import Journal
+
+
+@dataclass
+class ApiState:
+    aggregator: Aggregator
+    journal: Journal
+    broker: Broker
+    meta: StreamMeta
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    started_ns: int = field(default_factory=time.time_ns)
+    rule_files: list[str] = field(default_factory=list)
+    load_errors: list[str] = field(default_factory=list)  # from the last reload that failed
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(self.meta.boot_to_wall_ns)

@@ -1,0 +1,483 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Severity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEVERITY_UNSPECIFIED: _ClassVar[Severity]
+    SEVERITY_INFO: _ClassVar[Severity]
+    SEVERITY_LOW: _ClassVar[Severity]
+    SEVERITY_MEDIUM: _ClassVar[Severity]
+    SEVERITY_HIGH: _ClassVar[Severity]
+    SEVERITY_CRITICAL: _ClassVar[Severity]
+
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
+    EVENT_KIND_EXEC: _ClassVar[EventKind]
+    EVENT_KIND_EXIT: _ClassVar[EventKind]
+    EVENT_KIND_CONNECT: _ClassVar[EventKind]
+    EVENT_KIND_GPU_OPEN: _ClassVar[EventKind]
+    EVENT_KIND_GPU_OBJECT: _ClassVar[EventKind]
+    EVENT_KIND_GPU_ACTIVITY: _ClassVar[EventKind]
+    EVENT_KIND_TUNNEL: _ClassVar[EventKind]
+    EVENT_KIND_EGRESS: _ClassVar[EventKind]
+SEVERITY_UNSPECIFIED: Severity
+SEVERITY_INFO: Severity
+SEVERITY_LOW: Severity
+SEVERITY_MEDIUM: Severity
+SEVERITY_HIGH: Severity
+SEVERITY_CRITICAL: Severity
+EVENT_KIND_UNSPECIFIED: EventKind
+EVENT_KIND_EXEC: EventKind
+EVENT_KIND_EXIT: EventKind
+EVENT_KIND_CONNECT: EventKind
+EVENT_KIND_GPU_OPEN: EventKind
+EVENT_KIND_GPU_OBJECT: EventKind
+EVENT_KIND_GPU_ACTIVITY: EventKind
+EVENT_KIND_TUNNEL: EventKind
+EVENT_KIND_EGRESS: EventKind
+
+class Process(_message.Message):
+    __slots__ = ("exec_id", "pid", "ppid", "exe", "argv", "argc", "uid", "loginuid", "cgroup_id", "start_time", "alive", "exit_code", "tunnel_scopes", "inherited")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PPID_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    ARGC_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    LOGINUID_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    ALIVE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_SCOPES_FIELD_NUMBER: _ClassVar[int]
+    INHERITED_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    pid: int
+    ppid: int
+    exe: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    argc: int
+    uid: int
+    loginuid: int
+    cgroup_id: int
+    start_time: _timestamp_pb2.Timestamp
+    alive: bool
+    exit_code: int
+    tunnel_scopes: _containers.RepeatedScalarFieldContainer[str]
+    inherited: bool
+    def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., ppid: _Optional[int] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., uid: _Optional[int] = ..., loginuid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., alive: _Optional[bool] = ..., exit_code: _Optional[int] = ..., tunnel_scopes: _Optional[_Iterable[str]] = ..., inherited: _Optional[bool] = ...) -> None: ...
+
+class ProcessRef(_message.Message):
+    __slots__ = ("exec_id", "pid", "exe")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    pid: int
+    exe: str
+    def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., exe: _Optional[str] = ...) -> None: ...
+
+class Exec(_message.Message):
+    __slots__ = ("filename", "argv", "argc", "argv_truncated", "result", "uid", "gid", "cgroup_id")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    ARGC_FIELD_NUMBER: _ClassVar[int]
+    ARGV_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    argc: int
+    argv_truncated: bool
+    result: int
+    uid: int
+    gid: int
+    cgroup_id: int
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ...) -> None: ...
+
+class Exit(_message.Message):
+    __slots__ = ("exit_code", "signal")
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    signal: int
+    def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
+
+class Connect(_message.Message):
+    __slots__ = ("family", "address", "port", "result", "destination")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    address: str
+    port: int
+    result: int
+    destination: str
+    def __init__(self, family: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., result: _Optional[int] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class GpuOpen(_message.Message):
+    __slots__ = ("device", "minor", "by_name")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MINOR_FIELD_NUMBER: _ClassVar[int]
+    BY_NAME_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    minor: int
+    by_name: bool
+    def __init__(self, device: _Optional[str] = ..., minor: _Optional[int] = ..., by_name: _Optional[bool] = ...) -> None: ...
+
+class GpuObject(_message.Message):
+    __slots__ = ("device", "command", "reason", "role", "class_id", "architecture", "handle", "parent", "ret", "status")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    RET_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    command: str
+    reason: str
+    role: str
+    class_id: int
+    architecture: str
+    handle: int
+    parent: int
+    ret: int
+    status: int
+    def __init__(self, device: _Optional[str] = ..., command: _Optional[str] = ..., reason: _Optional[str] = ..., role: _Optional[str] = ..., class_id: _Optional[int] = ..., architecture: _Optional[str] = ..., handle: _Optional[int] = ..., parent: _Optional[int] = ..., ret: _Optional[int] = ..., status: _Optional[int] = ...) -> None: ...
+
+class GpuActivity(_message.Message):
+    __slots__ = ("calls_by_command", "rate_by_device", "errors", "suppressed")
+    class CallsByCommandEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class RateByDeviceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CALLS_BY_COMMAND_FIELD_NUMBER: _ClassVar[int]
+    RATE_BY_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    calls_by_command: _containers.ScalarMap[str, int]
+    rate_by_device: _containers.ScalarMap[str, float]
+    errors: int
+    suppressed: int
+    def __init__(self, calls_by_command: _Optional[_Mapping[str, int]] = ..., rate_by_device: _Optional[_Mapping[str, float]] = ..., errors: _Optional[int] = ..., suppressed: _Optional[int] = ...) -> None: ...
+
+class Tunnel(_message.Message):
+    __slots__ = ("tool", "reverse", "directions", "remote_host", "remote_user", "remote_port", "forwards")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_HOST_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_USER_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_PORT_FIELD_NUMBER: _ClassVar[int]
+    FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    reverse: bool
+    directions: _containers.RepeatedScalarFieldContainer[str]
+    remote_host: str
+    remote_user: str
+    remote_port: int
+    forwards: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tool: _Optional[str] = ..., reverse: _Optional[bool] = ..., directions: _Optional[_Iterable[str]] = ..., remote_host: _Optional[str] = ..., remote_user: _Optional[str] = ..., remote_port: _Optional[int] = ..., forwards: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Egress(_message.Message):
+    __slots__ = ("address", "port", "result")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    result: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("time", "kind", "process", "exec", "exit", "connect", "gpu_open", "gpu_object", "gpu_activity", "tunnel", "egress")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    EXEC_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_FIELD_NUMBER: _ClassVar[int]
+    GPU_OPEN_FIELD_NUMBER: _ClassVar[int]
+    GPU_OBJECT_FIELD_NUMBER: _ClassVar[int]
+    GPU_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    kind: EventKind
+    process: ProcessRef
+    exec: Exec
+    exit: Exit
+    connect: Connect
+    gpu_open: GpuOpen
+    gpu_object: GpuObject
+    gpu_activity: GpuActivity
+    tunnel: Tunnel
+    egress: Egress
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_object: _Optional[_Union[GpuObject, _Mapping]] = ..., gpu_activity: _Optional[_Union[GpuActivity, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ...) -> None: ...
+
+class AlertStep(_message.Message):
+    __slots__ = ("fact", "time", "summary", "exec_id", "fields_json")
+    FACT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    fact: str
+    time: _timestamp_pb2.Timestamp
+    summary: str
+    exec_id: str
+    fields_json: str
+    def __init__(self, fact: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., exec_id: _Optional[str] = ..., fields_json: _Optional[str] = ...) -> None: ...
+
+class AlertProcess(_message.Message):
+    __slots__ = ("process", "ancestors")
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    ANCESTORS_FIELD_NUMBER: _ClassVar[int]
+    process: Process
+    ancestors: _containers.RepeatedCompositeFieldContainer[ProcessRef]
+    def __init__(self, process: _Optional[_Union[Process, _Mapping]] = ..., ancestors: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("cursor", "rule_id", "severity", "title", "description", "tags", "time", "scope", "scope_key", "steps", "processes")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_KEY_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    rule_id: str
+    severity: Severity
+    title: str
+    description: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    time: _timestamp_pb2.Timestamp
+    scope: str
+    scope_key: str
+    steps: _containers.RepeatedCompositeFieldContainer[AlertStep]
+    processes: _containers.RepeatedCompositeFieldContainer[AlertProcess]
+    def __init__(self, cursor: _Optional[int] = ..., rule_id: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[str] = ..., scope_key: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[AlertStep, _Mapping]]] = ..., processes: _Optional[_Iterable[_Union[AlertProcess, _Mapping]]] = ...) -> None: ...
+
+class ProcessFilter(_message.Message):
+    __slots__ = ("exec_id", "binary", "ancestor_exec_id")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    BINARY_FIELD_NUMBER: _ClassVar[int]
+    ANCESTOR_EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    binary: str
+    ancestor_exec_id: str
+    def __init__(self, exec_id: _Optional[str] = ..., binary: _Optional[str] = ..., ancestor_exec_id: _Optional[str] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("events", "alerts", "event_kinds", "rule_ids", "min_severity", "process", "cgroup_ids", "since_cursor")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_KINDS_FIELD_NUMBER: _ClassVar[int]
+    RULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    events: bool
+    alerts: bool
+    event_kinds: _containers.RepeatedScalarFieldContainer[EventKind]
+    rule_ids: _containers.RepeatedScalarFieldContainer[str]
+    min_severity: Severity
+    process: ProcessFilter
+    cgroup_ids: _containers.RepeatedScalarFieldContainer[int]
+    since_cursor: int
+    def __init__(self, events: _Optional[bool] = ..., alerts: _Optional[bool] = ..., event_kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., rule_ids: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., process: _Optional[_Union[ProcessFilter, _Mapping]] = ..., cgroup_ids: _Optional[_Iterable[int]] = ..., since_cursor: _Optional[int] = ...) -> None: ...
+
+class Gap(_message.Message):
+    __slots__ = ("missed_events", "missed_alerts", "resume_cursor", "reason")
+    MISSED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSED_ALERTS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    missed_events: int
+    missed_alerts: int
+    resume_cursor: int
+    reason: str
+    def __init__(self, missed_events: _Optional[int] = ..., missed_alerts: _Optional[int] = ..., resume_cursor: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Events(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class SubscribeResponse(_message.Message):
+    __slots__ = ("events", "alert", "gap")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    events: Events
+    alert: Alert
+    gap: Gap
+    def __init__(self, events: _Optional[_Union[Events, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("page_size", "after_cursor", "rule_ids", "min_severity", "since", "until")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    RULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    after_cursor: int
+    rule_ids: _containers.RepeatedScalarFieldContainer[str]
+    min_severity: Severity
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    def __init__(self, page_size: _Optional[int] = ..., after_cursor: _Optional[int] = ..., rule_ids: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("alerts", "next_cursor")
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    next_cursor: int
+    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., next_cursor: _Optional[int] = ...) -> None: ...
+
+class GetProcessRequest(_message.Message):
+    __slots__ = ("exec_id", "pid")
+    EXEC_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    exec_id: str
+    pid: int
+    def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class GpuSessionSummary(_message.Message):
+    __slots__ = ("devices", "compute", "first_compute", "channels", "cuda_boost", "failed_allocations")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    CUDA_BOOST_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    compute: bool
+    first_compute: _timestamp_pb2.Timestamp
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    cuda_boost: bool
+    failed_allocations: int
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., compute: _Optional[bool] = ..., first_compute: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channels: _Optional[_Iterable[str]] = ..., cuda_boost: _Optional[bool] = ..., failed_allocations: _Optional[int] = ...) -> None: ...
+
+class GetProcessResponse(_message.Message):
+    __slots__ = ("process", "ancestors", "children", "gpu")
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    ANCESTORS_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    process: Process
+    ancestors: _containers.RepeatedCompositeFieldContainer[Process]
+    children: _containers.RepeatedCompositeFieldContainer[Process]
+    gpu: GpuSessionSummary
+    def __init__(self, process: _Optional[_Union[Process, _Mapping]] = ..., ancestors: _Optional[_Iterable[_Union[Process, _Mapping]]] = ..., children: _Optional[_Iterable[_Union[Process, _Mapping]]] = ..., gpu: _Optional[_Union[GpuSessionSummary, _Mapping]] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DropCounter(_message.Message):
+    __slots__ = ("hop", "what", "count")
+    HOP_FIELD_NUMBER: _ClassVar[int]
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    hop: str
+    what: str
+    count: int
+    def __init__(self, hop: _Optional[str] = ..., what: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class RuleStatus(_message.Message):
+    __slots__ = ("id", "severity", "alerts")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    severity: Severity
+    alerts: int
+    def __init__(self, id: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., alerts: _Optional[int] = ...) -> None: ...
+
+class RuleSetStatus(_message.Message):
+    __slots__ = ("rules", "files", "load_errors")
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedCompositeFieldContainer[RuleStatus]
+    files: _containers.RepeatedScalarFieldContainer[str]
+    load_errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rules: _Optional[_Iterable[_Union[RuleStatus, _Mapping]]] = ..., files: _Optional[_Iterable[str]] = ..., load_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor")
+    class KernelFeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EventsByKindEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_BY_KIND_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_ALERTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    started: _timestamp_pb2.Timestamp
+    uptime_s: float
+    kernel: str
+    kernel_features: _containers.ScalarMap[str, str]
+    events_by_kind: _containers.ScalarMap[str, int]
+    drops: _containers.RepeatedCompositeFieldContainer[DropCounter]
+    rules: RuleSetStatus
+    subscribers: int
+    journal_alerts: int
+    last_cursor: int
+    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ...) -> None: ...

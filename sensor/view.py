@@ -1,0 +1,205 @@
+"""The live view: a gRPC client that shows alerts, GPU activity, events and drops.
+
+It never talks to BPF: it subscribes to the agent's API like any client. The screen is one
+pure function, `render(snapshot)`, of a small snapshot that `apply` updates from the stream;
+both are tested with a recording console.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import grpc
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from sensor.api.client import sensor_stub
+from sensor.api.v1 import gpusentry_pb2 as pb
+
+SEVERITY_STYLE = {pb.SEVERITY_CRITICAL: "bold white on red", pb.SEVERITY_HIGH: "bold red",
+                  pb.SEVERITY_MEDIUM: "yellow", pb.SEVERITY_LOW: "cyan", pb.SEVERITY_INFO: "dim"}
+KIND_NAMES = {k: pb.EventKind.Name(k).removeprefix("EVENT_KIND_").lower() for k in pb.EventKind.values()}
+
+
+@dataclass
+class GpuRow:
+    process: pb.ProcessRef
+    activity: pb.GpuActivity
+    compute: bool = False
+    seen: float = 0.0
+
+
+@dataclass
+class Snapshot:
+    endpoint: str
+    status: pb.Status | None = None
+    alerts: deque[pb.Alert] = field(default_factory=lambda: deque(maxlen=8))
+    events: deque[pb.Event] = field(default_factory=lambda: deque(maxlen=12))
+    gpu: dict[str, GpuRow] = field(default_factory=dict)
+    received: int = 0
+    gaps: int = 0
+    missed: int = 0
+    error: str = ""
+
+
+def apply(snapshot: Snapshot, response: pb.SubscribeResponse, now: float | None = None) -> None:
+    """Fold one stream message into the snapshot."""
+    now = time.time() if now is None else now
+    snapshot.received += 1
+    item = response.WhichOneof("item")
+    if item == "alert":
+        snapshot.alerts.appendleft(response.alert)
+    elif item == "gap":
+        snapshot.gaps += 1
+        snapshot.missed += response.gap.missed_events + response.gap.missed_alerts
+    elif item == "events":
+        for event in response.events.events:
+            _apply_event(snapshot, event, now)
+
+
+def _apply_event(snapshot: Snapshot, event: pb.Event, now: float) -> None:
+    detail = event.WhichOneof("detail")
+    if detail == "gpu_activity":
+        row = snapshot.gpu.setdefault(event.process.exec_id, GpuRow(event.process, event.gpu_activity))
+        row.activity, row.seen = event.gpu_activity, now
+    elif detail == "gpu_object" and event.gpu_object.role == "compute" and event.gpu_object.reason == "alloc":
+        row = snapshot.gpu.setdefault(event.process.exec_id, GpuRow(event.process, pb.GpuActivity()))
+        row.compute, row.seen = True, now
+    if detail != "gpu_activity":
+        snapshot.events.appendleft(event)
+
+
+def _time(stamp: object) -> str:
+    return datetime.fromtimestamp(stamp.ToNanoseconds() / 1e9).strftime("%H:%M:%S")  # type: ignore[attr-defined]
+
+
+def _header(snapshot: Snapshot) -> RenderableType:
+    status = snapshot.status
+    line = Text()
+    line.append("gpusentry ", style="bold")
+    line.append(f"on {snapshot.endpoint}  ")
+    if status is None:
+        line.append(snapshot.error or "connecting…", style="yellow" if not snapshot.error else "red")
+        return line
+    line.append(f"kernel {status.kernel}  up {int(status.uptime_s)}s  ")
+    total = sum(status.events_by_kind.values())
+    line.append(f"events {total}  alerts {status.last_cursor}  subscribers {status.subscribers}  ")
+    dropped = [(d.hop, d.what, d.count) for d in status.drops if d.count]
+    if dropped:
+        line.append("drops: " + ", ".join(f"{hop} {what} {count}" for hop, what, count in dropped), style="bold red")
+    else:
+        line.append("drops: none", style="green")
+    if snapshot.missed:
+        line.append(f"  this view missed {snapshot.missed} in {snapshot.gaps} gap(s)", style="yellow")
+    return line
+
+
+def _alerts(snapshot: Snapshot) -> RenderableType:
+    table = Table(expand=True, box=None, show_header=True, header_style="bold")
+    for column in ("time", "severity", "rule", "chain"):
+        table.add_column(column, overflow="fold", ratio=4 if column == "chain" else None)
+    for alert in snapshot.alerts:
+        chain = " → ".join(f"{s.fact}: {s.summary}" for s in alert.steps)
+        severity = pb.Severity.Name(alert.severity).removeprefix("SEVERITY_")
+        table.add_row(_time(alert.time), Text(severity, style=SEVERITY_STYLE.get(alert.severity, "")),
+                      alert.rule_id, chain)
+    return Panel(table if snapshot.alerts else Text("no alerts", style="dim"), title="alerts", border_style="red")
+
+
+def _gpu(snapshot: Snapshot) -> RenderableType:
+    table = Table(expand=True, box=None, header_style="bold")
+    for column in ("pid", "process", "compute", "ioctls/s", "calls"):
+        table.add_column(column, overflow="fold")
+    rows = sorted(snapshot.gpu.values(), key=lambda r: -r.seen)[:8]
+    for row in rows:
+        rate = sum(row.activity.rate_by_device.values())
+        calls = sum(row.activity.calls_by_command.values())
+        table.add_row(str(row.process.pid), row.process.exe, "yes" if row.compute else "", f"{rate:,.0f}",
+                      f"{calls:,}")
+    return Panel(table if rows else Text("no GPU activity", style="dim"), title="GPU", border_style="green")
+
+
+def _events(snapshot: Snapshot) -> RenderableType:
+    table = Table(expand=True, box=None, header_style="bold")
+    for column in ("time", "kind", "pid", "process", "detail"):
+        table.add_column(column, overflow="ellipsis", no_wrap=True, ratio=3 if column == "detail" else None)
+    for event in snapshot.events:
+        table.add_row(_time(event.time), KIND_NAMES.get(event.kind, "?"), str(event.process.pid), event.process.exe,
+                      _detail(event))
+    return Panel(table, title="events", border_style="blue")
+
+
+def _detail(event: pb.Event) -> str:
+    match event.WhichOneof("detail"):
+        case "exec":
+            return " ".join(event.exec.argv)
+        case "connect":
+            c = event.connect
+            return f"{c.address}:{c.port} {c.destination}" + (f" ({c.result})" if c.result else "")
+        case "exit":
+            return f"signal {event.exit.signal}" if event.exit.signal else f"code {event.exit.exit_code}"
+        case "gpu_open":
+            return event.gpu_open.device
+        case "gpu_object":
+            g = event.gpu_object
+            return f"{g.command} {g.role} {g.class_id:#x} {g.architecture}".strip()
+        case "tunnel":
+            return f"{event.tunnel.tool} {'/'.join(event.tunnel.directions)} {', '.join(event.tunnel.forwards)}"
+        case "egress":
+            return f"{event.egress.address}:{event.egress.port}"
+    return ""
+
+
+def render(snapshot: Snapshot) -> RenderableType:
+    return Group(_header(snapshot), _alerts(snapshot), _gpu(snapshot), _events(snapshot))
+
+
+class Watcher:
+    """Keeps a subscription and a status poll running, and the screen up to date."""
+
+    def __init__(self, channel: grpc.Channel, endpoint: str) -> None:
+        self.stub = sensor_stub(channel)
+        self.snapshot = Snapshot(endpoint)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def _subscribe(self) -> None:
+        while not self.stop.is_set():
+            try:
+                last = self.snapshot.alerts[0].cursor if self.snapshot.alerts else 0
+                request = pb.SubscribeRequest(events=True, alerts=True, since_cursor=max(last, 0))
+                for response in self.stub.Subscribe(request):
+                    with self.lock:
+                        apply(self.snapshot, response)
+                    if self.stop.is_set():
+                        return
+            except grpc.RpcError as exc:
+                with self.lock:
+                    self.snapshot.error = f"{exc.code().name}: {exc.details()}"
+                self.stop.wait(1)
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status = self.stub.GetStatus(pb.GetStatusRequest(), timeout=5)
+                with self.lock:
+                    self.snapshot.status, self.snapshot.error = status, ""
+            except grpc.RpcError as exc:
+                with self.lock:
+                    self.snapshot.status, self.snapshot.error = None, f"{exc.code().name}: {exc.details()}"
+            self.stop.wait(1)
+
+    def run(self) -> None:
+        for target in (self._subscribe, self._poll):
+            threading.Thread(target=target, daemon=True).start()
+        with Live(render(self.snapshot), refresh_per_second=4, screen=True) as live:
+            while not self.stop.wait(0.25):
+                with self.lock:
+                    live.update(render(self.snapshot))

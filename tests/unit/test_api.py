@@ -1,0 +1,506 @@
+"""The gRPC API over real gRPC, with an in-process server fed constructed events: filters,
+invalid requests, resume from the journal, slow subscribers, TLS and mTLS, limits, health
+and reflection, processes, alert pages and status."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sensor import events as ev
+from sensor.aggregator.aggregator import Aggregator
+from sensor.aggregator.detector import DetectorConfig
+from sensor.api.broker import Broker
+from sensor.api.client import sensor_stub
+from sensor.api.publish import Publisher
+from sensor.api.server import ApiServer, Endpoint
+from sensor.api.state import ApiState
+from sensor.api.v1 import gpusentry_pb2 as pb
+from sensor.capture import StreamMeta
+from sensor.errors import UsageError
+from sensor.journal import Journal
+from sensor.rules.loader import load_rules
+
+SEC = 1_000_000_000
+ROOT = Path(__file__).resolve().parents[2]
+SITE_RULES = """rules:
+  - id: marker
+    title: Marker exec
+    description: an exec of /bin/marker
+    severity: low
+    match: {fact: exec, where: {name: marker}}
+  - id: loud-marker
+    title: Loud marker exec
+    description: an exec of /bin/loud
+    severity: critical
+    match: {fact: exec, where: {name: loud}}
+"""
+
+
+@dataclass
+class Harness:
+    state: ApiState
+    server: ApiServer
+    publisher: Publisher
+    socket: Path
+    ts: int = SEC
+    started: dict[int, int] | None = None
+
+    def feed(self, *events: ev.Event) -> None:
+        for event in events:
+            with self.state.lock:
+                obs = self.state.aggregator.handle(event)
+            self.publisher.publish(obs)
+
+    def tick(self) -> int:
+        self.ts += SEC // 10
+        return self.ts
+
+    def spawn(self, parent: int, pid: int, exe: str, *args: str, cgroup: int = 7) -> None:
+        self.started = self.started or {}
+        self.started[pid] = self.tick()
+        argv = [exe.encode(), *(a.encode() for a in args)]
+        self.feed(ev.Fork(self.ts, parent, parent, pid, parent, self.started[pid]),
+                  ev.Exec(self.tick(), pid, pid, 0, parent, 0, 0, cgroup, self.started[pid], exe[-15:].encode(),
+                          exe.encode(), argv, len(argv), 0, 0, 0, pid))
+
+    def connect(self, pid: int, port: int) -> None:
+        self.feed(ev.Connect(self.tick(), pid, pid, 3, 0, "inet", "203.0.113.5", port))
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"unix:{self.socket}")
+
+
+def make_harness(tmp_path: Path, endpoint: Endpoint | None = None, capacity: int = 65536,
+                 max_subscribers: int = 64) -> Harness:
+    rules_file = tmp_path / "site.yaml"
+    rules_file.write_text(SITE_RULES)
+    aggregator = Aggregator(rules=load_rules([rules_file]),
+                            config=DetectorConfig(static_routes=(("203.0.113.0/24", "egress"),)))
+    socket = tmp_path / "sensor.sock"
+    state = ApiState(aggregator, Journal(tmp_path / "journal.db"), Broker(capacity, max_subscribers),
+                     StreamMeta(boot_to_wall_ns=1_700_000_000 * SEC))
+    server = ApiServer(state, endpoint or Endpoint(socket=socket), max_subscribers)
+    server.start()
+    return Harness(state, server, Publisher(state), socket)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Harness]:
+    harness = make_harness(tmp_path)
+    harness.spawn(1, 10, "/usr/bin/bash")
+    yield harness
+    harness.server.stop()
+    harness.state.journal.close()
+
+
+@dataclass
+class Flat:
+    """One item of a stream: an event (unbatched), an alert or a gap; the others empty."""
+
+    kind: str
+    event: pb.Event = field(default_factory=pb.Event)
+    alert: pb.Alert = field(default_factory=pb.Alert)
+    gap: pb.Gap = field(default_factory=pb.Gap)
+
+    def WhichOneof(self, _: str) -> str:
+        return self.kind
+
+
+def flatten(response: pb.SubscribeResponse) -> list[Flat]:
+    item = response.WhichOneof("item")
+    if item == "events":
+        return [Flat("event", event=e) for e in response.events.events]
+    if item == "alert":
+        return [Flat("alert", alert=response.alert)]
+    return [Flat("gap", gap=response.gap)]
+
+
+class Reader:
+    """A subscription read on its own thread, so the test can publish meanwhile."""
+
+    def __init__(self, stub: object, request: pb.SubscribeRequest) -> None:
+        self.call = stub.Subscribe(request)  # type: ignore[attr-defined]
+        self.items: list[Flat] = []
+        self.error: grpc.RpcError | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self.items += flatten(response)
+        except grpc.RpcError as exc:
+            self.error = exc
+        self.done.set()
+
+    def until(self, condition: Callable[[Flat], bool], timeout: float = 10) -> list[Flat]:
+        from tests.waiting import wait_until
+
+        wait_until(lambda: any(condition(i) for i in self.items) or self.done.is_set(), timeout)
+        index = next(n for n, i in enumerate(self.items) if condition(i))
+        return self.items[: index + 1]
+
+    def close(self) -> None:
+        self.call.cancel()
+
+
+def subscribed(api: Harness) -> Callable[[int], bool]:
+    return lambda n: api.state.broker.stats.subscribers == n
+
+
+def wait_subscribers(api: Harness, count: int) -> None:
+    from tests.waiting import wait_until
+
+    wait_until(lambda: api.state.broker.stats.subscribers == count, what=f"{count} subscribers")
+
+
+def exec_argv(item: Flat) -> list[str]:
+    return list(item.event.exec.argv) if item.WhichOneof("item") == "event" and item.event.HasField("exec") else []
+
+
+def test_events_of_one_kind_only(api: Harness) -> None:
+    reader = Reader(sensor_stub(api.channel()), pb.SubscribeRequest(events=True, event_kinds=[pb.EVENT_KIND_CONNECT]))
+    wait_subscribers(api, 1)
+    api.spawn(10, 11, "/usr/bin/curl", "https://example")
+    api.connect(11, 443)
+    api.connect(11, 8443)
+    got = reader.until(lambda i: i.event.connect.port == 8443)
+    assert [(i.event.kind, i.event.connect.address, i.event.connect.port, i.event.connect.destination)
+            for i in got] == [(pb.EVENT_KIND_CONNECT, "203.0.113.5", 443, "egress"),
+                              (pb.EVENT_KIND_CONNECT, "203.0.113.5", 8443, "egress")]
+    assert got[0].event.process.pid == 11 and got[0].event.process.exe == "/usr/bin/curl"
+    reader.close()
+
+
+def test_alerts_by_rule_and_severity(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    by_rule = Reader(stub, pb.SubscribeRequest(alerts=True, rule_ids=["marker"]))
+    by_severity = Reader(stub, pb.SubscribeRequest(alerts=True, min_severity=pb.SEVERITY_HIGH))
+    wait_subscribers(api, 2)
+    api.spawn(10, 12, "/bin/loud")
+    api.spawn(10, 13, "/bin/marker")
+    api.spawn(10, 14, "/bin/loud", "fence")
+    assert [(i.alert.rule_id, i.alert.processes[0].process.pid) for i in
+            by_rule.until(lambda i: i.alert.rule_id == "marker")] == [("marker", 13)]
+    assert [(i.alert.rule_id, i.alert.severity, i.alert.cursor) for i in
+            by_severity.until(lambda i: i.alert.processes[0].process.pid == 14)] == [
+        ("loud-marker", pb.SEVERITY_CRITICAL, 1), ("loud-marker", pb.SEVERITY_CRITICAL, 3)]
+
+
+def test_process_filters(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    api.spawn(10, 20, "/usr/bin/python3", "agent.py")
+    agent = api.state.aggregator.table.by_pid(20)
+    assert agent is not None
+    below = Reader(stub, pb.SubscribeRequest(events=True, event_kinds=[pb.EVENT_KIND_EXEC],
+                                             process=pb.ProcessFilter(ancestor_exec_id=agent.exec_id)))
+    binary = Reader(stub, pb.SubscribeRequest(events=True, event_kinds=[pb.EVENT_KIND_EXEC],
+                                              process=pb.ProcessFilter(binary="ssh")))
+    cgroup = Reader(stub, pb.SubscribeRequest(events=True, event_kinds=[pb.EVENT_KIND_EXEC], cgroup_ids=[99]))
+    wait_subscribers(api, 3)
+    api.spawn(20, 21, "/usr/bin/ssh", "-V")  # below the agent
+    api.spawn(10, 22, "/usr/bin/ssh", "other")  # not below it
+    api.spawn(21, 23, "/bin/true", "grandchild", cgroup=99)
+    api.spawn(10, 24, "/usr/bin/ssh", "fence", cgroup=99)
+    assert [exec_argv(i) for i in below.until(lambda i: exec_argv(i)[-1:] == ["grandchild"])] == [
+        ["/usr/bin/ssh", "-V"], ["/bin/true", "grandchild"]]
+    assert [exec_argv(i) for i in binary.until(lambda i: exec_argv(i)[-1:] == ["fence"])] == [
+        ["/usr/bin/ssh", "-V"], ["/usr/bin/ssh", "other"], ["/usr/bin/ssh", "fence"]]
+    assert [exec_argv(i) for i in cgroup.until(lambda i: exec_argv(i)[-1:] == ["fence"])] == [
+        ["/bin/true", "grandchild"], ["/usr/bin/ssh", "fence"]]
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (pb.SubscribeRequest(), "events, alerts: subscribe to events, alerts or both"),
+    (pb.SubscribeRequest(events=True, event_kinds=[99]), "event_kinds[0]: 99 is not an event kind"),
+    (pb.SubscribeRequest(alerts=True, event_kinds=[pb.EVENT_KIND_EXEC]), "event_kinds: set events to true"),
+    (pb.SubscribeRequest(alerts=True, rule_ids=["nope"]), "rule_ids[0]: no rule 'nope'"),
+    (pb.SubscribeRequest(alerts=True, min_severity=42), "min_severity: 42 is not a severity"),
+    (pb.SubscribeRequest(events=True, since_cursor=3), "since_cursor: it replays alerts; set alerts to true"),
+    (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(exec_id="12")), "process.exec_id: '12' is not"),
+    (pb.SubscribeRequest(events=True, cgroup_ids=list(range(65))), "cgroup_ids: at most 64 values, not 65"),
+])
+def test_bad_filters_are_invalid_argument(api: Harness, request_: pb.SubscribeRequest, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        next(iter(sensor_stub(api.channel()).Subscribe(request_)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(message)
+
+
+def test_resume_replays_missed_alerts_in_order_once(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    first = Reader(stub, pb.SubscribeRequest(alerts=True))
+    wait_subscribers(api, 1)
+    api.spawn(10, 30, "/bin/marker", "one")
+    api.spawn(10, 31, "/bin/marker", "two")
+    seen = first.until(lambda i: i.alert.processes[0].process.pid == 31)
+    cursor = seen[-1].alert.cursor
+    first.close()
+    wait_subscribers(api, 0)
+    for pid in (32, 33, 34):  # raised while the client is away
+        api.spawn(10, pid, "/bin/marker", "away")
+    again = Reader(stub, pb.SubscribeRequest(alerts=True, since_cursor=cursor))
+    wait_subscribers(api, 1)
+    api.spawn(10, 35, "/bin/marker", "live")
+    got = again.until(lambda i: i.alert.processes[0].process.pid == 35)
+    assert [(i.alert.cursor, i.alert.processes[0].process.pid) for i in got] == [
+        (cursor + 1, 32), (cursor + 2, 33), (cursor + 3, 34), (cursor + 4, 35)]
+
+
+def test_slow_subscriber_gets_a_gap_and_its_alerts_back(tmp_path: Path) -> None:
+    api = make_harness(tmp_path, capacity=64)
+    try:
+        api.spawn(1, 10, "/usr/bin/bash")
+        call = sensor_stub(api.channel()).Subscribe(pb.SubscribeRequest(events=True, alerts=True))
+        stream = iter(call)
+        wait_subscribers(api, 1)
+        api.spawn(10, 40, "/bin/marker", "before")
+        for i in range(3000):  # far more than the ring holds, while the client reads nothing
+            api.connect(40, 1000 + i % 50)
+        api.spawn(10, 41, "/bin/marker", "during")
+        for i in range(3000):
+            api.connect(40, 2000 + i % 50)
+        api.spawn(10, 42, "/bin/marker", "fence")
+        items: list[Flat] = []
+        for response in stream:
+            items += flatten(response)
+            if items[-1].kind == "alert" and items[-1].alert.processes[0].process.pid == 42:
+                break
+        call.cancel()
+        gaps = [i.gap for i in items if i.WhichOneof("item") == "gap"]
+        assert gaps and sum(g.missed_events for g in gaps) > 0
+        assert gaps[0].reason.startswith("this subscriber fell behind")
+        alerts = [i.alert.cursor for i in items if i.WhichOneof("item") == "alert"]
+        assert alerts == [1, 2, 3]  # every alert, in order, once, despite the gaps
+        delivered = sum(1 for i in items if i.WhichOneof("item") == "event")
+        missed = sum(g.missed_events for g in gaps)
+        published = api.state.broker.stats.published_events
+        assert delivered + missed <= published
+        # the sensor itself lost nothing: its counters show no drop anywhere
+        assert api.state.aggregator.counters.kernel_drops == {} and api.state.aggregator.counters.probe_drops == {}
+        assert api.state.broker.stats.published_alerts == 3
+    finally:
+        api.server.stop()
+
+
+def test_subscriber_limit(tmp_path: Path) -> None:
+    api = make_harness(tmp_path, max_subscribers=2)
+    try:
+        stub = sensor_stub(api.channel())
+        readers = [Reader(stub, pb.SubscribeRequest(alerts=True)) for _ in range(2)]
+        wait_subscribers(api, 2)
+        with pytest.raises(grpc.RpcError) as info:
+            next(iter(stub.Subscribe(pb.SubscribeRequest(alerts=True))))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.details() == ("the sensor already has 2 subscribers; try again later, or start the "
+                                        "agent with a higher --max-subscribers")
+        assert api.state.broker.stats.refused == 1
+        for reader in readers:
+            reader.close()
+    finally:
+        api.server.stop()
+
+
+def test_oversized_request_is_refused(api: Harness) -> None:
+    huge = pb.SubscribeRequest(events=True, process=pb.ProcessFilter(binary="x" * 100_000))
+    with pytest.raises(grpc.RpcError) as info:
+        next(iter(sensor_stub(api.channel()).Subscribe(huge)))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_socket_is_not_open_to_everyone(api: Harness) -> None:
+    assert os.stat(api.socket).st_mode & 0o777 == 0o660
+
+
+def test_health_and_reflection(api: Harness) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    channel = api.channel()
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="gpusentry.v1.Sensor")).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"gpusentry.v1.Sensor", "grpc.health.v1.Health"} <= services
+    described = ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol("gpusentry.v1.Sensor")
+    assert (described.name, described.package) == ("sensor/api/v1/gpusentry.proto", "gpusentry.v1")
+    assert [m.name for m in described.service[0].method] == [
+        "Subscribe", "ListAlerts", "GetProcess", "GetStatus"]
+
+
+def test_get_process_and_status(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    api.spawn(10, 50, "/usr/bin/python3", "job.py")
+    api.spawn(50, 51, "/bin/marker")
+    job = stub.GetProcess(pb.GetProcessRequest(pid=50))
+    assert (job.process.pid, job.process.exe, list(job.process.argv)) == (50, "/usr/bin/python3",
+                                                                          ["/usr/bin/python3", "job.py"])
+    assert [p.pid for p in job.ancestors] == [10] and [c.pid for c in job.children] == [51]
+    same = stub.GetProcess(pb.GetProcessRequest(exec_id=job.process.exec_id))
+    assert same.process.exec_id == job.process.exec_id
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetProcess(pb.GetProcessRequest(pid=999_999))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as info:
+        stub.GetProcess(pb.GetProcessRequest(exec_id="x; DROP TABLE"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.events_by_kind["exec"] >= 3 and status.last_cursor == 1 and status.journal_alerts == 1
+    assert {d.hop for d in status.drops} == {"kernel", "aggregator", "rules", "subscribers"}
+    assert all(d.count == 0 for d in status.drops)
+    assert {r.id: r.alerts for r in status.rules.rules}["marker"] == 1
+
+
+def test_list_alerts_in_pages(api: Harness) -> None:
+    for pid in range(60, 65):
+        api.spawn(10, pid, "/bin/marker")
+    stub = sensor_stub(api.channel())
+    first = stub.ListAlerts(pb.ListAlertsRequest(page_size=2))
+    second = stub.ListAlerts(pb.ListAlertsRequest(page_size=2, after_cursor=first.next_cursor))
+    last = stub.ListAlerts(pb.ListAlertsRequest(page_size=2, after_cursor=second.next_cursor))
+    assert [a.cursor for a in (*first.alerts, *second.alerts, *last.alerts)] == [1, 2, 3, 4, 5]
+    assert last.next_cursor == 0
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListAlerts(pb.ListAlertsRequest(page_size=5000))
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                         "page_size: at most 1000, not 5000")
+
+
+# -- TLS and mTLS -------------------------------------------------------------------------
+
+
+def _certificates(tmp_path: Path) -> dict[str, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def cert(subject: str, public: object, issuer: str, signer: object, ca: bool,
+             san: list[x509.GeneralName] | None = None) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(public).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
+                   .not_valid_before(now - datetime.timedelta(minutes=1))
+                   .not_valid_after(now + datetime.timedelta(hours=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
+
+    files: dict[str, Path] = {}
+
+    def write(name: str, data: bytes) -> None:
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_bytes(data)
+
+    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    ca_keys = {}
+    for ca_name in ("ca", "other_ca"):  # the agent's CA, and one it does not trust
+        ca_keys[ca_name] = key()
+        write(ca_name, cert(ca_name, ca_keys[ca_name].public_key(), ca_name, ca_keys[ca_name], True)
+              .public_bytes(serialization.Encoding.PEM))
+    server_key = key()
+    write("server_key", pem_key(server_key))
+    write("server", cert("localhost", server_key.public_key(), "ca", ca_keys["ca"], False,
+                         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                         ).public_bytes(serialization.Encoding.PEM))
+    for client, issuer in (("client", "ca"), ("stranger", "other_ca")):
+        client_key = key()
+        write(f"{client}_key", pem_key(client_key))
+        write(client, cert(client, client_key.public_key(), issuer, ca_keys[issuer], False)
+              .public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def _tls_channel(port: int, certs: dict[str, Path], client: str | None = None) -> grpc.Channel:
+    key = certs[f"{client}_key"].read_bytes() if client else None
+    chain = certs[client].read_bytes() if client else None
+    credentials = grpc.ssl_channel_credentials(certs["ca"].read_bytes(), key, chain)
+    return grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+
+
+def _status(channel: grpc.Channel) -> pb.Status:
+    return sensor_stub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
+
+
+def test_tls(tmp_path: Path) -> None:
+    certs = _certificates(tmp_path)
+    endpoint = Endpoint(socket=None, listen="127.0.0.1:0", tls_cert=certs["server"], tls_key=certs["server_key"])
+    api = make_harness(tmp_path, endpoint)
+    try:
+        assert _status(_tls_channel(api.server.port, certs)).kernel == api.state.meta.kernel
+        with pytest.raises(grpc.RpcError) as info:  # a plain-text client is refused
+            _status(grpc.insecure_channel(f"127.0.0.1:{api.server.port}"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        api.server.stop()
+
+
+def test_mtls_refuses_clients_without_the_right_certificate(tmp_path: Path) -> None:
+    certs = _certificates(tmp_path)
+    endpoint = Endpoint(socket=None, listen="127.0.0.1:0", tls_cert=certs["server"], tls_key=certs["server_key"],
+                        tls_client_ca=certs["ca"])
+    api = make_harness(tmp_path, endpoint)
+    try:
+        assert _status(_tls_channel(api.server.port, certs, "client")).kernel == api.state.meta.kernel
+        for client in (None, "stranger"):
+            with pytest.raises(grpc.RpcError) as info:
+                _status(_tls_channel(api.server.port, certs, client))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        api.server.stop()
+
+
+@pytest.mark.parametrize(("endpoint", "message"), [
+    (Endpoint(socket=None, listen="0.0.0.0:50051"),
+     "refusing to serve the API in plain text on 0.0.0.0:50051: anyone who reaches it would read every alert and "
+     "process; fix: give --tls-cert and --tls-key (and --tls-client-ca for mTLS), or listen on 127.0.0.1, or pass "
+     "--insecure-plaintext"),
+    (Endpoint(socket=None, listen="[::]:1"), "refusing to serve the API in plain text on [::]:1"),
+    (Endpoint(socket=None, listen="nonsense"), "--listen 'nonsense' is not HOST:PORT"),
+    (Endpoint(socket=None, listen=None), "the API has nowhere to listen"),
+    (Endpoint(socket=None, listen="127.0.0.1:1", tls_cert=Path("x")), "--tls-cert and --tls-key go together"),
+])
+def test_endpoint_rules(endpoint: Endpoint, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        endpoint.validate()
+    assert str(info.value).startswith(message)
+    Endpoint(socket=None, listen="0.0.0.0:1", insecure_plaintext=True).validate()  # said out loud: allowed
+    Endpoint(socket=None, listen="127.0.0.1:1").validate()  # loopback: allowed
+
+
+def test_the_agent_refuses_plain_non_loopback_tcp_before_starting() -> None:
+    result = subprocess.run([sys.executable, "-m", "sensor", "run", "--listen", "0.0.0.0:50051"], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.startswith("gpusentry: error: refusing to serve the API in plain text on 0.0.0.0:50051")
+
+
+def test_generated_code_is_current(tmp_path: Path) -> None:
+    """scripts/gen-proto's output is the committed code, byte for byte."""
+    subprocess.run([str(ROOT / "scripts" / "gen-proto"), str(tmp_path)], check=True,
+                   env={**os.environ, "PYTHON": sys.executable})
+    for name in ("gpusentry_pb2.py", "gpusentry_pb2.pyi", "gpusentry_pb2_grpc.py"):
+        fresh = (tmp_path / "sensor" / "api" / "v1" / name).read_bytes()
+        committed = (ROOT / "sensor" / "api" / "v1" / name).read_bytes()
+        assert fresh == committed, f"sensor/api/v1/{name} is stale: run scripts/gen-proto"

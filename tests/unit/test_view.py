@@ -1,0 +1,66 @@
+"""The live view's screen, rendered from a constructed snapshot on a recording console."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from sensor.api.v1 import gpusentry_pb2 as pb
+from sensor.view import Snapshot, apply, render
+
+SEC = 1_000_000_000
+
+
+def stamp(seconds: int) -> object:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.FromNanoseconds(seconds * SEC)
+    return t
+
+
+def screen(snapshot: Snapshot) -> str:
+    console = Console(record=True, width=200, color_system=None)
+    console.print(render(snapshot))
+    return console.export_text()
+
+
+def test_waiting_for_the_agent() -> None:
+    text = screen(Snapshot("unix:/run/gpusentry/sensor.sock"))
+    assert "gpusentry on unix:/run/gpusentry/sensor.sock  connecting…" in text
+    assert "no alerts" in text and "no GPU activity" in text
+
+
+def test_alerts_gpu_events_and_drops_are_shown() -> None:
+    snapshot = Snapshot("unix:/tmp/s.sock")
+    snapshot.status = pb.Status(kernel="6.18", uptime_s=61, events_by_kind={"exec": 10, "connect": 5},
+                                subscribers=2, last_cursor=3,
+                                drops=[pb.DropCounter(hop="kernel", what="ring buffer: exec", count=7),
+                                       pb.DropCounter(hop="probe", what="queue full: exec", count=0)])
+    proc = pb.ProcessRef(exec_id="42:1:1", pid=42, exe="/usr/bin/python3")
+    alert = pb.Alert(cursor=3, rule_id="reverse-tunnel-then-gpu-compute", severity=pb.SEVERITY_CRITICAL,
+                     time=stamp(100),
+                     steps=[pb.AlertStep(fact="tunnel", summary="ssh tunnel (reverse) to 198.51.100.1"),
+                            pb.AlertStep(fact="gpu_compute", summary="GPU compute class 0xcbc0")])
+    apply(snapshot, pb.SubscribeResponse(alert=alert), now=1)
+    apply(snapshot, pb.SubscribeResponse(events=pb.Events(events=[pb.Event(
+        time=stamp(101), kind=pb.EVENT_KIND_GPU_OBJECT, process=proc,
+        gpu_object=pb.GpuObject(command="RM_ALLOC", reason="alloc", role="compute", class_id=0xCBC0,
+                                architecture="Hopper"))])), now=2)
+    apply(snapshot, pb.SubscribeResponse(events=pb.Events(events=[pb.Event(
+        time=stamp(102), kind=pb.EVENT_KIND_GPU_ACTIVITY, process=proc,
+        gpu_activity=pb.GpuActivity(calls_by_command={"RM_CONTROL": 5000}, rate_by_device={"ctl": 1234.0}))])),
+          now=3)
+    apply(snapshot, pb.SubscribeResponse(events=pb.Events(events=[pb.Event(
+        time=stamp(103), kind=pb.EVENT_KIND_CONNECT, process=proc,
+        connect=pb.Connect(address="203.0.113.9", port=3333, destination="egress"))])), now=4)
+    apply(snapshot, pb.SubscribeResponse(gap=pb.Gap(missed_events=40, missed_alerts=1)), now=5)
+    text = screen(snapshot)
+    assert "kernel 6.18  up 61s  events 15  alerts 3  subscribers 2" in text
+    assert "drops: kernel ring buffer: exec 7" in text and "this view missed 41 in 1 gap(s)" in text
+    assert "CRITICAL  reverse-tunnel-then-gpu-compute" in text
+    assert "tunnel: ssh tunnel (reverse) to 198.51.100.1 → gpu_compute: GPU compute class 0xcbc0" in text
+    gpu_row = next(line for line in text.splitlines() if "/usr/bin/python3" in line and "yes" in line)
+    assert "1,234" in gpu_row and "5,000" in gpu_row
+    assert "connect" in text and "203.0.113.9:3333 egress" in text
+    assert "RM_ALLOC compute 0xcbc0 Hopper" in text
+    assert snapshot.received == 5 and snapshot.gaps == 1
