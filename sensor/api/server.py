@@ -83,6 +83,22 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _answers(path: Path) -> bool:
+    """Whether something is listening on this UNIX socket path now."""
+    import socket
+
+    if not path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
@@ -153,6 +169,9 @@ class ApiServer:
         endpoint = self.endpoint
         if endpoint.socket is not None:
             endpoint.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+            if _answers(endpoint.socket):
+                raise GpusentryError(f"another gpusentry agent is already serving the API at {endpoint.socket}",
+                                     "stop it first, or give --socket another path")
             with contextlib.suppress(FileNotFoundError):
                 endpoint.socket.unlink()  # a stale socket from an earlier run
             old = os.umask(0o117)  # the socket is born 0660: no moment where others may connect

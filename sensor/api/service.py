@@ -193,6 +193,11 @@ def status_of(state: ApiState) -> pb.Status:
               sorted(counters.probe_drops.items())]
     drops.append(pb.DropCounter(hop="aggregator", what="processes evicted at the table's cap",
                                 count=aggregator.table.stats.evicted))
+    sessions = list(aggregator.gpu)
+    drops.append(pb.DropCounter(hop="aggregator", what="GPU objects not kept (per-process cap)",
+                                count=sum(s.objects_dropped for s in sessions)))
+    drops.append(pb.DropCounter(hop="kernel", what="GPU records held back by a process's budget (still counted)",
+                                count=sum(c.suppressed for s in sessions for c in s.counts.values())))
     detector = aggregator.detector
     rules = pb.RuleSetStatus(files=state.rule_files, load_errors=state.load_errors)
     if detector is not None:

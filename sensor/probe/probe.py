@@ -106,7 +106,7 @@ class Probe:
         kind = event.KIND.name.lower()
         self.records[kind] += 1
         if isinstance(event, ev.Exec):
-            _fill_argv_from_procfs(event)
+            _fill_argv_from_procfs(event, self.config)
         elif isinstance(event, ev.Exit):
             self._exited.add(event.tgid)
         self._emit(event)
@@ -214,14 +214,21 @@ class Probe:
                 self._emit(proc, block=True)
 
 
-def _fill_argv_from_procfs(event: ev.Exec) -> None:
-    """A successful exec whose argv the kernel could not read: take /proc/PID/cmdline.
+def _fill_argv_from_procfs(event: ev.Exec, config: program.ProbeConfig) -> None:
+    """A successful exec whose argv the kernel could not read: take /proc/PID/cmdline, held to
+    the same limits as the kernel's copy.
 
     Marked ARGV_FROM_PROCFS, because the process may have rewritten it already. A failed
     exec keeps an unread argv: its /proc entry shows the old image."""
-    if event.flags & ev.ARGV_UNREAD and event.result == 0:
-        argv = procfs.read_cmdline(event.tgid)
-        if argv is not None:
-            event.argv = argv
-            event.argc = len(argv)
-            event.flags |= ev.ARGV_FROM_PROCFS
+    if not event.flags & ev.ARGV_UNREAD or event.result != 0:
+        return
+    argv = procfs.read_cmdline(event.tgid)
+    if argv is None:
+        return
+    event.argc = len(argv)
+    if len(argv) > config.max_args:
+        event.flags |= ev.ARGV_TRUNCATED
+    if any(len(arg) > config.arg_len for arg in argv[: config.max_args]):
+        event.flags |= ev.ARG_CUT
+    event.argv = [arg[: config.arg_len] for arg in argv[: config.max_args]]
+    event.flags |= ev.ARGV_FROM_PROCFS

@@ -286,3 +286,16 @@ def test_graceful_restart_keeps_the_journal_and_the_socket_group(root: None, tmp
     finally:
         if second.proc.poll() is None:
             second.proc.kill()
+
+
+def test_a_damaged_journal_stops_the_agent_and_is_left_as_it_was(root: None, tmp_path: Path) -> None:
+    journal = tmp_path / "journal.db"
+    journal.write_bytes(b"this is not a SQLite database " * 200)
+    before = journal.read_bytes()
+    result = subprocess.run([sys.executable, "-m", "sensor", "run", "--journal", str(journal), "--socket",
+                             str(tmp_path / "s.sock")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gpusentry: error: cannot use {journal} as the alert journal: file is not a database; fix: move the file "
+        "aside (it is left untouched) and start again; a new journal is created"]
+    assert journal.read_bytes() == before

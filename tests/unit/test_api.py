@@ -504,3 +504,14 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
         fresh = (tmp_path / "sensor" / "api" / "v1" / name).read_bytes()
         committed = (ROOT / "sensor" / "api" / "v1" / name).read_bytes()
         assert fresh == committed, f"sensor/api/v1/{name} is stale: run scripts/gen-proto"
+
+
+def test_a_second_agent_does_not_take_the_socket(api: Harness, tmp_path: Path) -> None:
+    from sensor.errors import GpusentryError
+
+    second = ApiServer(api.state, Endpoint(socket=api.socket))
+    with pytest.raises(GpusentryError) as info:
+        second.start()
+    assert str(info.value) == (f"another gpusentry agent is already serving the API at {api.socket}; fix: stop it "
+                               "first, or give --socket another path")
+    assert _status(api.channel()).subscribers == 0  # the first one still serves

@@ -6,6 +6,7 @@ import ctypes
 import os
 import socket
 import struct
+from pathlib import Path
 
 from sensor import events as ev
 from sensor.probe import records
@@ -76,3 +77,23 @@ def test_decode_sockaddr_families() -> None:
     assert records.decode_sockaddr(struct.pack("<H", 17) + bytes(14), 16) == ("af17", "", 0)
     # a short address for its family is not read past its length
     assert records.decode_sockaddr(sockaddr_in("192.0.2.1", 1)[:6], 6) == ("inet", "", 0)
+
+
+def test_argv_from_procfs_is_held_to_the_same_limits(tmp_path: Path) -> None:
+    import subprocess
+
+    from sensor.probe.probe import _fill_argv_from_procfs
+    from sensor.probe.program import ProbeConfig
+
+    sleeper = subprocess.Popen(["/bin/sleep", "30", *[f"a{i}" * 20 for i in range(10)]])
+    try:
+        event = ev.Exec(ts=0, tgid=sleeper.pid, tid=sleeper.pid, result=0, ppid=1, uid=0, gid=0, cgroup_id=0,
+                        start_ns=0, comm=b"sleep", filename=b"/bin/sleep", argv=[], argc=0, flags=ev.ARGV_UNREAD,
+                        exe_dev=0, exe_ino=0, old_tid=sleeper.pid)
+        _fill_argv_from_procfs(event, ProbeConfig(max_args=4, arg_len=16))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert event.argv == [b"/bin/sleep", b"30", b"a0" * 8, b"a1" * 8]
+    assert event.argc == 12
+    assert event.flags == ev.ARGV_UNREAD | ev.ARGV_TRUNCATED | ev.ARG_CUT | ev.ARGV_FROM_PROCFS
