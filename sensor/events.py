@@ -33,6 +33,15 @@ class Kind(IntEnum):
     GPU_COUNTERS = 34  # in-kernel ioctl aggregation, read on a timer
 
 
+# The lowercase name of each kind, for counters keyed by name on the per-event path.
+KIND_NAMES: dict[int, str] = {kind: kind.name.lower() for kind in Kind}
+
+
+def text(raw: bytes) -> str:
+    """Bytes a monitored process controls, as text: undecodable bytes escaped (\\xNN), never dropped."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 # exec flags: 0x1-0x1f come from the kernel record (EXEC_* in bpf/events.h)
 ARGV_TRUNCATED = 0x1
 ARG_CUT = 0x2
@@ -284,7 +293,7 @@ def decode(payload: bytes) -> Event:
 
 def to_json_dict(event: Event) -> dict[str, Any]:
     """A JSON-safe view: bytes shown as text with undecodable bytes escaped."""
-    out: dict[str, Any] = {"kind": event.KIND.name.lower()}
+    out: dict[str, Any] = {"kind": KIND_NAMES[event.KIND]}
     for name in _FIELDS[type(event)]:
         out[name] = _jsonable(getattr(event, name))
     return out
@@ -292,7 +301,7 @@ def to_json_dict(event: Event) -> dict[str, Any]:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
+        return text(value)
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):

@@ -20,7 +20,7 @@ MAX_SHOWN_ARG = 120
 
 def text(raw: bytes) -> str:
     """Bytes a monitored process controls, made printable: escapes, never raw control bytes."""
-    shown = raw.decode("utf-8", "backslashreplace")
+    shown = ev.text(raw)
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)
 
 

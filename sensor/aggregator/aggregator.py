@@ -65,7 +65,7 @@ class Aggregator:
         self._waiting_for_parent: dict[int, list[Process]] = {}  # snapshot: ppid -> children
 
     def handle(self, event: ev.Event) -> Observation:
-        self.counters.events[event.KIND.name.lower()] += 1
+        self.counters.events[ev.KIND_NAMES[event.KIND]] += 1
         self.now_ns = max(self.now_ns, event.ts)
         handler = self._handlers.get(type(event), self._on_activity)
         process = handler(event)
@@ -127,7 +127,6 @@ class Aggregator:
         proc.loginuid, proc.sessionid, proc.netns = event.loginuid, event.sessionid, event.netns
         proc.execs += 1
         proc.inherited = False
-        proc.exec_ts = event.ts
         return proc
 
     def _on_exit(self, event: ev.Exit) -> Process | None:

@@ -22,6 +22,7 @@ from sensor.classify.egress import Destination, EgressClassifier
 from sensor.classify.miner import MinerClassifier
 from sensor.classify.scan import ScanDetector
 from sensor.classify.tunnel import classify_tunnel
+from sensor.events import text
 from sensor.gpu_classes import device_name
 from sensor.rules.alert import Alert, AlertProcess
 from sensor.rules.engine import RuleEngine
@@ -30,10 +31,6 @@ from sensor.rules.model import Rule, RuleSet
 MAX_ANCESTORS_SHOWN = 8
 LINEAGE_CACHE = 16384
 UNSET = 0xFFFFFFFF
-
-
-def text(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
 
 
 @dataclass

@@ -56,7 +56,6 @@ class Process:
     tunnel_scopes: frozenset[str] = frozenset()
     execs: int = 0  # execs seen; 0: identity inherited from the parent, or from /proc
     inherited: bool = False  # exe/argv are the parent's: forked, not exec'd
-    exec_ts: int = 0
     exited_ts: int | None = None
     exit_code: int | None = None
     from_snapshot: bool = False

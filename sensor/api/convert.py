@@ -18,16 +18,13 @@ from sensor.aggregator.aggregator import Observation
 from sensor.aggregator.gpu import GpuSession, GpuTracker
 from sensor.aggregator.process_table import Process, ProcessTable
 from sensor.api.v1 import gpusentry_pb2 as pb
+from sensor.events import text
 from sensor.gpu_classes import Role, architecture_of, command_name, device_name, role_of
 from sensor.rules.alert import Alert
 
 SEVERITY = {"info": pb.SEVERITY_INFO, "low": pb.SEVERITY_LOW, "medium": pb.SEVERITY_MEDIUM,
             "high": pb.SEVERITY_HIGH, "critical": pb.SEVERITY_CRITICAL}
 GPU_REASONS = {r.value: r.name.lower() for r in ev.GpuReason}
-
-
-def text(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
 
 
 class Clock:

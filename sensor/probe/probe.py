@@ -103,7 +103,7 @@ class Probe:
         except records.RecordError:
             self.decode_errors += 1
             return
-        kind = event.KIND.name.lower()
+        kind = ev.KIND_NAMES[event.KIND]
         self.records[kind] += 1
         if isinstance(event, ev.Exec):
             _fill_argv_from_procfs(event, self.config)
@@ -116,7 +116,7 @@ class Probe:
         try:
             self._queue.put(payload, block=block, timeout=1.0 if block else None)
         except queue.Full:
-            self.probe_drops[event.KIND.name.lower()] += 1
+            self.probe_drops[ev.KIND_NAMES[event.KIND]] += 1
 
     # -- threads --------------------------------------------------------------------------
 
@@ -171,7 +171,7 @@ class Probe:
             if kind >= 32:
                 continue
             total = sum(table[table.Key(int(kind))])
-            drops[kind.name.lower()] = int(total)
+            drops[ev.KIND_NAMES[kind]] = int(total)
         return drops
 
     def gpu_counters(self) -> ev.GpuCounters:

@@ -7,7 +7,6 @@ a helper subprocess, as Tetragon's tests do.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -98,7 +97,3 @@ def run_python(code: str, *args: str, **kwargs: object) -> subprocess.CompletedP
 
 def exec_of(child_pid: int) -> Callable[[ev.Event], bool]:
     return lambda e: isinstance(e, ev.Exec) and e.tgid == child_pid
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0

@@ -34,11 +34,6 @@ def drivers(root: None) -> Iterator[dict[str, Path]]:
         yield {"hopper": hopper, "ampere": ampere}
 
 
-def session_of(live: LiveProbe, pid: int) -> GpuSession:
-    sessions = [s for s in live.aggregator.gpu if s.process.pid == pid]
-    assert len(sessions) == 1, f"{len(sessions)} GPU sessions for pid {pid}"
-    return sessions[0]
-
 
 def total_calls(session: GpuSession) -> int:
     return sum(count.calls for count in session.counts.values())

@@ -155,10 +155,6 @@ class Reader:
         self.call.cancel()
 
 
-def subscribed(api: Harness) -> Callable[[int], bool]:
-    return lambda n: api.state.broker.stats.subscribers == n
-
-
 def wait_subscribers(api: Harness, count: int) -> None:
     from tests.waiting import wait_until
 
