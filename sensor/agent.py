@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from sensor.api.server import answers, socket_in_use
 from sensor.capture import FrameWriter, StreamMeta
 from sensor.consume import endpoint_of, load_detection
 from sensor.errors import GpusentryError, UsageError
@@ -76,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     endpoint_of(args)
     program.preflight()  # privileges first: without them, nothing below is the real problem
     Journal(Path(args.journal)).close()
+    if args.socket != "none" and answers(Path(args.socket)):
+        raise socket_in_use(Path(args.socket))  # here, one line; in the aggregator it would be two
     _prepare_directories(args)
     view = args.view if args.view is not None else (sys.stdout.isatty() and not args.json)
     if view and args.socket == "none":

@@ -83,7 +83,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _answers(path: Path) -> bool:
+def answers(path: Path) -> bool:
     """Whether something is listening on this UNIX socket path now."""
     import socket
 
@@ -97,6 +97,11 @@ def _answers(path: Path) -> bool:
     finally:
         probe.close()
     return True
+
+
+def socket_in_use(path: Path) -> GpusentryError:
+    return GpusentryError(f"another gpusentry agent is already serving the API at {path}",
+                          "stop it first, or give --socket another path")
 
 
 def _read(path: Path) -> bytes:
@@ -169,9 +174,8 @@ class ApiServer:
         endpoint = self.endpoint
         if endpoint.socket is not None:
             endpoint.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            if _answers(endpoint.socket):
-                raise GpusentryError(f"another gpusentry agent is already serving the API at {endpoint.socket}",
-                                     "stop it first, or give --socket another path")
+            if answers(endpoint.socket):
+                raise socket_in_use(endpoint.socket)
             with contextlib.suppress(FileNotFoundError):
                 endpoint.socket.unlink()  # a stale socket from an earlier run
             old = os.umask(0o117)  # the socket is born 0660: no moment where others may connect

@@ -299,3 +299,22 @@ def test_a_damaged_journal_stops_the_agent_and_is_left_as_it_was(root: None, tmp
         f"gpusentry: error: cannot use {journal} as the alert journal: file is not a database; fix: move the file "
         "aside (it is left untouched) and start again; a new journal is created"]
     assert journal.read_bytes() == before
+
+
+def test_a_second_agent_on_the_same_socket_stops_before_starting(root: None, tmp_path: Path) -> None:
+    socket = tmp_path / "api.sock"
+    first = Agent("--socket", str(socket), "--journal", str(tmp_path / "one.db"), "--quiet")
+    try:
+        wait_until(socket.exists, what="the first agent's socket")
+        second = subprocess.run([sys.executable, "-m", "sensor", "run", "--no-view", "--socket", str(socket),
+                                 "--journal", str(tmp_path / "two.db")], capture_output=True, text=True, cwd=ROOT,
+                                timeout=60)
+        assert second.returncode == 2
+        assert second.stderr.splitlines() == [
+            f"gpusentry: error: another gpusentry agent is already serving the API at {socket}; fix: stop it "
+            "first, or give --socket another path"]
+        assert first.proc.poll() is None and _safe_journaled(socket)  # the first one still serves
+        assert first.stop() == 0
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
