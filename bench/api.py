@@ -14,7 +14,10 @@ is what the probe itself read (its counters).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import pwd
 import signal
 import statistics
 import subprocess
@@ -22,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -34,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def start_agent(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
     socket = tmp / "api.sock"
+    with contextlib.suppress(KeyError):  # the agent's unprivileged side must be able to use it
+        agent_user = pwd.getpwnam("gpusentry")
+        os.chown(tmp, agent_user.pw_uid, agent_user.pw_gid)
     agent = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--quiet", "--no-view", "--socket", str(socket),
                               "--journal", str(tmp / "journal.db"), "--max-subscribers", "64"],
                              cwd=ROOT, stderr=subprocess.PIPE, start_new_session=True)
@@ -57,7 +64,7 @@ def subscribers(socket: Path, count: int, mode: str, what: str, amount: str) -> 
     return procs
 
 
-def results(procs: list[subprocess.Popen[str]]) -> list[dict[str, object]]:
+def results(procs: list[subprocess.Popen[str]]) -> list[dict[str, Any]]:
     out = []
     for proc in procs:
         stdout, _ = proc.communicate(timeout=180)
@@ -65,7 +72,7 @@ def results(procs: list[subprocess.Popen[str]]) -> list[dict[str, object]]:
     return out
 
 
-def throughput(socket: Path, helper: Path, count: int, rate: int, seconds: float) -> list[dict[str, object]]:
+def throughput(socket: Path, helper: Path, count: int, rate: int, seconds: float) -> list[dict[str, Any]]:
     procs = subscribers(socket, count, "throughput", helper.name, str(seconds))
     calls = int(rate * seconds)
     subprocess.run([str(helper), str(calls - 1), str(rate), str(closed_port())], check=True, capture_output=True)
@@ -79,7 +86,7 @@ def latency(socket: Path, count: int, samples: int) -> list[int]:
     for _ in range(samples):
         subprocess.run(["/bin/true", marker], check=True)
         time.sleep(0.02)  # the exec rate, not a wait for a result
-    return [ns for r in results(procs) for ns in r["latencies_ns"]]  # type: ignore[attr-defined]
+    return [ns for r in results(procs) for ns in r["latencies_ns"]]
 
 
 def percentile(values: list[int], q: float) -> float:
@@ -101,10 +108,10 @@ def main() -> None:
         try:
             for count in (int(c) for c in args.subscribers.split(",")):
                 got = throughput(socket, helper, count, args.rate, args.seconds)
-                received = [int(r["received"]) for r in got]  # type: ignore[call-overload]
-                rates = [int(r["received"]) / max(float(r["seconds"]), 1e-9) for r in got]  # type: ignore[call-overload]
-                gaps = sum(int(r["gaps"]) for r in got)  # type: ignore[call-overload]
-                missed = sum(int(r["missed"]) for r in got)  # type: ignore[call-overload]
+                received = [int(r["received"]) for r in got]
+                rates = [int(r["received"]) / max(float(r["seconds"]), 1e-9) for r in got]
+                gaps = sum(int(r["gaps"]) for r in got)
+                missed = sum(int(r["missed"]) for r in got)
                 sent = int(args.rate * args.seconds)
                 print(f"{count:>2} subscriber(s), {sent} connects at {args.rate}/s: each received median "
                       f"{statistics.median(received)} [{min(received)}-{max(received)}] events, "

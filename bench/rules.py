@@ -96,7 +96,7 @@ def event_stream(count: int) -> list[ev.Event]:
 
 
 def aggregator_rate(events: list[ev.Event]) -> float:
-    aggregator = Aggregator(rules=load_rules([]), config=DetectorConfig(static_routes=(("203.0.113.0/24", "egress"),)))
+    aggregator = Aggregator(rules=load_rules([]), config=DetectorConfig())
     start = time.perf_counter()
     for event in events:
         aggregator.handle(event)

@@ -163,6 +163,7 @@ enum gpu_reason {
 /* gpu_ioctl_rec.hdr.flags */
 #define GPU_XFER 0x1 /* the call came wrapped in IOCTL_XFER_CMD and was followed one level */
 #define GPU_STATUS_READ 0x2 /* `status` was read from the argument struct at exit */
+#define GPU_BY_NAME 0x4 /* the device was recognised by its name only, not its device number */
 
 struct gpu_ioctl_rec {
 	struct rec_hdr hdr;

@@ -8,6 +8,8 @@
  * a closed file's struct is soon reused for another open (slab reuse), so the file pointer
  * alone would hand a new device fd the old file's verdict; a process could arrange that on
  * purpose (open a plain file, close it, open the device through a path not hooked here).
+ * A file recognised by its name alone (no NVIDIA device number: a fake driver's FUSE file, a
+ * plain file) says so in its records (by_name, GPU_BY_NAME), so that rules can tell it apart.
  *
  * Every GPU ioctl is counted in a per-CPU hash by (tgid, device kind, command). Only the
  * calls that matter become records, and each process has a record budget (a token bucket):
@@ -71,7 +73,8 @@ struct gpu_call {
 	u32 minor;
 	u8 kind;
 	u8 xfer;
-	u16 _pad;
+	u8 by_name; /* the file verdict: a name that looks like a device, not its device number */
+	u8 _pad;
 };
 
 struct handle_key {
@@ -301,7 +304,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_ioctl)
 	int rm = file.kind == GPU_CTL || file.kind == GPU_DEV || file.kind == GPU_MODESET || file.kind == GPU_OTHER;
 	if (rm && IOC_TYPE(cmd) != NV_IOCTL_MAGIC)
 		return 0;
-	struct gpu_call call = {.arg = args->arg, .fd = args->fd, .cmd = cmd, .minor = file.minor, .kind = file.kind};
+	struct gpu_call call = {.arg = args->arg, .fd = args->fd, .cmd = cmd, .minor = file.minor, .kind = file.kind,
+				.by_name = file.by_name};
 	if (rm) {
 		call.nr = IOC_NR(cmd);
 		call.size = IOC_SIZE(cmd);
@@ -453,6 +457,8 @@ static __always_inline struct gpu_ioctl_rec *gpu_rec_init(struct gpu_call *call,
 	rec->ret = ret;
 	if (call->xfer)
 		rec->hdr.flags |= GPU_XFER;
+	if (call->by_name)
+		rec->hdr.flags |= GPU_BY_NAME;
 	return rec;
 }
 

@@ -1,29 +1,51 @@
-"""The agent's privileged side: the probe in this process, the aggregator as a second process
-(dropping privileges with --user) joined by the frame stream on a pipe, and the live view as a
-third on the terminal. `record` runs the probe alone, into a capture file."""
+"""The agent's privileged side: the probe in this process, the aggregator (with the API) as a
+second process and the live view as a third, both unprivileged; `record` runs the probe alone,
+into a capture file.
+
+Privileges (README, "Privileges"): the aggregator and the view are started through
+`sensor.privileges` as the `gpusentry` user (no groups, no capabilities, no_new_privs); the
+probe keeps uid 0 but, once its programs are attached, only the capabilities its polling,
+/proc reads and namespace route lookups need.
+
+No half-alive agent: when any of its processes dies, the agent stops at once with one line
+naming which and how, and a non-zero status, so that a supervisor restarts it; the blind time
+is journaled (sensor/consume.py, RunLog).
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import io
 import os
+import pwd
+import resource
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, cast
 
-from sensor.api.server import answers, socket_in_use
+from sensor import events as ev
+from sensor import privileges
+from sensor.api.server import DEFAULT_SOCKET, answers, socket_in_use
 from sensor.capture import FrameWriter, StreamMeta
-from sensor.consume import endpoint_of, load_detection
+from sensor.consume import DEFAULT_JOURNAL, endpoint_of, load_detection
 from sensor.errors import GpusentryError, UsageError
 from sensor.journal import Journal
 from sensor.probe.program import ProbeConfig
 
 if TYPE_CHECKING:
     from sensor.probe.probe import Probe
+
+AGENT_USER = "gpusentry"
+VIEW_WAIT_S = 30
+POLL_S = 0.05  # how soon the death of one of the agent's processes is noticed
 
 
 def _config(args: argparse.Namespace) -> ProbeConfig:
@@ -33,21 +55,60 @@ def _config(args: argparse.Namespace) -> ProbeConfig:
     return config
 
 
-def _wait_for_stop(probe_failed: threading.Event, duration: float | None,
-                   child: subprocess.Popen[bytes] | None = None, viewer: subprocess.Popen[bytes] | None = None) -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    waited = 0.0
-    while not stop.is_set() and not probe_failed.is_set():
-        if child is not None and child.poll() is not None:
-            break
-        if viewer is not None and viewer.poll() is not None:
-            break  # the view was closed: the agent stops with it
-        stop.wait(0.2)
-        waited += 0.2
-        if duration is not None and waited >= duration:
-            break
+@dataclass
+class Stop:
+    """Why the agent stops: on purpose (status 0), or because a part of it failed."""
+
+    reason: str
+    error: GpusentryError | None = None
+
+
+class Watch:
+    """Waits for the first reason to stop: a signal, a duration, or a process that ended."""
+
+    def __init__(self, duration: float | None = None) -> None:
+        self.duration = duration
+        self.signalled: str | None = None
+        self._wake = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signalled = signal.Signals(signum).name
+        self._wake.set()
+
+    def until_stop(self, probe_failed: threading.Event, errors: list[BaseException],
+                   aggregator: subprocess.Popen[bytes] | None = None,
+                   viewer: subprocess.Popen[bytes] | None = None) -> Stop:
+        waited = 0.0
+        while True:
+            if self.signalled is not None:
+                return Stop(f"stopped by {self.signalled}")
+            if probe_failed.is_set():
+                cause = f"the probe failed: {errors[0] if errors else 'unknown'}"
+                return Stop(cause, GpusentryError(cause, "start the agent again; report it if it recurs"))
+            if aggregator is not None and aggregator.poll() is not None:
+                cause = f"the aggregator (pid {aggregator.pid}) stopped: {_exit_text(aggregator.returncode)}"
+                return Stop(cause, GpusentryError(cause, "see its message above, then start the agent again"))
+            if viewer is not None and viewer.poll() is not None:
+                return _view_ended(viewer)
+            if self.duration is not None and waited >= self.duration:
+                return Stop(f"stopped after {self.duration:g} s")
+            self._wake.wait(POLL_S)
+            waited += POLL_S
+
+
+def _view_ended(viewer: subprocess.Popen[bytes]) -> Stop:
+    if viewer.returncode == 0:
+        return Stop("the live view was closed")  # the person watching quit: the agent stops with it
+    cause = f"the live view (pid {viewer.pid}) stopped: {_exit_text(viewer.returncode)}"
+    return Stop(cause, GpusentryError(cause, "start the agent again"))
+
+
+def _exit_text(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by signal {-returncode} ({signal.Signals(-returncode).name})"
+    return f"exit status {returncode}"
 
 
 def _start_probe(config: ProbeConfig, sink: FrameWriter,
@@ -66,6 +127,69 @@ def _start_probe(config: ProbeConfig, sink: FrameWriter,
     return probe, failed, errors
 
 
+def _start_probe_or_end(config: ProbeConfig, sink: FrameWriter,
+                        exclude: Sequence[int]) -> tuple[Probe, threading.Event, list[BaseException]]:
+    """The probe, started; if it cannot start, the stream still ends with End, saying why,
+    so the aggregator ends its run cleanly instead of recording a dead probe."""
+    try:
+        return _start_probe(config, sink, exclude)
+    except Exception as exc:
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        with contextlib.suppress(OSError):
+            sink.write(ev.End(now, os.getpid(), os.getpid(), f"the probe did not start: {exc}"))
+        raise
+
+
+def _narrow_probe(keep: dict[int, str]) -> str:
+    """Keep only what the probe needs from now on (what it has of it); describes the result."""
+    have = privileges.ProcStatus.read("self").cap_prm
+    kept = {cap for cap in keep if have >> cap & 1}
+    privileges.keep_only(kept)
+    missing = sorted(privileges.CAP_NAMES[cap] for cap in keep if cap not in kept)
+    text = ", ".join(sorted(privileges.CAP_NAMES[cap] for cap in kept)) or "no capabilities"
+    return text + (f" (without {', '.join(missing)})" if missing else "")
+
+
+# -- the agent -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Who the aggregator, the API and the view run as: an account, or root (None)."""
+
+    user: str | None
+    account: privileges.Account | None
+
+    def command(self, argv: list[str], parent_death: bool = False, group: str | None = None) -> list[str]:
+        if self.user is None:
+            return argv
+        wrapper = [sys.executable, "-m", "sensor.privileges", "--user", self.user]
+        wrapper += ["--group", group] if group else []
+        wrapper += ["--parent-death"] if parent_death else []
+        return [*wrapper, "--", *argv]
+
+
+def _run_as(args: argparse.Namespace) -> RunAs:
+    """--user, or gpusentry when it exists; root only when asked for (or with no such user), loudly."""
+    name = args.user
+    if name is None:
+        try:
+            pwd.getpwnam(AGENT_USER)
+            name = AGENT_USER
+        except KeyError:
+            print(f"gpusentry: WARNING: no user {AGENT_USER}: the aggregator, the API and the live view run as "
+                  "root; fix: scripts/install creates it (or give --user)", file=sys.stderr)
+            return RunAs(None, None)
+    if name == "root":
+        print("gpusentry: WARNING: --user root: the aggregator, the API and the live view run with every "
+              "privilege, though they read what monitored processes control", file=sys.stderr)
+        return RunAs(None, None)
+    try:
+        return RunAs(name, privileges.account(name, args.socket_group))
+    except privileges.PrivilegeError as exc:
+        raise UsageError(f"--user {name}: {exc.problem}", exc.fix) from exc
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     from sensor.probe import program
@@ -79,61 +203,104 @@ def cmd_run(args: argparse.Namespace) -> int:
     Journal(Path(args.journal)).close()
     if args.socket != "none" and answers(Path(args.socket)):
         raise socket_in_use(Path(args.socket))  # here, one line; in the aggregator it would be two
-    _prepare_directories(args)
     view = args.view if args.view is not None else (sys.stdout.isatty() and not args.json)
     if view and args.socket == "none":
         raise UsageError("the live view reads the API's socket, and --socket is none", "keep a socket, or --no-view")
-    child_cmd = [sys.executable, "-m", "sensor", "aggregate"] + (["--json"] if args.json else [])
-    child_cmd += ["--quiet"] if args.quiet or view else []
-    child_cmd += [flag for path in args.rules for flag in ("--rules", os.path.abspath(path))]
-    child_cmd += [flag for cidr in args.egress_allow for flag in ("--egress-allow", cidr)]
-    child_cmd += _forwarded_api_flags(args)
-    child = subprocess.Popen(child_cmd, stdin=subprocess.PIPE, user=args.user, group=_group_of(args.user),
-                             start_new_session=True)
+    run_as = _run_as(args)
+    _check_rule_files(args.rules, run_as)
+    _prepare_directories(args, run_as)
+    child = subprocess.Popen(run_as.command(_aggregate_command(args, view), group=args.socket_group),
+                             stdin=subprocess.PIPE, start_new_session=True)
     assert child.stdin is not None
+    stream = _last_to_close(child.stdin)
+    stop = Stop("the agent did not start")
     try:
         meta = StreamMeta(config=config.to_dict(), features=program.kernel_features(config))
-        writer = FrameWriter(cast(BinaryIO, child.stdin), meta)
-        probe, failed, errors = _start_probe(config, writer, exclude=[child.pid])
-        print(f"gpusentry: watching (probe pid {os.getpid()}, aggregator pid {child.pid}); Ctrl-C stops",
-              file=sys.stderr)
+        writer = FrameWriter(stream, meta)
+        watch = Watch()
+        probe, failed, errors = _start_probe_or_end(config, writer, exclude=[child.pid])
+        viewer = _start_view(args, probe, run_as) if view else None
+        kept = _narrow_probe(privileges.AGENT_PROBE_CAPS)
+        who = run_as.user or "root"
+        print(f"gpusentry: watching (probe pid {os.getpid()} with {kept}; aggregator pid {child.pid} as {who}); "
+              "Ctrl-C stops", file=sys.stderr)
         signal.signal(signal.SIGHUP, lambda *_: child.send_signal(signal.SIGHUP))  # reload the rules
-        viewer = _start_view(args, probe) if view else None
-        _wait_for_stop(failed, None, child, viewer)
-        probe.stop()
+        stop = watch.until_stop(failed, errors, child, viewer)
         if viewer is not None and viewer.poll() is None:
-            viewer.terminate()
-            viewer.wait(timeout=10)
-        if child.poll() is not None:
-            raise GpusentryError(f"the aggregator (pid {child.pid}) stopped: {_exit_text(child.returncode)}",
-                                 "see its message above, then start the agent again")
-        if errors:
-            raise GpusentryError(f"the probe stopped: {errors[0]}", "start the agent again; report it if it recurs")
+            viewer.terminate()  # it leaves the screen while the probe stops
+        probe.stop(stop.reason, after_last_frame=lambda: _close(stream))
+        _stop_view(viewer)
     finally:
-        if child.stdin and not child.stdin.closed:
-            with contextlib.suppress(BrokenPipeError):
-                child.stdin.close()
-        child.wait(timeout=10)
+        _close(stream)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=10)
+    if stop.error is not None:
+        raise stop.error
     return 0
 
 
-def _exit_text(returncode: int) -> str:
-    if returncode < 0:
-        return f"killed by signal {-returncode} ({signal.Signals(-returncode).name})"
-    return f"exit status {returncode}"
+def _close(stream: BinaryIO) -> None:
+    if not stream.closed:
+        with contextlib.suppress(BrokenPipeError):
+            stream.close()
 
 
-def _start_view(args: argparse.Namespace, probe: Probe) -> subprocess.Popen[bytes]:
-    """The live view on this terminal, once the API's socket is up; filtered out like the agent."""
+def _last_to_close(pipe: IO[bytes]) -> BinaryIO:
+    """The pipe to the aggregator, moved to the highest fd this process may have.
+
+    When the probe is killed, the kernel releases its files in reverse fd order, and each
+    BPF attachment takes a grace period to release: on the lowest fd, the pipe would close
+    (and the aggregator learn that the probe died) only after all of them, over a second
+    later. On the highest, it closes first."""
+    high = _move_high(pipe.fileno(), 1)
+    cast(io.BufferedIOBase, pipe).detach()  # its fd moved, and is closed: the object must not close it again
+    return cast(BinaryIO, os.fdopen(high, "wb"))
+
+
+def _move_high(fd: int, rank: int) -> int:
+    """Move `fd` to the `rank`-th highest fd this process may have (close-on-exec)."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, max(limit - rank, 3))
+    os.close(fd)
+    return high
+
+
+def _aggregate_command(args: argparse.Namespace, view: bool) -> list[str]:
+    command = [sys.executable, "-m", "sensor", "aggregate"] + (["--json"] if args.json else [])
+    command += ["--quiet"] if args.quiet or view else []
+    command += [flag for path in args.rules for flag in ("--rules", os.path.abspath(path))]
+    command += [flag for cidr in args.egress_allow for flag in ("--egress-allow", cidr)]
+    return command + _forwarded_api_flags(args)
+
+
+def _start_view(args: argparse.Namespace, probe: Probe, run_as: RunAs) -> subprocess.Popen[bytes]:
+    """The live view on this terminal, once the API's socket is up; filtered out like the agent.
+
+    It goes when the probe goes, whatever stops the probe: it holds the read end of a pipe
+    (its lifeline) whose write end only the probe has, on one of its last-closed fds, so a
+    killed probe's view sees the pipe end at once (a parent-death signal comes only after
+    the kernel has detached every BPF program, over a second later)."""
     socket = Path(args.socket)
-    deadline = threading.Event()
-    for _ in range(300):
+    pause = threading.Event()
+    for _ in range(VIEW_WAIT_S * 10):
         if socket.exists():
             break
-        deadline.wait(0.1)
-    viewer = subprocess.Popen([sys.executable, "-m", "sensor", "watch", "--socket", str(socket)])
+        pause.wait(0.1)
+    lifeline, keep = os.pipe()
+    _move_high(keep, 2)  # the pipe to the aggregator has the last fd
+    command = run_as.command([sys.executable, "-m", "sensor", "watch", "--socket", str(socket),
+                              "--lifeline", str(lifeline)], parent_death=True)
+    viewer = subprocess.Popen(command, pass_fds=(lifeline,))
+    os.close(lifeline)
     probe.exclude([viewer.pid])
     return viewer
+
+
+def _stop_view(viewer: subprocess.Popen[bytes] | None) -> None:
+    if viewer is not None and viewer.poll() is None:
+        viewer.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            viewer.wait(timeout=10)
 
 
 def _forwarded_api_flags(args: argparse.Namespace) -> list[str]:
@@ -147,37 +314,79 @@ def _forwarded_api_flags(args: argparse.Namespace) -> list[str]:
     return flags + (["--insecure-plaintext"] if args.insecure_plaintext else [])
 
 
-def _prepare_directories(args: argparse.Namespace) -> None:
-    """The socket's and the journal's directories, owned by the aggregator's user."""
-    for directory in (Path(args.journal).parent, *([] if args.socket == "none" else [Path(args.socket).parent])):
-        try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-            if args.user:
-                import pwd
+# -- directories ---------------------------------------------------------------------------
 
-                entry = pwd.getpwnam(args.user)
-                os.chown(directory, entry.pw_uid, entry.pw_gid)
-        except (OSError, KeyError) as exc:
-            raise UsageError(f"cannot prepare {directory}: {exc}", "check --journal and --socket") from exc
-    if args.user and Path(args.journal).exists():
-        import pwd
 
-        entry = pwd.getpwnam(args.user)
-        for suffix in ("", "-wal", "-shm"):
+def _prepare_directories(args: argparse.Namespace, run_as: RunAs) -> None:
+    """The journal's and the socket's directories, usable by the aggregator's user.
+
+    A directory this creates (or a default one) is given to that user: the journal's 0700
+    (alerts are sensitive), the socket's 0755 (the socket itself is 0660). An existing
+    directory elsewhere is never chowned (it may be /tmp): it must already let that user in."""
+    journal_dir = Path(args.journal).parent
+    wanted = [(journal_dir, 0o700, journal_dir == DEFAULT_JOURNAL.parent)]
+    if args.socket != "none":
+        socket_dir = Path(args.socket).parent
+        wanted.append((socket_dir, 0o755, socket_dir == DEFAULT_SOCKET.parent))
+    for directory, mode, default in wanted:
+        _prepare(directory, mode, default, run_as)
+    if run_as.account is not None:
+        for suffix in ("", "-wal", "-shm"):  # checked as a journal already (cmd_run)
             journal = Path(args.journal + suffix)
             if journal.exists():
-                os.chown(journal, entry.pw_uid, entry.pw_gid)
+                os.chown(journal, run_as.account.uid, run_as.account.gid)
 
 
-def _group_of(user: str | None) -> int | None:
-    if user is None:
-        return None
-    import pwd
-
+def _prepare(directory: Path, mode: int, default: bool, run_as: RunAs) -> None:
     try:
-        return pwd.getpwnam(user).pw_gid
-    except KeyError as exc:
-        raise UsageError(f"--user {user}: no such user", "give an existing unprivileged user") from exc
+        created = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True, mode=mode)
+        who = run_as.account
+        if who is None:
+            return
+        if created or default:
+            os.chown(directory, who.uid, who.gid)
+            os.chmod(directory, mode)
+        elif not _usable_by(directory, who):
+            raise UsageError(f"the aggregator runs as {run_as.user} and cannot write in {directory}",
+                             f"give --journal and --socket paths in a directory {run_as.user} may write "
+                             "(the defaults are made for it), or --user root")
+    except OSError as exc:
+        raise UsageError(f"cannot prepare {directory}: {exc}", "check --journal and --socket") from exc
+
+
+def _check_rule_files(paths: list[str], run_as: RunAs) -> None:
+    """The aggregator reads the rule files (and again on SIGHUP) as its own user."""
+    if run_as.account is None:
+        return
+    for path in paths:
+        if not _usable_by(Path(path), run_as.account, 0o4):
+            raise UsageError(f"the aggregator runs as {run_as.user} and cannot read the rule file {path}",
+                             f"make it readable by {run_as.user} (e.g. in /etc/gpusentry, mode 0644), "
+                             "or --user root")
+
+
+def _usable_by(path: Path, who: privileges.Account, bits: int = 0o3) -> bool:
+    """Whether `who` may reach `path` (search every ancestor) and use it so (bits: 4 read, 3
+    create in a directory)."""
+    for ancestor in reversed(path.resolve().parents):
+        if not _allows(ancestor, who, 0o1):
+            return False
+    return _allows(path, who, bits)
+
+
+def _allows(path: Path, who: privileges.Account, bits: int) -> bool:
+    st = path.stat()
+    if st.st_uid == who.uid:
+        granted = st.st_mode >> 6
+    elif st.st_gid == who.gid or st.st_gid in who.groups:
+        granted = st.st_mode >> 3
+    else:
+        granted = st.st_mode
+    return granted & bits == bits
+
+
+# -- record --------------------------------------------------------------------------------
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -190,14 +399,15 @@ def cmd_record(args: argparse.Namespace) -> int:
         from sensor.probe import program
 
         writer = FrameWriter(out, StreamMeta(config=config.to_dict(), features=program.kernel_features(config)))
+        watch = Watch(args.duration)
         probe, failed, errors = _start_probe(config, writer)
-        print(f"gpusentry: recording to {args.write}; Ctrl-C stops", file=sys.stderr)
-        _wait_for_stop(failed, args.duration)
-        probe.stop()
-    if errors:
-        raise GpusentryError(f"the probe stopped: {errors[0]}")
+        kept = _narrow_probe(privileges.PROBE_CAPS)
+        print(f"gpusentry: recording to {args.write} (probe with {kept}); Ctrl-C stops", file=sys.stderr)
+        stop = watch.until_stop(failed, errors)
+        probe.stop(stop.reason)
+    if stop.error is not None:
+        raise stop.error
     stats = probe.stats()
     print(f"gpusentry: recorded {sum(stats.records.values())} records; drops: kernel "
           f"{sum(stats.kernel_drops.values())}, probe {sum(stats.probe_drops.values())}", file=sys.stderr)
     return 0
-

@@ -24,7 +24,9 @@ from sensor import events as ev
 from sensor.errors import GpusentryError
 
 MAGIC = b"GPUSNTRY"
-FORMAT_VERSION = 1
+# 2: exec frames carry the binary's identity, connections their routing verdict, both decided
+# by the probe on the host where the stream was made; the stream ends with the probe's End.
+FORMAT_VERSION = 2
 MAX_FRAME = 1 << 20  # no event comes near this; a larger length means a damaged file
 _HEAD = struct.Struct("<8sHHI")  # magic, version, reserved, metadata length
 _FRAME = struct.Struct("<II")  # payload length, crc32
@@ -124,6 +126,12 @@ class FrameReader:
             raise self._fail(
                 f"written by a newer gpusentry (format version {version}; this one reads "
                 f"version {FORMAT_VERSION})", 8, "analyze it with a newer gpusentry")
+        if version < FORMAT_VERSION:
+            raise self._fail(
+                f"written by an older gpusentry (format version {version}; this one reads version "
+                f"{FORMAT_VERSION})", 8,
+                "its frames lack the routing and binary verdicts the probe makes on the host it watches, which "
+                "no other host can supply: analyze it with the gpusentry that recorded it, or record it again")
         if meta_len > MAX_FRAME:
             raise self._fail(f"corrupt header (metadata length {meta_len})", 12)
         body = _read_exact(self._src, meta_len)

@@ -6,8 +6,11 @@ sensor/consume.py (the aggregator side: the agent's second process, and analyze)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     _probe_flags(run)
     run.add_argument("--json", action="store_true", help="print JSON lines")
     run.add_argument("--ebpf", action="store_true", help="print the final BPF C and exit")
-    run.add_argument("--user", help="run the aggregator as this unprivileged user")
+    run.add_argument("--user", help="run the aggregator, the API and the live view as this user (default: "
+                                    "gpusentry, when it exists; 'root' keeps them privileged)")
     run.add_argument("--quiet", action="store_true", help="print no event lines (the API still serves them)")
     run.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
                      help="show the live view (default: when the output is a terminal and not --json)")
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", help="the live view: a client of the agent's API")
     _client_flags(watch)
+    watch.add_argument("--lifeline", type=int, help=argparse.SUPPRESS)  # the agent's pipe: its end stops the view
 
     events = sub.add_parser("events", help="print live events and alerts as JSON lines (an API client)")
     _client_flags(events)
@@ -141,11 +146,25 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     channel, endpoint = client_channel(args)
     watcher = Watcher(channel, endpoint)
+    # the agent stops its view with SIGTERM: leave the terminal as it was
+    signal.signal(signal.SIGTERM, lambda *_: watcher.stop.set())
+    if args.lifeline is not None:
+        threading.Thread(target=_end_with, args=(args.lifeline, watcher.stop), daemon=True).start()
     try:
         watcher.run()
     except KeyboardInterrupt:
         watcher.stop.set()
+    finally:
+        channel.close()  # ends the subscription now, rather than when the agent's server goes
     return 0
+
+
+def _end_with(lifeline: int, stop: threading.Event) -> None:
+    """Block on the agent's lifeline pipe: when the agent is gone, the pipe ends and so does the view."""
+    with contextlib.suppress(OSError):
+        while os.read(lifeline, 64):
+            pass
+    stop.set()
 
 
 def cmd_events(args: argparse.Namespace) -> int:

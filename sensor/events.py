@@ -10,6 +10,7 @@ not be UTF-8.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -31,7 +32,12 @@ class Kind(IntEnum):
     PROC = 32  # a process that existed when the probe started (from /proc)
     STATS = 33  # counters, every second
     GPU_COUNTERS = 34  # in-kernel ioctl aggregation, read on a timer
+    END = 35  # the probe's last frame: it stopped on purpose (a stream without it was cut)
 
+
+# /proc gives start times in clock ticks (USER_HZ: 100 on every mainstream architecture), BPF
+# in nanoseconds: a process from the /proc snapshot matches a BPF event to the tick.
+NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 # The lowercase name of each kind, for counters keyed by name on the per-event path.
 KIND_NAMES: dict[int, str] = {kind: kind.name.lower() for kind in Kind}
@@ -79,6 +85,11 @@ class Exec(Event):
     loginuid: int = 0xFFFFFFFF  # unset: no login recorded
     sessionid: int = 0xFFFFFFFF
     netns: int = 0
+    # What the binary is, judged by the probe from the file itself at exec time
+    # (sensor/probe/identity.py): the tool it is ("" for none), and how that was decided
+    # (inode, content, size; "unread": no verdict; "": not judged, e.g. a failed exec).
+    tool: str = ""
+    identity: str = ""
 
 
 @dataclass(slots=True)
@@ -105,6 +116,11 @@ class Connect(Event):
     address: str  # IP address, or a UNIX socket path ("@name" for the abstract namespace)
     port: int
     netns: int = 0  # network namespace inode
+    # Where it goes, from the routing table of the process's namespace, decided by the probe
+    # at event time (sensor/probe/routes.py): loopback, local, lan, egress, unreachable, none;
+    # "" when no verdict travels (a frame made by hand). by_range: the table could not be read.
+    route: str = ""
+    route_by_range: bool = False
 
 
 @dataclass(slots=True)
@@ -116,6 +132,8 @@ class TcpEstablished(Event):
     daddr: str
     dport: int
     netns: int = 0
+    route: str = ""  # where daddr is, as for Connect
+    route_by_range: bool = False
 
 
 @dataclass(slots=True)
@@ -159,6 +177,15 @@ class Stats(Event):
     records: dict[str, int] = field(default_factory=dict)  # records read from the ring buffer
 
 
+@dataclass(slots=True)
+class End(Event):
+    """The probe's last frame: it stopped on purpose. A stream that ends without it was cut
+    (the probe died), and the aggregator records the blind time that follows."""
+
+    KIND = Kind.END
+    reason: str = ""  # why it stopped, e.g. "stopped by SIGTERM"
+
+
 class GpuKind(IntEnum):
     """What kind of NVIDIA device an fd is (enum gpu_kind in bpf/events.h)."""
 
@@ -184,6 +211,7 @@ class GpuReason(IntEnum):
 
 GPU_XFER = 0x1  # gpu_ioctl flags: followed through IOCTL_XFER_CMD
 GPU_STATUS_READ = 0x2
+GPU_BY_NAME = 0x4  # the device was recognised by its name only, not its device number
 
 
 @dataclass(slots=True)
@@ -246,11 +274,11 @@ class GpuCounters(Event):
 
 
 # Made by the probe in user space, not by a monitored process: their tgid is the probe's.
-PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters)
+PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters, End)
 
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
-    for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters)
+    for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters, End)
 }
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {

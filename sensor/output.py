@@ -88,7 +88,8 @@ def describe(obs: Observation) -> str | None:
             how = " (by name)" if event.by_name else ""
             return f"gpu     {_who(event, proc)} open {device_name(event.kind, event.minor)} fd={event.fd}{how}"
         case ev.GpuIoctl():
-            return f"gpu     {_who(event, proc)} {gpu_ioctl_text(event)}"
+            how = " (by name)" if event.flags & ev.GPU_BY_NAME else ""
+            return f"gpu     {_who(event, proc)} {gpu_ioctl_text(event)}{how}"
     return None
 
 
@@ -112,8 +113,9 @@ def gpu_ioctl_text(event: ev.GpuIoctl) -> str:
 def fact_line(fact: Fact) -> str | None:
     """Facts worth a line of their own; exec and connect facts repeat their event's line."""
     if isinstance(fact, GpuCompute):
+        how = " (by name)" if fact.by_name else ""
         return (f"fact    gpu_compute pid={fact.process.pid} {class_name(fact.klass)} "
-                f"on GPU {fact.device_id} (channel {fact.channel_class:#x})")
+                f"on GPU {fact.device_id} (channel {fact.channel_class:#x}){how}")
     if isinstance(fact, ExecFact | ConnectFact | GpuOpenFact):
         return None
     return f"fact    {fact.KIND} pid={fact.process.pid} {text(fact.summary().encode())}"

@@ -41,6 +41,8 @@ class Snapshot:
     endpoint: str
     status: pb.Status | None = None
     alerts: deque[pb.Alert] = field(default_factory=lambda: deque(maxlen=8))
+    sensor_gaps: deque[pb.SensorGap] = field(default_factory=lambda: deque(maxlen=4))
+    last_cursor: int = 0  # of the last journaled record received: where a new subscription resumes
     events: deque[pb.Event] = field(default_factory=lambda: deque(maxlen=12))
     gpu: dict[str, GpuRow] = field(default_factory=dict)
     received: int = 0
@@ -52,10 +54,16 @@ class Snapshot:
 def apply(snapshot: Snapshot, response: pb.SubscribeResponse, now: float | None = None) -> None:
     """Fold one stream message into the snapshot."""
     now = time.time() if now is None else now
-    snapshot.received += 1
     item = response.WhichOneof("item")
+    if item == "subscribed":
+        return  # says where the stream starts: nothing to show
+    snapshot.received += 1
     if item == "alert":
         snapshot.alerts.appendleft(response.alert)
+        snapshot.last_cursor = max(snapshot.last_cursor, response.alert.cursor)
+    elif item == "sensor_gap":
+        snapshot.sensor_gaps.appendleft(response.sensor_gap)
+        snapshot.last_cursor = max(snapshot.last_cursor, response.sensor_gap.cursor)
     elif item == "gap":
         snapshot.gaps += 1
         snapshot.missed += response.gap.missed_events + response.gap.missed_alerts
@@ -110,7 +118,11 @@ def _alerts(snapshot: Snapshot) -> RenderableType:
         severity = pb.Severity.Name(alert.severity).removeprefix("SEVERITY_")
         table.add_row(_time(alert.time), Text(severity, style=SEVERITY_STYLE.get(alert.severity, "")),
                       alert.rule_id, chain)
-    return Panel(table if snapshot.alerts else Text("no alerts", style="dim"), title="alerts", border_style="red")
+    # Blind windows go above the alerts: no alert in such a window means nothing was watching.
+    blind = [Text(f"SENSOR BLIND {_time(g.start)}–{_time(g.end)}: {g.cause}", style="bold white on magenta")
+             for g in snapshot.sensor_gaps]
+    body = table if snapshot.alerts else Text("no alerts", style="dim")
+    return Panel(Group(*blind, body), title="alerts", border_style="red")
 
 
 def _gpu(snapshot: Snapshot) -> RenderableType:
@@ -173,8 +185,7 @@ class Watcher:
     def _subscribe(self) -> None:
         while not self.stop.is_set():
             try:
-                last = self.snapshot.alerts[0].cursor if self.snapshot.alerts else 0
-                request = pb.SubscribeRequest(events=True, alerts=True, since_cursor=max(last, 0))
+                request = pb.SubscribeRequest(events=True, alerts=True, since_cursor=self.snapshot.last_cursor)
                 for response in self.stub.Subscribe(request):
                     with self.lock:
                         apply(self.snapshot, response)

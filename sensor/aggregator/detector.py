@@ -17,8 +17,8 @@ from sensor import events as ev
 from sensor.aggregator import facts as f
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
 from sensor.aggregator.taint import TunnelTaint
-from sensor.classify.binaries import BinaryIdentity, basename
-from sensor.classify.egress import Destination, EgressClassifier
+from sensor.classify.binaries import basename
+from sensor.classify.egress import Destination, EgressPolicy
 from sensor.classify.miner import MinerClassifier
 from sensor.classify.scan import ScanDetector
 from sensor.classify.tunnel import classify_tunnel
@@ -36,26 +36,27 @@ UNSET = 0xFFFFFFFF
 @dataclass
 class DetectorConfig:
     egress_allowlist: tuple[str, ...] = ()
-    static_routes: tuple[tuple[str, str], ...] = ()  # (CIDR, destination) answered before the routing table
     scan_threshold: int = 32
     scan_window_s: int = 10
 
 
 class Detector:
-    def __init__(self, table: ProcessTable, ruleset: RuleSet, config: DetectorConfig | None = None,
-                 identity: BinaryIdentity | None = None) -> None:
+    """A pure function of the frame stream: every verdict that needs the host (where a
+    connection goes, what a binary is) arrives in the frames, made by the probe."""
+
+    def __init__(self, table: ProcessTable, ruleset: RuleSet, config: DetectorConfig | None = None) -> None:
         config = config or DetectorConfig()
         self.table = table
-        static = {cidr: Destination(dest) for cidr, dest in config.static_routes}
-        self.egress = EgressClassifier(list(config.egress_allowlist), static)
+        self.egress = EgressPolicy(list(config.egress_allowlist))
         self.miner = MinerClassifier(ruleset.lists)
-        self.binaries = identity if identity is not None else BinaryIdentity()
         self.scan = ScanDetector(config.scan_threshold, config.scan_window_s)
         self.taint = TunnelTaint()
         self.engine = RuleEngine(ruleset, self)
         self._lineage: OrderedDict[tuple[ProcKey, int], frozenset[str]] = OrderedDict()
 
     def reload(self, ruleset: RuleSet) -> None:
+        """New rules (SIGHUP): open sequences of unchanged rules go on (RuleEngine.load); lineage
+        roots are recomputed, as a rule's lineage boundary may have changed."""
         self.miner = MinerClassifier(ruleset.lists)
         self.engine.load(ruleset)
         self._lineage.clear()
@@ -69,7 +70,7 @@ class Detector:
             case ev.Connect():
                 return self._connect_facts(event, process)
             case ev.TcpEstablished():
-                destination = self.egress.classify(event.daddr, event.netns, event.tgid).destination
+                destination = self.egress.judge(event.daddr, event.route, event.route_by_range).destination
                 self.taint.on_tcp(process, event, destination.value)
             case ev.Accept():
                 self.taint.on_accept(process, event)
@@ -82,7 +83,7 @@ class Detector:
         self.taint.on_fork(parent_pid, child)
 
     def _exec_facts(self, event: ev.Exec, process: Process) -> list[f.Fact]:
-        known_tool = self.binaries.identify(event.exe_dev, event.exe_ino, event.tgid)
+        known_tool = event.tool
         argv = tuple(text(a) for a in event.argv)
         exe = text(event.filename)
         name = basename(exe)
@@ -102,7 +103,7 @@ class Detector:
         return out
 
     def _connect_facts(self, event: ev.Connect, process: Process) -> list[f.Fact]:
-        verdict = self.egress.classify(event.address, event.netns, event.tgid)
+        verdict = self.egress.judge(event.address, event.route, event.route_by_range)
         destination = verdict.destination.value
         out: list[f.Fact] = [f.ConnectFact(event.ts, process.key, event.family, event.address, event.port,
                                            event.result, destination, verdict.allowed)]

@@ -132,9 +132,13 @@ class GpuCompute(Fact):
     architecture: str
     channel_class: int  # the GPFIFO channel it was allocated under; 0 when that channel was not seen
     device_id: int  # the GPU (deviceId of the device object above it); -1 when not seen
+    # Allocated on a file recognised only by its name (a FUSE or plain file named like nvidiactl),
+    # not by its device number: not a real NVIDIA device. False when not told (hand-built facts).
+    by_name: bool = False
 
     def summary(self) -> str:
-        return f"GPU compute class {self.klass:#x} ({self.architecture}) on GPU {self.device_id}"
+        how = " (by name)" if self.by_name else ""
+        return f"GPU compute class {self.klass:#x} ({self.architecture}) on GPU {self.device_id}{how}"
 
 
 FACT_KINDS: dict[str, type[Fact]] = {

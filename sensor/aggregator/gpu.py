@@ -30,6 +30,7 @@ class GpuObject:
     role: Role
     architecture: str
     ts: int
+    by_name: bool  # allocated on a file recognised by its name only, not by its device number
     device_id: int = -1  # device objects: which GPU
     freed_ts: int | None = None
 
@@ -46,6 +47,8 @@ class FailedAlloc:
 class GpuSession:
     process: ProcKey
     devices: dict[tuple[int, int], int] = field(default_factory=dict)  # (GpuKind, minor) -> first seen
+    # devices seen through a file recognised only by its name (a fake driver's, a plain file)
+    devices_by_name: set[tuple[int, int]] = field(default_factory=set)
     objects: dict[tuple[int, int], GpuObject] = field(default_factory=dict)  # (root, handle)
     first_compute_ts: int | None = None
     last_activity_ts: int = 0
@@ -101,13 +104,13 @@ class GpuTracker:
 
     def on_open(self, event: ev.GpuOpen, proc: Process) -> list[Fact]:
         session = self.session(proc)
-        session.devices.setdefault((event.kind, event.minor), event.ts)
+        _saw_device(session, event.kind, event.minor, event.ts, event.by_name)
         session.last_activity_ts = event.ts
         return []
 
     def on_ioctl(self, event: ev.GpuIoctl, proc: Process) -> list[Fact]:
         session = self.session(proc)
-        session.devices.setdefault((event.kind, event.minor), event.ts)
+        _saw_device(session, event.kind, event.minor, event.ts, bool(event.flags & ev.GPU_BY_NAME))
         session.last_activity_ts = max(session.last_activity_ts, event.ts)
         match event.reason:
             case ev.GpuReason.ALLOC:
@@ -131,6 +134,7 @@ class GpuTracker:
         role = role_of(event.h_class)
         obj = GpuObject(root=event.h_root, handle=event.h_object, parent=event.h_parent, klass=event.h_class,
                         role=role, architecture=architecture_of(event.h_class), ts=event.ts,
+                        by_name=bool(event.flags & ev.GPU_BY_NAME),
                         device_id=event.param0 if role is Role.DEVICE else -1)
         if len(session.objects) >= MAX_OBJECTS and (obj.root, obj.handle) not in session.objects:
             session.objects_dropped += 1
@@ -141,10 +145,13 @@ class GpuTracker:
         if session.first_compute_ts is None:
             session.first_compute_ts = event.ts
         channel = session.objects.get((obj.root, obj.parent))
+        # by_name is the compute allocation's own file verdict, not its ancestors': handles of
+        # objects made on a fake file could shadow the real chain and must not relabel a real
+        # allocation (which only a real driver's device number can answer successfully).
         return [GpuCompute(ts=event.ts, process=session.process, handle=obj.handle, klass=obj.klass,
                            architecture=obj.architecture,
                            channel_class=channel.klass if channel and channel.role is Role.CHANNEL else 0,
-                           device_id=self._device_of(session, obj))]
+                           device_id=self._device_of(session, obj), by_name=obj.by_name)]
 
     @staticmethod
     def _device_of(session: GpuSession, obj: GpuObject) -> int:
@@ -177,6 +184,12 @@ class GpuTracker:
             by_session[session.process] = session
         for session in by_session.values():
             _update_rates(session, event.ts)
+
+
+def _saw_device(session: GpuSession, kind: int, minor: int, ts: int, by_name: bool) -> None:
+    session.devices.setdefault((kind, minor), ts)
+    if by_name:
+        session.devices_by_name.add((kind, minor))
 
 
 def _update_rates(session: GpuSession, now: int) -> None:

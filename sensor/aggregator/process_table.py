@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sensor.probe.procfs import NS_PER_TICK
+from sensor.events import NS_PER_TICK
 
 
 class ProcKey(NamedTuple):

@@ -1,12 +1,16 @@
 """Fan-out from the aggregator to subscribers, without ever slowing the aggregator.
 
-The aggregator appends items (events and alerts, already converted) to one bounded ring and
-never waits. Each subscriber reads the ring at its own position: its queue is the part of
-the ring it has not read yet, bounded by the ring's size. A subscriber that falls further
-behind than the ring holds has lost items: it gets a Gap saying how many events and alerts
-were published while it was behind, then its missed alerts again from the journal, then the
-live stream from the oldest item still held. Publishing wakes the server's event loop at most
-once per batch.
+The aggregator appends items (events, and journaled records: alerts and sensor gaps, already
+converted) to one bounded ring and never waits. Each subscriber reads the ring at its own
+position: its queue is the part of the ring it has not read yet, bounded by the ring's size. A
+subscriber that falls further behind than the ring holds has lost items: it gets a Gap saying
+how many events, alerts and sensor gaps were published while it was behind, then its missed
+records again from the journal, then the live stream from the oldest item still held.
+Publishing wakes the server's event loop at most once per batch.
+
+Journaled records reach the ring in cursor order (one thread journals and publishes them), so
+a subscriber knows exactly which records came before it subscribed: those up to the last
+cursor published then.
 """
 
 from __future__ import annotations
@@ -26,15 +30,25 @@ class Item:
     alerts_before: int  # alerts published before this item: turns a lost range into counts
     event: pb.Event | None = None
     alert: pb.Alert | None = None
+    sensor_gap: pb.SensorGap | None = None
     # what filters look at
     exec_id: str = ""
     exe: str = ""
     lineage: frozenset[str] = frozenset()  # the process's key and its ancestors' ("pid:start_ns")
     cgroup_id: int = 0
+    gaps_before: int = 0  # sensor gaps published before this item
+
+    @property
+    def cursor(self) -> int:
+        """The journal cursor of an alert or a sensor gap; 0 for an event (not journaled)."""
+        record = self.alert or self.sensor_gap
+        return record.cursor if record is not None else 0
 
     def matches(self, wanted: Filter) -> bool:
         if self.alert is not None:
             return alert_matches(self.alert, wanted)
+        if self.sensor_gap is not None:
+            return wanted.alerts  # blind time concerns every rule, severity and process
         if self.event is None or not wanted.events or (wanted.kinds and self.event.kind not in wanted.kinds):
             return False
         return self._process_matches(wanted)
@@ -75,8 +89,11 @@ class Subscription:
     filter: Filter
     position: int  # the next sequence number to read
     alerts_before: int  # alerts published before `position`
+    gaps_before: int  # sensor gaps published before `position`
     wakeup: asyncio.Event
-    last_alert_cursor: int = 0
+    # Every journaled record up to this cursor was delivered, filtered out, or came before the
+    # subscription; live records at or below it are skipped, and replays start after it.
+    last_cursor: int = 0
     delivered: int = 0
     missed_events: int = 0
     missed_alerts: int = 0
@@ -89,12 +106,14 @@ class Behind:
 
     missed_events: int
     missed_alerts: int
+    missed_sensor_gaps: int
 
 
 @dataclass
 class BrokerStats:
     published_events: int = 0
     published_alerts: int = 0
+    published_sensor_gaps: int = 0
     subscribers: int = 0
     refused: int = 0  # subscriptions refused at the limit
     missed: dict[str, int] = field(default_factory=dict)  # by subscriber id: items lost to gaps
@@ -111,6 +130,8 @@ class Broker:
         self._ring: deque[Item] = deque(maxlen=capacity)
         self._next_seq = 0
         self._alerts = 0
+        self._gaps = 0
+        self._last_cursor = 0  # of the last journaled record published
         self._lock = threading.Lock()
         self._subscriptions: dict[int, Subscription] = {}
         self._ids = 0
@@ -120,6 +141,11 @@ class Broker:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+
+    def journaled_before(self, cursor: int) -> None:
+        """Records up to this cursor were journaled before this broker: none of them will be published."""
+        with self._lock:
+            self._last_cursor = max(self._last_cursor, cursor)
 
     @property
     def wants_events(self) -> bool:
@@ -132,24 +158,43 @@ class Broker:
     # -- the aggregator's side ------------------------------------------------------------
 
     def publish(self, items: list[Item]) -> None:
-        """Append (event, alert) items with their filter keys; never blocks on subscribers."""
+        """Append items (events, alerts, sensor gaps) with their filter keys; never blocks on subscribers.
+
+        Journaled records must come in cursor order: a subscriber that passed cursor N skips any
+        record at or below it, so one that came late would be lost to it (ValueError instead)."""
         if not items:
             return
         with self._lock:
+            self._last_cursor = self._in_order(items)
             for item in items:
-                stamped = Item(self._next_seq, self._alerts, item.event, item.alert, item.exec_id, item.exe,
-                               item.lineage, item.cgroup_id)
-                self._ring.append(stamped)
+                self._ring.append(Item(self._next_seq, self._alerts, item.event, item.alert, item.sensor_gap,
+                                       item.exec_id, item.exe, item.lineage, item.cgroup_id, self._gaps))
                 self._next_seq += 1
-                if item.alert is not None:
-                    self._alerts += 1
-                    self.stats.published_alerts += 1
-                else:
-                    self.stats.published_events += 1
+                self._count(item)
             wake = not self._wake_pending and self._loop is not None and bool(self._subscriptions)
             self._wake_pending = self._wake_pending or wake
         if wake and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake_all)
+
+    def _in_order(self, items: list[Item]) -> int:
+        """The last cursor among these items, once they are known to follow the ones published."""
+        last = self._last_cursor
+        for cursor in (item.cursor for item in items if item.cursor):
+            if cursor <= last:
+                raise ValueError(f"journal record {cursor} published after record {last}: journal and publish "
+                                 "records from one thread, each right after it is journaled")
+            last = cursor
+        return last
+
+    def _count(self, item: Item) -> None:
+        if item.alert is not None:
+            self._alerts += 1
+            self.stats.published_alerts += 1
+        elif item.sensor_gap is not None:
+            self._gaps += 1
+            self.stats.published_sensor_gaps += 1
+        else:
+            self.stats.published_events += 1
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -166,7 +211,8 @@ class Broker:
                 self.stats.refused += 1
                 raise TooManySubscribers(f"the sensor already has {self.max_subscribers} subscribers")
             self._ids += 1
-            subscription = Subscription(self._ids, wanted, self._next_seq, self._alerts, asyncio.Event())
+            subscription = Subscription(self._ids, wanted, self._next_seq, self._alerts, self._gaps, asyncio.Event(),
+                                        last_cursor=self._last_cursor)
             self._subscriptions[subscription.id] = subscription
             self.stats.subscribers = len(self._subscriptions)
         return subscription
@@ -182,25 +228,33 @@ class Broker:
             behind = None
             oldest = self._ring[0].seq if self._ring else self._next_seq
             if subscription.position < oldest:
-                first = self._ring[0] if self._ring else None
-                alerts_at_oldest = first.alerts_before if first else self._alerts
-                lost = oldest - subscription.position
-                lost_alerts = alerts_at_oldest - subscription.alerts_before
-                behind = Behind(lost - lost_alerts, lost_alerts)
-                subscription.position, subscription.alerts_before = oldest, alerts_at_oldest
-                subscription.gaps += 1
-                subscription.missed_events += behind.missed_events
-                subscription.missed_alerts += behind.missed_alerts
-                self.stats.missed[str(subscription.id)] = subscription.missed_events + subscription.missed_alerts
+                behind = self._fell_behind(subscription, oldest)
             start = subscription.position - oldest
             items = [self._ring[i] for i in range(start, min(start + limit, len(self._ring)))]
             if items:
                 last = items[-1]
                 subscription.position = last.seq + 1
                 subscription.alerts_before = last.alerts_before + (1 if last.alert is not None else 0)
+                subscription.gaps_before = last.gaps_before + (1 if last.sensor_gap is not None else 0)
             else:
                 subscription.wakeup.clear()
         return behind, items
+
+    def _fell_behind(self, subscription: Subscription, oldest: int) -> Behind:
+        first = self._ring[0] if self._ring else None
+        alerts_at_oldest = first.alerts_before if first else self._alerts
+        gaps_at_oldest = first.gaps_before if first else self._gaps
+        lost = oldest - subscription.position
+        lost_alerts = alerts_at_oldest - subscription.alerts_before
+        lost_gaps = gaps_at_oldest - subscription.gaps_before
+        behind = Behind(lost - lost_alerts - lost_gaps, lost_alerts, lost_gaps)
+        subscription.position, subscription.alerts_before = oldest, alerts_at_oldest
+        subscription.gaps_before = gaps_at_oldest
+        subscription.gaps += 1
+        subscription.missed_events += behind.missed_events
+        subscription.missed_alerts += behind.missed_alerts + behind.missed_sensor_gaps
+        self.stats.missed[str(subscription.id)] = subscription.missed_events + subscription.missed_alerts
+        return behind
 
     def subscriptions(self) -> list[Subscription]:
         with self._lock:

@@ -1,7 +1,8 @@
-"""The aggregator's side of the API: journal each alert, then publish alerts and events.
+"""The aggregator's side of the API: journal each alert, then publish alerts, sensor gaps and events.
 
 Runs in the aggregator's thread. An alert is committed to the journal before anyone can see
-it; events are converted only while some subscriber wants events.
+it; so is a sensor gap (its caller journals it). Events are converted only while some
+subscriber wants events.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from sensor.aggregator.process_table import Process
 from sensor.api import convert
 from sensor.api.broker import Item
 from sensor.api.state import ApiState
+from sensor.api.v1 import gpusentry_pb2 as pb
 
 
 class Publisher:
@@ -30,6 +32,13 @@ class Publisher:
         if broker.wants_events:
             items += self._events(obs, broker.wants_lineage)
         broker.publish(items)
+
+    def publish_gap(self, gap: pb.SensorGap) -> None:
+        """Hand a sensor gap just journaled (Journal.append_gap) to live subscribers.
+
+        Call it from the thread that publishes alerts, right after journaling it: subscribers
+        rely on journaled records arriving in cursor order."""
+        self.state.broker.publish([Item(0, 0, sensor_gap=gap)])
 
     def _events(self, obs: Observation, lineage: bool) -> list[Item]:
         if isinstance(obs.event, ev.GpuCounters):

@@ -21,10 +21,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sensor.api.service import SensorService
+from sensor.api.service import SensorService, add_sensor_service
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
-from sensor.api.v1 import gpusentry_pb2_grpc as pb_grpc
 from sensor.errors import GpusentryError, UsageError
 
 DEFAULT_SOCKET = Path("/run/gpusentry/sensor.sock")
@@ -123,6 +122,8 @@ class ApiServer:
         self._failure: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._grace = 1.0
+        self._stopping = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="api", daemon=True)
@@ -133,7 +134,16 @@ class ApiServer:
         if not self._started.is_set():
             raise GpusentryError("the API server did not start in 30 seconds")
 
-    def stop(self) -> None:
+    def failure(self) -> str | None:
+        """Why the server stopped serving, if it stopped without being asked to."""
+        if self._stopping or self._thread is None or self._thread.is_alive() or not self._started.is_set():
+            return None
+        return f"the API server stopped: {self._failure!r}" if self._failure else "the API server stopped"
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop serving; in-flight calls get `grace` seconds (0 when the agent is failing)."""
+        self._stopping = True
+        self._grace = grace
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
@@ -154,7 +164,7 @@ class ApiServer:
             ("grpc.max_receive_message_length", MAX_REQUEST),
             ("grpc.max_send_message_length", MAX_RESPONSE),
         ])
-        pb_grpc.add_SensorServicer_to_server(SensorService(self.state), server)  # type: ignore[no-untyped-call]
+        add_sensor_service(SensorService(self.state), server)
         checker = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         reflection.enable_server_reflection(
@@ -168,7 +178,7 @@ class ApiServer:
                 await result
         self._started.set()
         await self._stop.wait()
-        await server.stop(grace=1)
+        await server.stop(grace=self._grace)
 
     def _bind(self, server: grpc.aio.Server) -> None:
         endpoint = self.endpoint

@@ -1,6 +1,9 @@
 """The gpusentry.v1.Sensor service: subscriptions, alert pages, processes and status.
 
-Requests are checked before anything else happens: a bad field is INVALID_ARGUMENT naming it.
+Requests are checked before anything else happens (sensor/api/filters.py): a bad field is
+INVALID_ARGUMENT naming it, and bytes that are not a request at all are INVALID_ARGUMENT too,
+not the UNKNOWN or INTERNAL of a deserializer that raised: the service's handlers are
+registered here with deserializers that never raise.
 Reads of the aggregator's state take the lock the aggregator holds while it changes it.
 """
 
@@ -8,21 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 
 from sensor.aggregator.process_table import Process
 from sensor.api import convert
-from sensor.api.broker import Behind, Subscription, TooManySubscribers, alert_matches
-from sensor.api.filters import Filter, InvalidRequest, parse
+from sensor.api.broker import Behind, Item, Subscription, TooManySubscribers, alert_matches
+from sensor.api.filters import (
+    Filter,
+    InvalidRequest,
+    Malformed,
+    alert_page,
+    process_lookup,
+    status_request,
+    subscription,
+)
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.api.v1 import gpusentry_pb2_grpc as pb_grpc
 
+SERVICE = pb.DESCRIPTOR.services_by_name["Sensor"]
 REPLAY_PAGE = 500
-MAX_PAGE = 1000
 EVENTS_PER_MESSAGE = 256
 
 
@@ -36,113 +49,92 @@ class SensorService(pb_grpc.SensorServicer):
 
     # -- Subscribe ------------------------------------------------------------------------
 
-    async def Subscribe(self, request: pb.SubscribeRequest,
+    async def Subscribe(self, request: pb.SubscribeRequest | Malformed,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SubscribeResponse]:
         try:
-            wanted = parse(request, self._rule_ids())
+            wanted = subscription(request, self._rule_ids())
         except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _refuse(context, exc)
         try:
-            subscription = self.state.broker.subscribe(wanted)
+            subscriber = self.state.broker.subscribe(wanted)
         except TooManySubscribers as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"{exc}; try again later, or start the agent with a higher --max-subscribers")
+            await _end(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       f"{exc}; try again later, or start the agent with a higher --max-subscribers")
         try:
+            journal_end = await asyncio.to_thread(self.state.journal.last_cursor)
+            yield pb.SubscribeResponse(subscribed=_start(subscriber, wanted, max(journal_end, subscriber.last_cursor)))
             if wanted.since_cursor is not None:
-                subscription.last_alert_cursor = wanted.since_cursor
-                async for response in self._replay(subscription, wanted):
+                async for response in self._replay(subscriber, wanted):
                     yield response
-            async for response in self._live(subscription, wanted):
+            async for response in self._live(subscriber, wanted):
                 yield response
         finally:
-            self.state.broker.unsubscribe(subscription)
+            self.state.broker.unsubscribe(subscriber)
 
-    async def _live(self, subscription: Subscription, wanted: Filter) -> AsyncIterator[pb.SubscribeResponse]:
+    async def _live(self, subscriber: Subscription, wanted: Filter) -> AsyncIterator[pb.SubscribeResponse]:
         broker = self.state.broker
         while True:
-            behind, items = broker.take(subscription)
+            behind, items = broker.take(subscriber)
             if behind is not None:
-                yield _gap(behind, subscription)
-                async for response in self._replay(subscription, wanted):
+                yield _gap(behind, subscriber)
+                async for response in self._replay(subscriber, wanted):
                     yield response
-            batch: list[pb.Event] = []
-            for item in items:
-                if item.alert is not None:
-                    if item.alert.cursor <= subscription.last_alert_cursor:
-                        continue  # already replayed from the journal
-                    if item.matches(wanted):
-                        if batch:  # events before the alert go first: order is kept
-                            yield pb.SubscribeResponse(events=pb.Events(events=batch))
-                            batch = []
-                        subscription.last_alert_cursor = item.alert.cursor
-                        subscription.delivered += 1
-                        yield pb.SubscribeResponse(alert=item.alert)
-                elif item.matches(wanted):
-                    subscription.delivered += 1
-                    batch.append(item.event)  # type: ignore[arg-type]
-                    if len(batch) == EVENTS_PER_MESSAGE:
-                        yield pb.SubscribeResponse(events=pb.Events(events=batch))
-                        batch = []
-            if batch:
-                yield pb.SubscribeResponse(events=pb.Events(events=batch))
+            for response in _deliver(items, subscriber, wanted):
+                yield response
             if not items:
-                await subscription.wakeup.wait()
+                await subscriber.wakeup.wait()
 
-    async def _replay(self, subscription: Subscription, wanted: Filter) -> AsyncIterator[pb.SubscribeResponse]:
-        """Journaled alerts after the subscriber's last one, up to the journal's end now."""
+    async def _replay(self, subscriber: Subscription, wanted: Filter) -> AsyncIterator[pb.SubscribeResponse]:
+        """Journaled records after the subscriber's last one, up to the journal's end now."""
+        if not wanted.alerts:
+            return  # only alerts and sensor gaps are journaled
         journal = self.state.journal
         end = await asyncio.to_thread(journal.last_cursor)
-        while subscription.last_alert_cursor < end:
-            page = await asyncio.to_thread(journal.read, subscription.last_alert_cursor, REPLAY_PAGE, None, 0, 0, 0,
-                                           end)
+        while subscriber.last_cursor < end:
+            page = await asyncio.to_thread(journal.records, subscriber.last_cursor, REPLAY_PAGE, up_to=end)
             if not page:
                 break
-            for alert in page:
-                subscription.last_alert_cursor = alert.cursor
-                if alert_matches(alert, wanted):
-                    subscription.delivered += 1
-                    yield pb.SubscribeResponse(alert=alert)
+            for record in page:
+                subscriber.last_cursor = record.cursor
+                if isinstance(record, pb.SensorGap):
+                    subscriber.delivered += 1
+                    yield pb.SubscribeResponse(sensor_gap=record)
+                elif alert_matches(record, wanted):
+                    subscriber.delivered += 1
+                    yield pb.SubscribeResponse(alert=record)
 
     # -- ListAlerts -----------------------------------------------------------------------
 
-    async def ListAlerts(self, request: pb.ListAlertsRequest,
+    async def ListAlerts(self, request: pb.ListAlertsRequest | Malformed,
                          context: grpc.aio.ServicerContext) -> pb.ListAlertsResponse:
-        size = request.page_size or 100
-        if size > MAX_PAGE:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size: at most {MAX_PAGE}, not {size}")
-        known = self._rule_ids()
-        for index, rule_id in enumerate(request.rule_ids):
-            if rule_id not in known:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rule_ids[{index}]: no rule {rule_id[:80]!r}")
-        if request.min_severity not in pb.Severity.values():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"min_severity: {request.min_severity} is not a severity")
-        since = request.since.ToNanoseconds() if request.HasField("since") else 0
-        until = request.until.ToNanoseconds() if request.HasField("until") else 0
-        alerts = await asyncio.to_thread(self.state.journal.read, request.after_cursor, size, list(request.rule_ids),
-                                         request.min_severity, since, until)
-        next_cursor = alerts[-1].cursor if len(alerts) == size else 0
-        return pb.ListAlertsResponse(alerts=alerts, next_cursor=next_cursor)
+        journal = self.state.journal
+        try:
+            page = alert_page(request, self._rule_ids(), await asyncio.to_thread(journal.last_cursor))
+        except InvalidRequest as exc:
+            await _refuse(context, exc)
+        records = await asyncio.to_thread(journal.records, page.after_cursor, page.size, page.rule_ids,
+                                          page.min_severity, page.since_ns, page.until_ns)
+        # the page ends at its last record when it is full: gaps and alerts after it come next time
+        next_cursor = records[-1].cursor if len(records) == page.size else 0
+        return pb.ListAlertsResponse(alerts=[r for r in records if isinstance(r, pb.Alert)],
+                                     sensor_gaps=[r for r in records if isinstance(r, pb.SensorGap)],
+                                     next_cursor=next_cursor)
 
     # -- GetProcess -----------------------------------------------------------------------
 
-    async def GetProcess(self, request: pb.GetProcessRequest,
+    async def GetProcess(self, request: pb.GetProcessRequest | Malformed,
                          context: grpc.aio.ServicerContext) -> pb.GetProcessResponse:
-        key = request.WhichOneof("key")
-        if key is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key: give exec_id or pid")
-        if key == "exec_id" and not _valid_exec_id(request.exec_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"exec_id: {request.exec_id[:80]!r} is not an exec id (pid:start_ns:execs)")
+        try:
+            key, value = process_lookup(request)
+        except InvalidRequest as exc:
+            await _refuse(context, exc)
         state = self.state
         with state.lock:
             table = state.aggregator.table
-            proc = table.find_exec_id(request.exec_id) if key == "exec_id" else table.by_pid(request.pid)
-            if proc is not None:
-                response = self._process_response(proc)
-        if proc is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no process with {key} "
-                                f"{request.exec_id if key == 'exec_id' else request.pid} is known")
+            proc = table.find_exec_id(value) if isinstance(value, str) else table.by_pid(value)
+            response = self._process_response(proc) if proc is not None else None
+        if response is None:
+            await _end(context, grpc.StatusCode.NOT_FOUND, f"{key}: no process with {key} {value} is known")
         return response
 
     def _process_response(self, proc: Process) -> pb.GetProcessResponse:
@@ -157,26 +149,112 @@ class SensorService(pb_grpc.SensorServicer):
 
     # -- GetStatus ------------------------------------------------------------------------
 
-    async def GetStatus(self, request: pb.GetStatusRequest,
+    async def GetStatus(self, request: pb.GetStatusRequest | Malformed,
                         context: grpc.aio.ServicerContext) -> pb.Status:
+        try:
+            status_request(request)
+        except InvalidRequest as exc:
+            await _refuse(context, exc)
         state = self.state
         with state.lock:
             status = status_of(state)
         status.journal_alerts = await asyncio.to_thread(state.journal.count)
+        status.sensor_gaps = await asyncio.to_thread(state.journal.gap_count)
         status.last_cursor = await asyncio.to_thread(state.journal.last_cursor)
         return status
 
 
-def _valid_exec_id(value: str) -> bool:
-    parts = value.split(":")
-    return len(parts) == 3 and all(p.isdigit() and len(p) <= 20 for p in parts)
+async def _refuse(context: grpc.aio.ServicerContext, error: InvalidRequest) -> NoReturn:
+    await _end(context, error.code, str(error))
 
 
-def _gap(behind: Behind, subscription: Subscription) -> pb.SubscribeResponse:
+async def _end(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("abort() ends the call by raising")  # for the type checker: it never returns
+
+
+def _start(subscriber: Subscription, wanted: Filter, journal_end: int) -> pb.Subscribed:
+    """Where the subscriber's stream begins, said in its first message: journal_last_cursor is
+    the last record published when it joined (what it gets live comes after it), which a
+    record journaled since (`journal_end`) may only pass for the past-the-end check."""
+    since = wanted.since_cursor
+    joined = subscriber.last_cursor
+    if since is None:
+        return pb.Subscribed(journal_last_cursor=joined)
+    if since > journal_end:
+        # A cursor from another journal (a damaged one moved aside, a new one started at 1):
+        # taken literally it would hide every new record up to it, live ones included. The
+        # subscriber goes on from now, after what came before it subscribed, and is told so.
+        return pb.Subscribed(
+            journal_last_cursor=joined, replay_after_cursor=joined,
+            note=f"since_cursor: {since} is past the journal's end ({journal_end}): this journal is not the one "
+                 "that cursor came from (was it replaced?); the stream continues from now")
+    subscriber.last_cursor = since
+    return pb.Subscribed(journal_last_cursor=joined, replay_after_cursor=since)
+
+
+def _deliver(items: list[Item], subscriber: Subscription, wanted: Filter) -> Iterator[pb.SubscribeResponse]:
+    """Live items as responses: events batched, journaled records each on their own, in order."""
+    batch: list[pb.Event] = []
+    for item in items:
+        if item.cursor:
+            if item.cursor <= subscriber.last_cursor:
+                continue  # replayed from the journal already, or from before the subscription
+            subscriber.last_cursor = item.cursor
+        if not item.matches(wanted):
+            continue
+        subscriber.delivered += 1
+        if item.event is not None:
+            batch.append(item.event)
+            if len(batch) == EVENTS_PER_MESSAGE:
+                yield pb.SubscribeResponse(events=pb.Events(events=batch))
+                batch = []
+            continue
+        if batch:  # events before the record go first: order is kept
+            yield pb.SubscribeResponse(events=pb.Events(events=batch))
+            batch = []
+        yield pb.SubscribeResponse(alert=item.alert) if item.alert is not None else \
+            pb.SubscribeResponse(sensor_gap=item.sensor_gap)
+    if batch:
+        yield pb.SubscribeResponse(events=pb.Events(events=batch))
+
+
+def _gap(behind: Behind, subscriber: Subscription) -> pb.SubscribeResponse:
     return pb.SubscribeResponse(gap=pb.Gap(
         missed_events=behind.missed_events, missed_alerts=behind.missed_alerts,
-        resume_cursor=subscription.last_alert_cursor,
-        reason="this subscriber fell behind the sensor; missed alerts follow from the journal"))
+        missed_sensor_gaps=behind.missed_sensor_gaps, resume_cursor=subscriber.last_cursor,
+        reason="this subscriber fell behind the sensor; missed alerts and sensor gaps follow from the journal"))
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+def add_sensor_service(service: SensorService, server: grpc.aio.Server) -> None:
+    """What the generated add_SensorServicer_to_server does, with deserializers that never raise:
+    a request that is not a valid message reaches the method as Malformed, which refuses it
+    with INVALID_ARGUMENT, where the generated code lets gRPC answer with the parser's exception
+    (UNKNOWN under grpc.aio, INTERNAL elsewhere). Built from the service's descriptor, so a
+    method added to the proto is registered too."""
+    handlers = {method.name: _handler(service, method) for method in SERVICE.methods}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+def _handler(service: SensorService, method: Any) -> grpc.RpcMethodHandler:
+    request_type, response_type = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
+    make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+    return make(getattr(service, method.name), request_deserializer=_tolerant(request_type),
+                response_serializer=response_type.SerializeToString)
+
+
+def _tolerant(request_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    def deserialize(data: bytes) -> Message | Malformed:
+        try:
+            return request_type.FromString(data)
+        except Exception:  # DecodeError, or anything else a parser may raise on hostile bytes
+            return Malformed(request_type.DESCRIPTOR.full_name)
+
+    return deserialize
 
 
 def status_of(state: ApiState) -> pb.Status:
@@ -204,6 +282,8 @@ def status_of(state: ApiState) -> pb.Status:
         engine = detector.engine
         drops.append(pb.DropCounter(hop="rules", what="partial sequence matches dropped at the cap",
                                     count=engine.stats.partials_dropped))
+        drops.append(pb.DropCounter(hop="rules", what="partial sequence matches discarded by a rules reload "
+                                    "(changed or removed rules)", count=engine.stats.partials_discarded))
         drops.append(pb.DropCounter(hop="rules", what="tunnel taint entries dropped at the cap",
                                     count=detector.taint.stats.dropped))
         rules.rules.extend(pb.RuleStatus(id=r.id, severity=convert.SEVERITY[r.severity.label],

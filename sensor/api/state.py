@@ -25,6 +25,11 @@ class ApiState:
     rule_files: list[str] = field(default_factory=list)
     load_errors: list[str] = field(default_factory=list)  # from the last reload that failed
 
+    def __post_init__(self) -> None:
+        # What the journal held before this API existed was never published to subscribers:
+        # a subscriber without a since_cursor starts after it.
+        self.broker.journaled_before(self.journal.last_cursor())
+
     @property
     def clock(self) -> Clock:
         return Clock(self.meta.boot_to_wall_ns)

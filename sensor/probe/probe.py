@@ -1,14 +1,17 @@
 """The probe: BPF ring buffer -> events -> bounded queue -> frame sink.
 
 Three threads: the ring-buffer reader (decodes each record at once, since the buffer is
-reused when the callback returns), the writer (encodes and writes frames to the sink), and
-the stats timer (kernel drop counters every second). The queue between reader and writer
-is bounded; when it is full the event is dropped and counted, never silently lost, and the
-counts travel downstream in every Stats frame.
+reused when the callback returns, and makes the verdicts that need this host: what an
+exec'd binary is, where a connection goes), the writer (encodes and writes frames to the
+sink), and the stats timer (kernel drop counters every second). The queue between reader
+and writer is bounded; when it is full the event is dropped and counted, never silently
+lost, and the counts travel downstream in every Stats frame. A stop on purpose ends the
+stream with an End frame: a stream cut without one means the probe died.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -19,6 +22,8 @@ from typing import Any, Protocol
 
 from sensor import events as ev
 from sensor.probe import procfs, program, records
+from sensor.probe.identity import BinaryIdentity
+from sensor.probe.routes import Router
 
 STATS_INTERVAL_S = 1.0
 
@@ -41,7 +46,8 @@ class Probe:
         self._exclude = {os.getpid(), *exclude_pids}
         self._on_error = on_error
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=config.queue_size)
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the threads' signal; also set by a failing thread
+        self._stopped = False
         self._threads: list[threading.Thread] = []
         self.bpf: Any = None
         self.records: Counter[str] = Counter()  # records read, by type
@@ -50,6 +56,10 @@ class Probe:
         self.started_at = 0.0
         self._gpu_totals: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
         self._exited: set[int] = set()  # processes whose GPU counters go after the next read
+        # Host lookups, made here at event time so that the frames carry their verdicts
+        # (the aggregator never reads this host): used by the ring-buffer thread only.
+        self.identity = BinaryIdentity()
+        self.router = Router()
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -71,22 +81,34 @@ class Probe:
         for pid in pids:
             table[table.Key(pid)] = table.Leaf(1)
 
-    def stop(self) -> None:
-        if self._stop.is_set():
+    def stop(self, reason: str = "stopped", after_last_frame: Callable[[], None] | None = None) -> None:
+        """Stop on purpose (or after a thread failed): detach, drain what the kernel sent, the
+        final counts, then End with `reason`; `after_last_frame` runs once that is written
+        (the agent closes the stream there, so the aggregator ends while the kernel detaches)."""
+        if self._stopped:
             return
+        self._stopped = True
+        # Detaching waits on the kernel (RCU grace periods): under way first, it overlaps the rest.
+        closers = _start_detach(self.bpf) if self.bpf is not None else []
         self._stop.set()
         for thread in self._threads:
             if thread.name != "probe-writer":
                 thread.join(timeout=5)
         if self.bpf is not None:
             self._emit_counters()  # the final counts
-        self._queue.put(None)
+            now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            self._emit(ev.End(now, os.getpid(), os.getpid(), reason), block=True)
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=1.0)  # a dead writer takes nothing more
         for thread in self._threads:
             if thread.name == "probe-writer":
                 thread.join(timeout=5)
+        if after_last_frame is not None:
+            after_last_frame()
         if self.bpf is not None:
-            self.bpf.cleanup()
+            _finish_detach(self.bpf, closers)
             self.bpf = None
+        self.router.close()
 
     def __enter__(self) -> Probe:
         self.start()
@@ -107,9 +129,29 @@ class Probe:
         self.records[kind] += 1
         if isinstance(event, ev.Exec):
             _fill_argv_from_procfs(event, self.config)
+            self._judge_exec(event)
+        elif isinstance(event, ev.Connect):
+            if event.family in ("inet", "inet6"):
+                event.route, event.route_by_range = self._route(event.address, event.netns, event.tgid)
+            elif event.family == "unix":
+                event.route = "none"
+        elif isinstance(event, ev.TcpEstablished):
+            event.route, event.route_by_range = self._route(event.daddr, event.netns, event.tgid)
         elif isinstance(event, ev.Exit):
             self._exited.add(event.tgid)
         self._emit(event)
+
+    def _judge_exec(self, event: ev.Exec) -> None:
+        """What the new image is, read now, while the process (or at least its file) is there."""
+        if event.result != 0:
+            return  # the old image runs on
+        verdict = self.identity.identify(event.tgid, event.exe_dev, event.exe_ino, event.filename)
+        event.tool, event.identity = verdict.tool, verdict.how.value
+        self.router.prepare(event.netns, event.tgid)  # its namespace, while a process is in it
+
+    def _route(self, address: str, netns: int, pid: int) -> tuple[str, bool]:
+        destination, by_range = self.router.route(address, netns, pid)
+        return destination.value, by_range
 
     def _emit(self, event: ev.Event, block: bool = False) -> None:
         payload = ev.encode(event)
@@ -147,8 +189,11 @@ class Probe:
             self._fail(exc)
 
     def _stats_loop(self) -> None:
-        while not self._stop.wait(STATS_INTERVAL_S):
-            self._emit_counters()
+        try:
+            while not self._stop.wait(STATS_INTERVAL_S):
+                self._emit_counters()
+        except BaseException as exc:  # without counters, drops would go unseen: stop loudly
+            self._fail(exc)
 
     def _emit_counters(self) -> None:
         counters = self.gpu_counters()
@@ -211,7 +256,28 @@ class Probe:
     def _emit_snapshot(self) -> None:
         for proc in procfs.snapshot():
             if proc.tgid not in self._exclude:
+                self.router.prepare(proc.netns, proc.tgid)
                 self._emit(proc, block=True)
+
+
+def _start_detach(bpf: Any) -> list[threading.Thread]:
+    """Close the tracepoints' perf events, all at once, on threads of their own.
+
+    Each detach waits for RCU grace periods in the kernel: one after another (BCC's own
+    cleanup, or the kernel's at exit) they take over a second for our 17 tracepoints, together
+    a fraction of that, so a failing agent is gone within a second."""
+    fds = list(getattr(bpf, "tracepoint_fds", {}).values())
+    bpf.tracepoint_fds.clear()  # BCC's cleanup must not close them again
+    closers = [threading.Thread(target=os.close, args=(fd,), name="probe-detach") for fd in fds]
+    for closer in closers:
+        closer.start()
+    return closers
+
+
+def _finish_detach(bpf: Any, closers: list[threading.Thread]) -> None:
+    for closer in closers:
+        closer.join()
+    bpf.cleanup()
 
 
 def _fill_argv_from_procfs(event: ev.Exec, config: program.ProbeConfig) -> None:

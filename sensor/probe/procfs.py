@@ -16,7 +16,6 @@ from pathlib import Path
 from sensor import events as ev
 
 PROC = Path("/proc")
-NS_PER_TICK = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def cgroup2_mount() -> Path | None:
@@ -122,7 +121,7 @@ def read_process(pid: int, now_ns: int, mount: Path | None) -> ev.Proc | None:
         uid=uid,
         gid=gid,
         cgroup_id=cgroup_id(pid, mount),
-        start_ns=int(fields[19]) * NS_PER_TICK,
+        start_ns=int(fields[19]) * ev.NS_PER_TICK,
         comm=comm,
         exe=exe,
         argv=read_cmdline(pid) or [],

@@ -9,10 +9,19 @@
     exe: {suffix: /ssh}   name: {prefix: xmr}   argv: {contains: "-R"}   name: {glob: "kworker*"}
 
 A condition on a list-valued field (argv, directions) holds when it holds for any element;
-`not` negates the whole condition. Nothing here is evaluated as code. Regular expressions
-run against strings the adversary controls, so a pattern with nested repetition (the shape of
-catastrophic backtracking, like (a+)+) is refused at load, and at most MAX_TEXT characters
-are searched.
+`not` negates the whole condition. Nothing here is evaluated as code.
+
+Regular expressions run against text the adversary controls (argv, names, up to MAX_TEXT
+characters each), so they run on RE2, whose search time is linear in the text whatever the
+pattern: there is no pattern shape to guess at and refuse. RE2's syntax is close to Python's,
+without the constructs that need backtracking (backreferences, lookahead and lookbehind,
+atomic groups and possessive repeats, conditionals) and with repeat counts up to 1000; a
+pattern that uses one is refused at load, naming it. `\\d \\w \\s \\b` are ASCII, `\\z` is
+Python's `\\Z`, and `$` is the end of the text. Each pattern's memory (program and search
+caches) is bounded by RE2_MAX_MEM; a pattern too large for it is refused at load too.
+
+Conditions compare equal when they test the same thing (a reload keeps the open sequences of
+rules whose steps are unchanged): a regex by its pattern text, a value with its type.
 """
 
 from __future__ import annotations
@@ -20,15 +29,20 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-import re._parser as sre_parse  # the stdlib's own regex parser, to inspect a pattern's shape
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import re2
 
 MAX_TEXT = 4096
 MAX_PATTERN = 1000
+# RE2's default is 8 MiB per pattern; half of it still takes \pL{200} or .{1000} (the longest repeat),
+# and keeps a few dozen rule patterns (and their search caches) in bounded memory.
+RE2_MAX_MEM = 4 << 20
 OPERATORS = ("equals", "in", "prefix", "suffix", "contains", "glob", "regex", "cidr", "range", "port_range", "not")
-_REPEATS = {sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT, getattr(sre_parse, "POSSESSIVE_REPEAT", None)}
+RE2_REFUSES = ("backreferences, lookahead and lookbehind, atomic groups and possessive repeats, conditionals, "
+               "repeat counts over 1000")
 
 
 class ConditionError(ValueError):
@@ -51,20 +65,40 @@ def _same(value: Any, expected: Any) -> bool:
     return value == expected or (type(value) is not type(expected) and str(value) == str(expected))
 
 
-@dataclass(frozen=True)
+def _typed(value: Any) -> tuple[str, Any]:
+    """A scalar with its type: 1, 1.0, "1" and true test different things, and 1 == True in Python."""
+    return type(value).__name__, value
+
+
+@dataclass(frozen=True, eq=False)
 class Equals:
     expected: Any
 
     def holds(self, value: Any) -> bool:
         return _scalar_test(value, lambda v: _same(v, self.expected))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Equals) and _typed(self.expected) == _typed(other.expected)
 
-@dataclass(frozen=True)
+    def __hash__(self) -> int:
+        return hash(_typed(self.expected))
+
+
+@dataclass(frozen=True, eq=False)
 class In:
     choices: tuple[Any, ...]
 
     def holds(self, value: Any) -> bool:
         return _scalar_test(value, lambda v: any(_same(v, c) for c in self.choices))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, In) and self._typed_set() == other._typed_set()
+
+    def __hash__(self) -> int:
+        return hash(self._typed_set())
+
+    def _typed_set(self) -> frozenset[tuple[str, Any]]:
+        return frozenset(_typed(c) for c in self.choices)
 
 
 @dataclass(frozen=True)
@@ -86,12 +120,28 @@ class Text:
         return fnmatch.fnmatchcase(text, self.operand)
 
 
+class _Searcher(Protocol):
+    def search(self, text: bytes) -> object | None: ...
+
+
 @dataclass(frozen=True)
 class Regex:
-    pattern: re.Pattern[str]
+    """Compiled with RE2 on creation (ConditionError if RE2 cannot run it); equal by pattern text."""
+
+    pattern: str
+    _compiled: _Searcher = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_compiled", _compile_re2(self.pattern))
 
     def holds(self, value: Any) -> bool:
-        return _scalar_test(value, lambda v: self.pattern.search(str(v)[:MAX_TEXT]) is not None)
+        return _scalar_test(value, self._one)
+
+    def _one(self, value: Any) -> bool:
+        # Bytes, so that RE2 need not map offsets back to characters; surrogatepass because str()
+        # of a field may hold a lone surrogate, which UTF-8 cannot encode (RE2 skips it as invalid).
+        text = str(value)[:MAX_TEXT].encode("utf-8", "surrogatepass")
+        return self._compiled.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -146,7 +196,7 @@ def _operator(operator: str, operand: Any, lists: Mapping[str, Sequence[Any]]) -
     if operator in ("prefix", "suffix", "contains", "glob"):
         return Text(operator, _text(operand, operator))
     if operator == "regex":
-        return Regex(_regex(_text(operand, operator)))
+        return Regex(_text(operand, operator))
     if operator == "cidr":
         return Cidr(tuple(_network(n) for n in _scalars(_resolve(operand, lists), operator)))
     if operator in ("range", "port_range"):
@@ -208,33 +258,47 @@ def _range(operand: Any, operator: str) -> Range:
     return Range(low, high)
 
 
-def _regex(pattern: str) -> re.Pattern[str]:
+def _options() -> Any:
+    options = re2.Options()
+    options.max_mem = RE2_MAX_MEM
+    options.never_capture = True  # a condition only asks whether it matches: no submatch work
+    options.log_errors = False  # a refused pattern is reported once, by the loader, not on stderr
+    return options
+
+
+def _compile_re2(pattern: str) -> _Searcher:
     if len(pattern) > MAX_PATTERN:
         raise ConditionError(f"`regex` is longer than {MAX_PATTERN} characters")
     try:
-        parsed = sre_parse.parse(pattern)
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ConditionError(f"`regex` {pattern!r} does not compile: {exc}") from exc
-    if _nested_repeat(parsed, inside=False):
-        raise ConditionError(f"`regex` {pattern!r} repeats a repetition (like (a+)+), which can take exponential time")
+        pattern.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConditionError(f"`regex` {pattern!r} does not compile: {exc.reason} at {exc.start}") from exc
+    try:
+        compiled: _Searcher = re2.compile(pattern, _options())
+    except re2.error as exc:
+        raise ConditionError(_refusal(pattern, _reason(exc))) from exc
     return compiled
 
 
-def _nested_repeat(items: Any, inside: bool) -> bool:
-    for op, arg in items:
-        if op in _REPEATS:
-            _, high, sub = arg
-            if inside and high != 1:
-                return True
-            if _nested_repeat(sub, inside or high > 1):
-                return True
-        elif op == sre_parse.SUBPATTERN:
-            if _nested_repeat(arg[-1], inside):
-                return True
-        elif op == sre_parse.BRANCH:
-            if any(_nested_repeat(branch, inside) for branch in arg[1]):
-                return True
-        elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT) and _nested_repeat(arg[1], inside):
-            return True
-    return False
+def _reason(exc: Exception) -> str:
+    reason = exc.args[0] if exc.args else ""
+    return reason.decode("utf-8", "backslashreplace") if isinstance(reason, bytes) else str(reason)
+
+
+def _refusal(pattern: str, reason: str) -> str:
+    if reason.startswith("pattern too large"):
+        return f"`regex` {pattern!r} needs more than RE2's {RE2_MAX_MEM >> 20} MiB a pattern: {reason}"
+    if not _python_accepts(pattern):
+        return f"`regex` {pattern!r} does not compile: {reason}"
+    return (f"`regex` {pattern!r} uses a construct RE2 (the linear-time engine rules use) does not support: "
+            f"{reason}; refused: {RE2_REFUSES}")
+
+
+def _python_accepts(pattern: str) -> bool:
+    """Whether the pattern is valid in Python's dialect: tells a typo from a construct RE2 refuses.
+    Only compiled, never searched."""
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return False
+    return True

@@ -6,6 +6,11 @@ next step, within the window and in the same scope (any of the rule's scope kind
 on; the last step raises the alert and closes it. Partials expire with their window and are
 capped per rule (the oldest goes first, counted). A single-fact rule raises at most one
 alert per process and fact summary a minute, the rest counted as suppressed.
+
+A reload (SIGHUP) must not open a blind window between two steps: the open partial matches of
+a sequence whose steps (facts and conditions) and scopes (and lineage boundary) are unchanged
+go on under the new rule and its window; those of a rule that was changed or removed are
+discarded and counted. The dedup memory is kept as it is.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class EngineStats:
     partials: int = 0  # open partial sequence matches now
     partials_expired: int = 0
     partials_dropped: int = 0  # at the per-rule cap
+    partials_discarded: int = 0  # of rules that a reload changed or removed
     by_rule: dict[str, int] = field(default_factory=dict)  # alerts per rule
 
 
@@ -64,11 +70,12 @@ class RuleEngine:
         self.context = context
         self.stats = EngineStats()
         self._recent: OrderedDict[tuple[str, Any, str], int] = OrderedDict()
+        self.ruleset = RuleSet()
+        self._partials: dict[str, OrderedDict[tuple[Any, ...], _Partial]] = {}
         self.load(ruleset)
 
     def load(self, ruleset: RuleSet) -> None:
-        """Use these rules from now on (a reload): open partial matches start over."""
-        self.ruleset = ruleset
+        """Use these rules from now on (a reload): open partial matches of unchanged sequences go on."""
         self._single: dict[str, list[Rule]] = {}
         self._steps: dict[str, list[tuple[Rule, int]]] = {}  # fact kind -> (sequence rule, step index)
         for rule in ruleset.rules:
@@ -77,9 +84,24 @@ class RuleEngine:
                     self._steps.setdefault(step.fact, []).append((rule, index))
             else:
                 self._single.setdefault(rule.steps[0].fact, []).append(rule)
-        self._partials: dict[str, OrderedDict[tuple[Any, ...], _Partial]] = {
-            r.id: OrderedDict() for r in ruleset.rules if r.sequence}
-        self.stats.partials = 0
+        self._carry_partials(ruleset)
+        self.ruleset = ruleset
+
+    def _carry_partials(self, ruleset: RuleSet) -> None:
+        previous = {rule.id: rule for rule in self.ruleset.rules}
+        old, self._partials = self._partials, {}
+        for rule in (r for r in ruleset.rules if r.sequence):
+            partials = old.pop(rule.id, OrderedDict())
+            before = previous.get(rule.id)
+            if before is not None and same_sequence(before, rule):
+                for partial in partials.values():
+                    partial.rule = rule  # its window and title from now on
+                self._partials[rule.id] = partials
+            else:
+                self._partials[rule.id] = OrderedDict()
+                self.stats.partials_discarded += len(partials)
+        self.stats.partials_discarded += sum(len(partials) for partials in old.values())  # removed rules
+        self.stats.partials = sum(len(partials) for partials in self._partials.values())
 
     def on_fact(self, fact: Fact, process: Process) -> list[Alert]:
         self.stats.facts += 1
@@ -202,6 +224,14 @@ class RuleEngine:
         return Alert(rule_id=rule.id, severity=rule.severity.label, title=rule.title, description=rule.description,
                      tags=rule.tags, ts=steps[-1][0].ts, scope=scope, scope_key=scope_key,
                      steps=tuple(alert_steps), processes=tuple(processes.values()))
+
+
+def same_sequence(before: Rule, after: Rule) -> bool:
+    """Whether a partial match of `before` means the same under `after`: the same steps (facts and
+    conditions, whatever their lines) related by the same scopes. The window may differ."""
+    return (before.sequence and after.sequence and before.scopes == after.scopes
+            and before.lineage_boundary == after.lineage_boundary
+            and [(s.fact, dict(s.where)) for s in before.steps] == [(s.fact, dict(s.where)) for s in after.steps])
 
 
 def _plain_fields(fact: Fact) -> dict[str, Any]:

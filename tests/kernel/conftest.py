@@ -11,6 +11,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,10 +90,12 @@ def helpers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_python(code: str, *args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+def run_python(code: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     """A helper process running `code` with the system Python (not filtered like the runner)."""
-    return subprocess.run(["/usr/bin/python3", "-c", code, *args], capture_output=True, check=False,
-                          timeout=30, **kwargs)  # type: ignore[call-overload]
+    result: subprocess.CompletedProcess[bytes] = subprocess.run(["/usr/bin/python3", "-c", code, *args],
+                                                                capture_output=True, check=False, timeout=30,
+                                                                **kwargs)
+    return result
 
 
 def exec_of(child_pid: int) -> Callable[[ev.Event], bool]:

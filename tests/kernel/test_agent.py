@@ -1,38 +1,54 @@
-"""The whole agent as the README starts it: probe and aggregator processes joined by a pipe."""
+"""The whole agent as the README starts it: the probe, the aggregator with the API, and the live
+view, each with the privileges the README documents; what each one's death leaves behind."""
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sensor import privileges
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
+AGENT_USER = pwd.getpwnam("gpusentry")
+
+
+def workdir() -> Path:
+    """A directory the agent's unprivileged user may use (tmp_path's parents are root's, 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="gs-agent-"))
+    os.chown(path, AGENT_USER.pw_uid, AGENT_USER.pw_gid)
+    return path
 
 
 class Agent:
     """The agent as `gpusentry run --json`, in its own process group, with its own API socket and
     journal unless given (so tests never meet the default /run and /var/lib paths)."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, json_lines: bool = True) -> None:
+        self.tmp = workdir()
         if "--socket" not in flags:
-            self.tmp = tempfile.mkdtemp(prefix="gs-agent-")
             flags = (*flags, "--socket", f"{self.tmp}/api.sock", "--journal", f"{self.tmp}/journal.db")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--json", "--no-view", *flags],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                     start_new_session=True)
-        self.lines: list[dict[str, object]] = []
+        view = [] if "--view" in flags else ["--no-view"]
+        self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--json", *view, *flags],
+                                     stdout=subprocess.PIPE if json_lines else subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+        self.lines: list[dict[str, Any]] = []
         self.messages: list[str] = []
         assert self.proc.stderr is not None
         self.banner = ""
@@ -41,8 +57,25 @@ class Agent:
                 self.banner = line
                 break
             self.messages.append(line.rstrip("\n"))
-        threading.Thread(target=self._read, daemon=True).start()
+        if json_lines:
+            threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_messages, daemon=True).start()
+
+    @property
+    def aggregator_pid(self) -> int:
+        found = re.search(r"aggregator pid (\d+)", self.banner)
+        assert found, f"no watching line: {self.messages}"
+        return int(found.group(1))
+
+    def children(self) -> dict[str, int]:
+        """The probe's child processes that have become `python -m sensor COMMAND`, by command."""
+        out = {}
+        for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if argv[1:3] == [b"-m", b"sensor"] and len(argv) > 3:
+                    out[argv[3].decode()] = int(pid)
+        return out
 
     def _read_messages(self) -> None:
         assert self.proc.stderr is not None
@@ -54,26 +87,54 @@ class Agent:
         for line in self.proc.stdout:
             self.lines.append(json.loads(line))
 
-    def find(self, **fields: object) -> dict[str, object] | None:
+    def find(self, **fields: object) -> dict[str, Any] | None:
         for line in list(self.lines):
             if all(line.get(k) == v for k, v in fields.items()):
                 return line
         return None
 
-    def alerts(self, rule_id: str) -> list[dict[str, object]]:
+    def alerts(self, rule_id: str) -> list[dict[str, Any]]:
         return [line for line in list(self.lines) if line.get("kind") == "alert" and line.get("rule_id") == rule_id]
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout=30)
 
+    def kill(self) -> None:
+        """Whatever is left of it: the probe's group, and the aggregator's own session."""
+        for pid in (self.proc.pid, *self._aggregator_if_known()):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+    def _aggregator_if_known(self) -> list[int]:
+        found = re.search(r"aggregator pid (\d+)", self.banner)
+        return [int(found.group(1))] if found else []
+
+
+def found(line: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any]:
+    result = wait_until(line, what=what)
+    assert result is not None
+    return result
+
 
 @pytest.fixture
-def agent(root: None) -> Iterator[Agent]:
-    running = Agent("--user", "nobody")
-    yield running
-    if running.proc.poll() is None:
-        running.stop()
+def agents(root: None) -> Iterator[list[Agent]]:
+    """Agents a test starts; whatever the test's outcome, none outlives it."""
+    started: list[Agent] = []
+    yield started
+    for agent in started:
+        if agent.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.stop()
+        agent.kill()
+
+
+@pytest.fixture
+def agent(agents: list[Agent]) -> Agent:
+    agents.append(Agent())
+    return agents[-1]
 
 
 def test_agent_shows_an_exec_and_a_connect(agent: Agent) -> None:
@@ -81,7 +142,7 @@ def test_agent_shows_an_exec_and_a_connect(agent: Agent) -> None:
     marker = f"agent-marker-{os.getpid()}"
     true = subprocess.Popen(["/bin/true", marker])
     true.wait()
-    exec_line = wait_until(lambda: agent.find(kind="exec", tgid=true.pid), what="exec line")
+    exec_line = found(lambda: agent.find(kind="exec", tgid=true.pid), "exec line")
     assert exec_line["argv"] == ["/bin/true", marker]
     assert exec_line["filename"] == "/bin/true" and exec_line["result"] == 0
 
@@ -92,30 +153,190 @@ def test_agent_shows_an_exec_and_a_connect(agent: Agent) -> None:
     code = "import socket,sys,os; s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); print(os.getpid())"
     helper = subprocess.run(["/usr/bin/python3", "-c", code, str(port)], capture_output=True, text=True)
     pid = int(helper.stdout)
-    connect_line = wait_until(lambda: agent.find(kind="connect", tgid=pid), what="connect line")
+    connect_line = found(lambda: agent.find(kind="connect", tgid=pid), "connect line")
     assert (connect_line["address"], connect_line["port"], connect_line["result"]) == ("127.0.0.1", port, 0)
     listener.close()
     assert agent.stop() == 0
 
 
-def test_aggregator_runs_as_the_unprivileged_user(agent: Agent) -> None:
-    assert "gpusentry: watching" in agent.banner
-    aggregator_pid = int(agent.banner.split("aggregator pid ")[1].split(")")[0])
-    status = Path(f"/proc/{aggregator_pid}/status").read_text()
-    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-    assert uid_line.split()[1:] == ["65534"] * 4
-    # The probe stays root: it holds the BPF programs.
-    assert os.stat(f"/proc/{agent.proc.pid}").st_uid == 0
+# -- privileges ------------------------------------------------------------------------------
 
 
-def test_agent_stops_cleanly_when_the_aggregator_dies(agent: Agent) -> None:
-    aggregator_pid = int(agent.banner.split("aggregator pid ")[1].split(")")[0])
-    os.kill(aggregator_pid, signal.SIGKILL)
-    assert agent.proc.wait(timeout=30) == 2
-    wait_until(lambda: [m for m in agent.messages if m.startswith("gpusentry: error")], what="the agent's last word")
-    assert [m for m in agent.messages if not m.startswith("gpusentry: API on")] == [
-        f"gpusentry: error: the aggregator (pid {aggregator_pid}) stopped: killed by signal 9 (SIGKILL); "
-        "fix: see its message above, then start the agent again"]
+def documented_privileges() -> dict[str, dict[str, str]]:
+    """The README's privilege table, by command (`gpusentry run` ... `gpusentry record`)."""
+    rows: dict[str, dict[str, str]] = {}
+    section = (ROOT / "README.md").read_text().split("## Privileges", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
+        rows[cells["command"].strip("`")] = cells
+    return rows
+
+
+def observed(pid: int) -> dict[str, str]:
+    """A process's privileges from /proc/PID/status, in the README table's terms."""
+    status = privileges.ProcStatus.read(pid)
+    assert len(set(status.uids)) == 1 and len(set(status.gids)) == 1, status  # real = effective = saved = fs
+    assert status.cap_inh == 0 and status.cap_amb == 0, status
+    assert status.cap_eff == status.cap_prm == status.cap_bnd, status
+    caps = privileges.cap_names(status.cap_eff)
+    return {"user": pwd.getpwuid(status.uids[0]).pw_name, "group": grp.getgrgid(status.gids[0]).gr_name,
+            "groups": ", ".join(str(g) for g in status.groups) or "none",
+            "capabilities": ", ".join(sorted(caps)) or "none", "no_new_privs": "yes" if status.no_new_privs else "no"}
+
+
+def expected(row: dict[str, str]) -> dict[str, str]:
+    groups = row["groups"].split(" (", 1)[0]  # the table's note on --socket-group is not a value
+    return {"user": row["user"], "group": row["group"], "groups": groups, "capabilities": row["capabilities"],
+            "no_new_privs": row["no_new_privs"]}
+
+
+def test_every_agent_process_runs_with_exactly_the_documented_privileges(agents: list[Agent]) -> None:
+    table = documented_privileges()
+    agent = Agent("--view", json_lines=False)
+    agents.append(agent)
+    children = wait_until(lambda: (c if "watch" in (c := agent.children()) else {}), what="the live view")
+    assert observed(agent.proc.pid) == expected(table["gpusentry run"])
+    assert observed(children["aggregate"]) == expected(table["gpusentry aggregate"])
+    assert observed(children["watch"]) == expected(table["gpusentry watch"])
+    assert f"aggregator pid {children['aggregate']} as gpusentry" in agent.banner
+    assert agent.stop() == 0
+
+
+def test_record_keeps_exactly_the_documented_privileges(root: None, tmp_path: Path) -> None:
+    capture = tmp_path / "cap.gscap"
+    record = subprocess.Popen([sys.executable, "-m", "sensor", "record", "-w", str(capture)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert record.stderr is not None
+        line = record.stderr.readline()
+        assert line.startswith(f"gpusentry: recording to {capture}"), line
+        assert observed(record.pid) == expected(documented_privileges()["gpusentry record"])
+        record.send_signal(signal.SIGINT)
+        assert record.wait(timeout=30) == 0
+    finally:
+        if record.poll() is None:
+            record.kill()
+
+
+def test_socket_and_journal_belong_to_the_unprivileged_side(agents: list[Agent]) -> None:
+    agent = Agent("--quiet")
+    agents.append(agent)
+    sock, journal = agent.tmp / "api.sock", agent.tmp / "journal.db"
+    wait_until(sock.exists, what="the API socket")
+    owner = (AGENT_USER.pw_uid, AGENT_USER.pw_gid)
+    st = os.stat(sock)
+    assert ((st.st_uid, st.st_gid), st.st_mode & 0o777) == (owner, 0o660)
+    for path in (journal, Path(f"{journal}-wal"), Path(f"{journal}-shm")):
+        assert (os.stat(path).st_uid, os.stat(path).st_gid) == owner, path
+    # a directory the test made is used as it is: not chowned, not opened up
+    st = os.stat(agent.tmp)
+    assert ((st.st_uid, st.st_gid), st.st_mode & 0o777) == (owner, 0o700)
+    # the unprivileged side keeps writing it: an alert journaled after the drop
+    assert _safe_journaled(sock)
+    assert agent.stop() == 0
+
+
+def test_a_directory_the_agent_user_cannot_use_is_refused_before_anything_starts(root: None,
+                                                                                tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "sensor", "run", "--no-view", "--socket",
+                             str(tmp_path / "api.sock"), "--journal", str(tmp_path / "journal.db")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"gpusentry: error: the aggregator runs as gpusentry and cannot write in {tmp_path}; fix: give --journal "
+        "and --socket paths in a directory gpusentry may write (the defaults are made for it), or --user root"]
+    assert os.stat(tmp_path).st_uid == 0  # and nothing was chowned
+
+
+# -- no half-alive agent ---------------------------------------------------------------------
+
+
+def _gaps(sock: Path) -> list[Any]:
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    return list(_api(sock).ListAlerts(pb.ListAlertsRequest(page_size=1000)).sensor_gaps)  # type: ignore[attr-defined]
+
+
+def test_kill_9_of_the_probe_stops_the_rest_within_a_second_and_journals_the_blind_time(
+        agents: list[Agent]) -> None:
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    agent = Agent("--view", "--quiet", json_lines=False)
+    agents.append(agent)
+    children = wait_until(lambda: (c if "watch" in (c := agent.children()) else {}), what="the live view")
+    sock = agent.tmp / "api.sock"
+    received: list[Any] = []
+    stream = _api(sock).Subscribe(pb.SubscribeRequest(alerts=True))  # type: ignore[attr-defined]
+
+    def read() -> None:
+        import grpc
+
+        with contextlib.suppress(grpc.RpcError):
+            for response in stream:
+                received.append(response)
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_until(lambda: received, what="the subscription")
+    killed = time.monotonic()
+    os.kill(agent.proc.pid, signal.SIGKILL)
+    aggregator = psutil_wait(children["aggregate"])  # not waiting for the probe's own end first: the
+    view = psutil_wait(children["watch"])  # kernel takes its time to detach a killed probe's programs
+    assert max(aggregator, view) - killed < 1.0, (aggregator - killed, view - killed)
+    agent.proc.wait(timeout=10)
+    cause = f"the probe (pid {agent.proc.pid}) died: its frame stream ended without the probe's final frame"
+    wait_until(lambda: any(m.startswith("gpusentry: error: the probe") for m in agent.messages),
+               what="the aggregator's last word")
+    assert [m for m in agent.messages if m.startswith("gpusentry: error")] == [
+        f"gpusentry: error: {cause}; fix: the agent stops; start it again (a supervisor restarts it)"]
+    live_gaps = [r.sensor_gap for r in received if r.WhichOneof("item") == "sensor_gap"]
+    assert [g.cause for g in live_gaps] == [cause]  # a subscriber saw the blind time begin
+    assert live_gaps[0].end.ToNanoseconds() - live_gaps[0].start.ToNanoseconds() < 2_000_000_000
+    restarted = Agent("--socket", str(sock), "--journal", str(agent.tmp / "journal.db"), "--quiet")
+    agents.append(restarted)
+    wait_until(lambda: sock.exists() and _safe_journaled(sock), what="the restarted API")
+    assert [g.cause for g in _gaps(sock)] == [cause, f"the agent was not running: {cause}"]
+    assert restarted.stop() == 0
+
+
+def psutil_wait(pid: int, timeout: float = 10.0) -> float:
+    """When process `pid` (not our child) is gone."""
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or
+               Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z", timeout, f"pid {pid} to end")
+    return time.monotonic()
+
+
+@pytest.mark.parametrize("victim", ["aggregate", "watch"])
+def test_kill_9_of_the_aggregator_or_the_view_stops_the_probe_within_a_second(agents: list[Agent],
+                                                                               victim: str) -> None:
+    agent = Agent("--view", "--quiet", json_lines=False)
+    agents.append(agent)
+    children = wait_until(lambda: (c if "watch" in (c := agent.children()) else {}), what="the live view")
+    killed = time.monotonic()
+    os.kill(children[victim], signal.SIGKILL)
+    assert agent.proc.wait(timeout=10) == 2
+    assert time.monotonic() - killed < 1.0
+    wait_until(lambda: any(m.startswith("gpusentry: error") for m in agent.messages), what="the agent's last word")
+    what = "the aggregator" if victim == "aggregate" else "the live view"
+    assert [m for m in agent.messages if m.startswith("gpusentry: error")] == [
+        f"gpusentry: error: {what} (pid {children[victim]}) stopped: killed by signal 9 (SIGKILL); fix: "
+        + ("see its message above, then start the agent again" if victim == "aggregate" else "start the agent again")]
+    for pid in children.values():
+        psutil_wait(pid)  # nothing of it is left running blind
+    sock = agent.tmp / "api.sock"
+    restarted = Agent("--socket", str(sock), "--journal", str(agent.tmp / "journal.db"), "--quiet")
+    agents.append(restarted)
+    wait_until(lambda: sock.exists() and _safe_journaled(sock), what="the restarted API")
+    (gap,) = _gaps(sock)
+    if victim == "aggregate":  # it could record nothing: its last heartbeat says when it was last watching
+        assert gap.cause.startswith("the agent was not running: it stopped without recording why (killed, or "
+                                    "crashed); last seen watching at "), gap.cause
+    else:
+        assert gap.cause == (f"the agent was not running: the live view (pid {children[victim]}) stopped: "
+                             "killed by signal 9 (SIGKILL)")
+    assert gap.start.ToNanoseconds() < gap.end.ToNanoseconds() <= time.time_ns()
+    assert restarted.stop() == 0
 
 
 MARKER_RULE = """rules:
@@ -142,31 +363,61 @@ def test_an_invalid_rule_file_stops_the_agent_before_it_starts(root: None, tmp_p
         "`gpusentry rules check FILE` lists every problem"]
 
 
-def test_sighup_reloads_rules_and_keeps_them_when_the_new_file_is_invalid(root: None, tmp_path: Path) -> None:
-    rules = tmp_path / "site.yaml"
+def test_sighup_reloads_rules_and_keeps_them_when_the_new_file_is_invalid(agents: list[Agent]) -> None:
+    rules = workdir() / "site.yaml"
     rules.write_text(MARKER_RULE.format(rule_id="marker-one", marker="gs-marker-1"))
     agent = Agent("--rules", str(rules))
-    try:
-        subprocess.run(["/bin/true", "gs-marker-1"], check=True)
-        wait_until(lambda: agent.alerts("marker-one"), what="the site rule's alert")
+    agents.append(agent)
+    subprocess.run(["/bin/true", "gs-marker-1"], check=True)
+    wait_until(lambda: agent.alerts("marker-one"), what="the site rule's alert")
 
-        rules.write_text("rules: [broken\n")
-        agent.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: any("rules not reloaded" in m for m in agent.messages), what="the refused reload")
-        assert any(f"keeping the current 10 rules: invalid rules: {rules}:2: not valid YAML" in m
-                   for m in agent.messages), agent.messages
-        subprocess.run(["/bin/true", "gs-marker-1"], check=True)
-        wait_until(lambda: len(agent.alerts("marker-one")) == 2, what="the kept rule still firing")
+    rules.write_text("rules: [broken\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any("rules not reloaded" in m for m in agent.messages), what="the refused reload")
+    assert any(f"keeping the current 10 rules: invalid rules: {rules}:2: not valid YAML" in m
+               for m in agent.messages), agent.messages
+    subprocess.run(["/bin/true", "gs-marker-1"], check=True)
+    wait_until(lambda: len(agent.alerts("marker-one")) == 2, what="the kept rule still firing")
 
-        rules.write_text(MARKER_RULE.format(rule_id="marker-two", marker="gs-marker-2"))
-        agent.proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: "gpusentry: rules reloaded: 10 rules" in agent.messages, what="the reload")
-        subprocess.run(["/bin/true", "gs-marker-2"], check=True)
-        wait_until(lambda: agent.alerts("marker-two"), what="the new rule's alert")
-        assert agent.stop() == 0
-    finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+    rules.write_text(MARKER_RULE.format(rule_id="marker-two", marker="gs-marker-2"))
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any(m.startswith("gpusentry: rules reloaded: 10 rules") for m in agent.messages),
+               what="the reload")
+    subprocess.run(["/bin/true", "gs-marker-2"], check=True)
+    wait_until(lambda: agent.alerts("marker-two"), what="the new rule's alert")
+    assert agent.stop() == 0
+
+
+SEQUENCE_RULE = """rules:
+  - id: marker-sequence
+    title: Two markers in order
+    description: An exec with the first marker, then one with the second, in the same lineage.
+    severity: high
+    sequence:
+      scope: host
+      window: 10m
+      steps:
+        - {fact: exec, where: {argv: gs-first-marker}}
+        - {fact: exec, where: {argv: gs-second-marker}}
+"""
+
+
+def test_a_sequence_split_across_a_reload_still_raises_its_alert(agents: list[Agent]) -> None:
+    """The first step, a SIGHUP reload of the very same rules, the second step: the open partial
+    match survives the reload (it used to be thrown away, uncounted)."""
+    rules = workdir() / "site.yaml"
+    rules.write_text(SEQUENCE_RULE)
+    agent = Agent("--rules", str(rules))
+    agents.append(agent)
+    subprocess.run(["/bin/true", "gs-first-marker"], check=True)
+    wait_until(lambda: agent.find(kind="exec", argv=["/bin/true", "gs-first-marker"]), what="the first step")
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: any(m.startswith("gpusentry: rules reloaded") for m in agent.messages), what="the reload")
+    subprocess.run(["/bin/true", "gs-second-marker"], check=True)
+    (alert,) = wait_until(lambda: agent.alerts("marker-sequence"), what="the sequence's alert")
+    steps: list[dict[str, Any]] = alert["steps"]
+    assert [step["fact"] for step in steps] == ["exec", "exec"]
+    assert agent.stop() == 0
 
 
 def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
@@ -174,7 +425,7 @@ def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
     good.write_text(MARKER_RULE.format(rule_id="fine", marker="x"))
     bad.write_text("rules:\n  - id: one\n    title: T\n    description: D\n    severity: loud\n"
                    "    match: {fact: exec}\n  - id: two\n    title: T\n    description: D\n    severity: low\n"
-                   "    match: {fact: exec, where: {cmdline: {regex: '(x+)+'}}}\n")
+                   "    match: {fact: exec, where: {cmdline: {regex: 'x(?=y)'}}}\n")
     ok = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good)], capture_output=True,
                         text=True, cwd=ROOT)
     assert (ok.returncode, ok.stdout) == (0, "ok: 10 rules in 2 file(s)\n")
@@ -183,8 +434,9 @@ def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
     assert checked.returncode == 1
     assert checked.stdout.splitlines() == [
         f"{bad}:5: rule one: `severity` is one of info, low, medium, high, critical",
-        f"{bad}:11: rule two: cmdline: `regex` '(x+)+' repeats a repetition (like (a+)+), which can take "
-        "exponential time",
+        f"{bad}:11: rule two: cmdline: `regex` 'x(?=y)' uses a construct RE2 (the linear-time engine rules use) "
+        "does not support: invalid perl operator: (?=; refused: backreferences, lookahead and lookbehind, atomic "
+        "groups and possessive repeats, conditionals, repeat counts over 1000",
         "2 problem(s)",
     ]
 
@@ -203,15 +455,19 @@ def _journaled(socket: Path) -> list[int]:
     return [a.cursor for a in _api(socket).ListAlerts(pb.ListAlertsRequest(page_size=1000)).alerts]  # type: ignore[attr-defined]
 
 
-def test_kill_9_loses_no_committed_alert_and_leaves_the_journal_intact(root: None, tmp_path: Path) -> None:
+def test_kill_9_of_the_journal_writer_mid_stream_loses_no_alert_it_published(agents: list[Agent]) -> None:
+    """The aggregator (which writes the journal) is killed while alerts stream out, not after a
+    clean end of input: every alert a subscriber received is in the journal, whole."""
     import sqlite3
 
     from sensor.api.v1 import gpusentry_pb2 as pb
 
-    rules, socket, journal = tmp_path / "site.yaml", tmp_path / "api.sock", tmp_path / "journal.db"
+    work = workdir()
+    rules, socket, journal = work / "site.yaml", work / "api.sock", work / "journal.db"
     rules.write_text(MARKER_RULE.format(rule_id="marker", marker="gs-kill-marker"))
     flags = ("--rules", str(rules), "--socket", str(socket), "--journal", str(journal), "--quiet")
     agent = Agent(*flags)
+    agents.append(agent)
     wait_until(socket.exists, what="the API socket")
     seen: list[int] = []
     stream = _api(socket).Subscribe(pb.SubscribeRequest(alerts=True))  # type: ignore[attr-defined]
@@ -219,20 +475,17 @@ def test_kill_9_loses_no_committed_alert_and_leaves_the_journal_intact(root: Non
     def read() -> None:
         import grpc
 
-        with contextlib.suppress(grpc.RpcError):  # the stream ends when the agent is killed
+        with contextlib.suppress(grpc.RpcError):  # the stream ends when the aggregator is killed
             for response in stream:
-                seen.append(response.alert.cursor)
+                if response.WhichOneof("item") == "alert":
+                    seen.append(response.alert.cursor)
 
     threading.Thread(target=read, daemon=True).start()
     storm = subprocess.Popen(["/bin/sh", "-c", "while true; do /bin/true gs-kill-marker; done"])
     try:
         wait_until(lambda: len(seen) >= 20, timeout=30, what="alerts streaming")
-        os.killpg(agent.proc.pid, signal.SIGKILL)  # the probe and the aggregator, mid-stream
-        os.kill(agent.proc.pid, signal.SIGKILL)
-        agent.proc.wait(timeout=10)
-        aggregator_pid = int(agent.banner.split("aggregator pid ")[1].split(")")[0])
-        with contextlib.suppress(ProcessLookupError):  # it runs in a session of its own
-            os.kill(aggregator_pid, signal.SIGKILL)
+        os.kill(agent.aggregator_pid, signal.SIGKILL)  # the journal writer, mid-stream
+        assert agent.proc.wait(timeout=10) == 2  # and the probe notices and stops
     finally:
         storm.kill()
         storm.wait()
@@ -241,18 +494,26 @@ def test_kill_9_loses_no_committed_alert_and_leaves_the_journal_intact(root: Non
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
     restarted = Agent(*flags)
-    try:
-        wait_until(lambda: socket.exists() and _safe_journaled(socket), what="the restarted API")
-        journaled = _journaled(socket)
-        assert set(received) <= set(journaled)  # every alert a client saw was committed first
-        assert journaled == sorted(journaled) and len(journaled) == len(set(journaled))
-        subprocess.run(["/bin/true", "gs-kill-marker"], check=True)
-        wait_until(lambda: max(_journaled(socket)) > max(journaled), what="a new alert")
-        assert max(_journaled(socket)) == max(journaled) + 1  # cursors continue, never reused
-        assert restarted.stop() == 0
-    finally:
-        if restarted.proc.poll() is None:
-            restarted.proc.kill()
+    agents.append(restarted)
+    wait_until(lambda: socket.exists() and _safe_journaled(socket), what="the restarted API")
+    alerts = _alerts(socket)
+    journaled = [a.cursor for a in alerts]
+    assert set(received) <= set(journaled)  # every alert a client saw was committed first
+    assert journaled == sorted(journaled) and len(journaled) == len(set(journaled))
+    # whole rows only: each one a complete alert of the rule, with its step and process
+    assert {(a.rule_id, len(a.steps), a.steps[0].fact, len(a.processes)) for a in alerts} == {("marker", 1, "exec", 1)}
+    (gap,) = _gaps(socket)  # the blind time since the kill, recorded at the restart
+    assert gap.cursor > max(journaled)
+    subprocess.run(["/bin/true", "gs-kill-marker"], check=True)
+    wait_until(lambda: max(_journaled(socket)) > gap.cursor, what="a new alert")
+    assert max(_journaled(socket)) == gap.cursor + 1  # cursors continue, never reused
+    assert restarted.stop() == 0
+
+
+def _alerts(socket: Path) -> list[Any]:
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    return list(_api(socket).ListAlerts(pb.ListAlertsRequest(page_size=1000)).alerts)  # type: ignore[attr-defined]
 
 
 def _safe_journaled(socket: Path) -> bool:
@@ -263,29 +524,30 @@ def _safe_journaled(socket: Path) -> bool:
     return True
 
 
-def test_graceful_restart_keeps_the_journal_and_the_socket_group(root: None, tmp_path: Path) -> None:
+def test_graceful_restart_keeps_the_journal_and_the_socket_group(agents: list[Agent]) -> None:
     import grp
 
-    rules, socket, journal = tmp_path / "site.yaml", tmp_path / "api.sock", tmp_path / "journal.db"
+    work = workdir()
+    rules, socket, journal = work / "site.yaml", work / "api.sock", work / "journal.db"
     rules.write_text(MARKER_RULE.format(rule_id="marker", marker="gs-restart-marker"))
     flags = ("--rules", str(rules), "--socket", str(socket), "--journal", str(journal), "--quiet",
              "--socket-group", "daemon")
     first = Agent(*flags)
+    agents.append(first)
     wait_until(socket.exists, what="the API socket")
     assert (os.stat(socket).st_mode & 0o777, os.stat(socket).st_gid) == (0o660, grp.getgrnam("daemon").gr_gid)
     subprocess.run(["/bin/true", "gs-restart-marker"], check=True)
     wait_until(lambda: _journaled(socket) == [1], what="the first alert")
     assert first.stop() == 0
     second = Agent(*flags)
-    try:
-        wait_until(lambda: socket.exists() and _safe_journaled(socket) and _journaled(socket) == [1],
-                   what="the journal after a restart")
-        subprocess.run(["/bin/true", "gs-restart-marker"], check=True)
-        wait_until(lambda: _journaled(socket) == [1, 2], what="the next cursor")
-        assert second.stop() == 0
-    finally:
-        if second.proc.poll() is None:
-            second.proc.kill()
+    agents.append(second)
+    wait_until(lambda: socket.exists() and _safe_journaled(socket) and _journaled(socket) == [1],
+               what="the journal after a restart")
+    (gap,) = _gaps(socket)  # the time between the runs was blind, and the journal says why
+    assert (gap.cursor, gap.cause) == (2, "the agent was not running: stopped by SIGINT")
+    subprocess.run(["/bin/true", "gs-restart-marker"], check=True)
+    wait_until(lambda: _journaled(socket) == [1, 3], what="the next cursor")
+    assert second.stop() == 0
 
 
 def test_a_damaged_journal_stops_the_agent_and_is_left_as_it_was(root: None, tmp_path: Path) -> None:
@@ -301,20 +563,18 @@ def test_a_damaged_journal_stops_the_agent_and_is_left_as_it_was(root: None, tmp
     assert journal.read_bytes() == before
 
 
-def test_a_second_agent_on_the_same_socket_stops_before_starting(root: None, tmp_path: Path) -> None:
-    socket = tmp_path / "api.sock"
-    first = Agent("--socket", str(socket), "--journal", str(tmp_path / "one.db"), "--quiet")
-    try:
-        wait_until(socket.exists, what="the first agent's socket")
-        second = subprocess.run([sys.executable, "-m", "sensor", "run", "--no-view", "--socket", str(socket),
-                                 "--journal", str(tmp_path / "two.db")], capture_output=True, text=True, cwd=ROOT,
-                                timeout=60)
-        assert second.returncode == 2
-        assert second.stderr.splitlines() == [
-            f"gpusentry: error: another gpusentry agent is already serving the API at {socket}; fix: stop it "
-            "first, or give --socket another path"]
-        assert first.proc.poll() is None and _safe_journaled(socket)  # the first one still serves
-        assert first.stop() == 0
-    finally:
-        if first.proc.poll() is None:
-            first.proc.kill()
+def test_a_second_agent_on_the_same_socket_stops_before_starting(agents: list[Agent]) -> None:
+    work = workdir()
+    socket = work / "api.sock"
+    first = Agent("--socket", str(socket), "--journal", str(work / "one.db"), "--quiet")
+    agents.append(first)
+    wait_until(socket.exists, what="the first agent's socket")
+    second = subprocess.run([sys.executable, "-m", "sensor", "run", "--no-view", "--socket", str(socket),
+                             "--journal", str(work / "two.db")], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60)
+    assert second.returncode == 2
+    assert second.stderr.splitlines() == [
+        f"gpusentry: error: another gpusentry agent is already serving the API at {socket}; fix: stop it "
+        "first, or give --socket another path"]
+    assert first.proc.poll() is None and _safe_journaled(socket)  # the first one still serves
+    assert first.stop() == 0

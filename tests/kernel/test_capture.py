@@ -84,8 +84,9 @@ def test_record_and_analyze_commands(root: None, tmp_path: Path) -> None:
     capture = tmp_path / "cli.gscap"
     recorder = subprocess.Popen([sys.executable, "-m", "sensor", "record", "-w", str(capture)],
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    assert recorder.stderr is not None
-    wait_until(lambda: "recording to" in recorder.stderr.readline(), timeout=30, what="recorder start")
+    stderr = recorder.stderr
+    assert stderr is not None
+    wait_until(lambda: "recording to" in stderr.readline(), timeout=30, what="recorder start")
     marker = "cli-capture-marker"
     subprocess.run(["/bin/true", marker], check=True)
 

@@ -1,4 +1,6 @@
-"""Destinations classified with the routing table of the connecting process's own namespace."""
+"""Destinations classified by the probe with the routing table of the connecting process's own
+namespace: once the namespace's socket is open, its verdicts need neither the process nor
+the namespace's name."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import NetNS, netns
 
-from sensor.classify.egress import Destination, EgressClassifier
+from sensor.classify.egress import Destination
+from sensor.probe.routes import Router
 from tests.waiting import wait_until
 
 
@@ -42,18 +45,20 @@ def test_classification_in_the_process_namespace(sandbox: subprocess.Popen[bytes
     pid = sandbox.pid  # ip netns exec enters the namespace, then execs sleep in the same process
     inode = wait_until(lambda: (ino if (ino := os.stat(f"/proc/{pid}/ns/net").st_ino) != host else 0),
                        what="the process in its namespace")
-    classifier = EgressClassifier()
+    router = Router()
     try:
-        verdicts = {address: classifier.classify(address, inode, pid) for address in
+        router.prepare(inode, pid)  # its first sighting, while the process lives
+        sandbox.kill()
+        sandbox.wait()
+        verdicts = {address: router.route(address, inode) for address in
                     ("127.0.0.1", "203.0.113.10", "203.0.113.77", "198.51.100.5", "192.0.2.99")}
     finally:
-        classifier.close()
-    assert {a: v.destination for a, v in verdicts.items()} == {
-        "127.0.0.1": Destination.LOOPBACK,
-        "203.0.113.10": Destination.LOCAL,  # the namespace's own address
-        "203.0.113.77": Destination.LAN,  # on its /24
-        "198.51.100.5": Destination.EGRESS,  # through its gateway
-        "192.0.2.99": Destination.UNREACHABLE,  # no route there, inside the namespace
+        router.close()
+    assert verdicts == {
+        "127.0.0.1": (Destination.LOOPBACK, False),
+        "203.0.113.10": (Destination.LOCAL, False),  # the namespace's own address
+        "203.0.113.77": (Destination.LAN, False),  # on its /24
+        "198.51.100.5": (Destination.EGRESS, False),  # through its gateway
+        "192.0.2.99": (Destination.UNREACHABLE, False),  # no route there, inside the namespace
     }
-    assert not any(v.by_range for v in verdicts.values())
-    assert classifier.range_fallbacks == 0
+    assert (router.stats.by_range, router.stats.lookups, router.stats.namespaces) == (0, 4, 0)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,15 +17,18 @@ from typing import Any
 import pytest
 
 from sensor import events as ev
+from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.facts import GpuCompute
 from sensor.aggregator.gpu import GpuSession
+from sensor.capture import CaptureError, StreamMeta, open_capture
 from sensor.fakegpu.fixtures import load
 from sensor.fakegpu.session import ReplayResult, fake_driver, replay
 from sensor.gpu_classes import Role, device_name
 from tests.kernel.conftest import LiveProbe
 from tests.waiting import wait_until
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "gpu"
 REPLAYED = ["hopper-bringup", "ampere-bringup", "compute-loop", "training-job", "query-only", "decoder-edges"]
 NOTABLE_ROLES = {Role.CLIENT, Role.DEVICE, Role.SUBDEVICE, Role.CHANNEL_GROUP, Role.CHANNEL, Role.COMPUTE, Role.COPY,
                  Role.DOORBELL, Role.MPS}
@@ -41,10 +47,10 @@ def total_calls(session: GpuSession) -> int:
 
 def wait_for_counts(live: LiveProbe, pid: int, calls: int) -> GpuSession:
     """The kernel's counters for pid, once they add up to `calls` (read every second)."""
-    def counted() -> GpuSession | None:
+    def counted() -> list[GpuSession]:
         sessions = [s for s in live.aggregator.gpu if s.process.pid == pid]
-        return sessions[0] if sessions and total_calls(sessions[0]) >= calls else None
-    session = wait_until(counted, timeout=15, what=f"{calls} GPU ioctls counted for pid {pid}")
+        return sessions[:1] if sessions and total_calls(sessions[0]) >= calls else []
+    (session,) = wait_until(counted, timeout=15, what=f"{calls} GPU ioctls counted for pid {pid}")
     assert total_calls(session) == calls
     return session
 
@@ -88,9 +94,13 @@ def test_fixture_replay(live: LiveProbe, drivers: dict[str, Path], name: str) ->
 
     if "devices" in expect:
         assert sorted({device_name(kind, minor) for kind, minor in session.devices}) == expect["devices"]
-    facts = sorted((f.klass, f.architecture, f.device_id, f.channel_class) for f in compute_facts(live, pid))
-    want = sorted((c["class"], c["architecture"], c["device_id"], c["channel_class"]) for c in expect["compute"])
+    facts = sorted((f.klass, f.architecture, f.device_id, f.channel_class, f.by_name)
+                   for f in compute_facts(live, pid))
+    # the fake driver's files are FUSE regular files: recognised by their names only
+    want = sorted((c["class"], c["architecture"], c["device_id"], c["channel_class"], True) for c in expect["compute"])
     assert facts == want
+    assert {r.flags & ev.GPU_BY_NAME for r in records} == {ev.GPU_BY_NAME}
+    assert session.devices_by_name == set(session.devices)
     assert session.has_compute == bool(want)
     if "channels" in expect:
         assert sorted(o.klass for o in session.ever(Role.CHANNEL)) == sorted(expect["channels"])
@@ -174,8 +184,129 @@ def test_renamed_device_node_is_recognised_by_its_device_number(live: LiveProbe,
     assert (opened.fd, opened.kind, opened.minor, opened.by_name) == (fd, ev.GpuKind.DEV, 0, False)
     (record,) = live.wait_for(lambda e: isinstance(e, ev.GpuIoctl) and e.tgid == pid)
     assert isinstance(record, ev.GpuIoctl)
-    assert (record.reason, record.kind, record.minor, record.ret, record.h_class) == (
-        ev.GpuReason.ALLOC_FAILED, ev.GpuKind.DEV, 0, -errno.EBADF, 0xCBC0)
+    assert (record.reason, record.kind, record.minor, record.ret, record.h_class, record.flags) == (
+        ev.GpuReason.ALLOC_FAILED, ev.GpuKind.DEV, 0, -errno.EBADF, 0xCBC0, ev.GPU_STATUS_READ)
+
+
+def test_plain_file_named_like_a_device_is_marked_by_name(live: LiveProbe, helpers: Path, tmp_path: Path) -> None:
+    """A plain file named nvidiactl is taken for the control device by its name only, and
+    its ioctl records say so: rules can tell it from a real device."""
+    target = tmp_path / "nvidiactl"
+    target.touch()
+    pid, fd, err = run_helper(helpers, "rmalloc", str(target))
+    assert err == errno.ENOTTY
+    (opened,) = live.wait_for(lambda e: isinstance(e, ev.GpuOpen) and e.tgid == pid)
+    assert isinstance(opened, ev.GpuOpen)
+    assert (opened.fd, opened.kind, opened.minor, opened.by_name) == (fd, ev.GpuKind.CTL, 0, True)
+    (record,) = live.wait_for(lambda e: isinstance(e, ev.GpuIoctl) and e.tgid == pid)
+    assert isinstance(record, ev.GpuIoctl)
+    assert (record.reason, record.kind, record.fd, record.ret, record.h_class, record.flags) == (
+        ev.GpuReason.ALLOC_FAILED, ev.GpuKind.CTL, fd, -errno.ENOTTY, 0xCBC0, ev.GPU_BY_NAME | ev.GPU_STATUS_READ)
+    session = wait_for_counts(live, pid, 1)
+    assert session.devices_by_name == {(ev.GpuKind.CTL, 0)}
+
+
+# A second real probe, for a test that needs another UVM major than this host has.
+RECORDER = """
+import signal, sys, threading
+from sensor.capture import FrameWriter, StreamMeta
+from sensor.probe import program
+from sensor.probe.probe import Probe
+stop = threading.Event()
+for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda *_: stop.set())
+config = program.ProbeConfig()
+with open(sys.argv[1], "wb") as out:
+    probe = Probe(config, FrameWriter(out, StreamMeta(features=program.kernel_features(config))))
+    probe.start()
+    print("recording", file=sys.stderr, flush=True)
+    stop.wait()
+    probe.stop()
+"""
+
+
+def char_major(name: str) -> int:
+    text = Path("/proc/devices").read_text().split("Block devices:")[0]
+    (major,) = re.findall(rf"^\s*(\d+) {re.escape(name)}$", text, flags=re.M)
+    return int(major)
+
+
+@contextlib.contextmanager
+def probe_with_uvm_major(major: int, tmp_path: Path) -> Iterator[Path]:
+    """A real probe loaded in a private mount namespace whose /proc/devices also lists
+    `MAJOR nvidia-uvm`: the loader reads the UVM major from there. Yields its capture file,
+    complete once the block ends."""
+    devices, capture, log = tmp_path / "devices", tmp_path / "capture.gscap", tmp_path / "recorder.log"
+    devices.write_text(Path("/proc/devices").read_text().replace(
+        "Character devices:\n", f"Character devices:\n{major:3d} nvidia-uvm\n", 1))
+    script = 'mount --bind "$1" /proc/devices && exec "$2" -c "$3" "$4"'
+    with log.open("wb") as err:
+        recorder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                                     str(devices), sys.executable, RECORDER, str(capture)], stderr=err, cwd=ROOT)
+    try:
+        wait_until(lambda: recorder.poll() is not None or b"recording" in log.read_bytes(), timeout=120,
+                   what="the second probe to attach")
+        assert recorder.poll() is None, log.read_text()
+        yield capture
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        assert recorder.wait(timeout=60) == 0, log.read_text()
+
+
+def captured(capture: Path, strict: bool = True) -> tuple[StreamMeta, list[ev.Event]]:
+    """The capture's header and events; not strict while it is written (its last frame may be
+    partial)."""
+    src, reader = open_capture(str(capture))
+    events: list[ev.Event] = []
+    with src:
+        try:
+            events.extend(reader)
+        except CaptureError:
+            if strict:
+                raise
+    return reader.meta, events
+
+
+def counted(events: list[ev.Event], pid: int) -> list[list[int]]:
+    """pid's rows in the last GpuCounters that had any (the counters are totals)."""
+    rows = [[row for row in e.counts if row[0] == pid] for e in events if isinstance(e, ev.GpuCounters)]
+    return [r for r in rows if r][-1] if any(rows) else []
+
+
+def test_device_number_verdict_on_a_successful_ioctl(helpers: Path, tmp_path: Path) -> None:
+    """The device-number path with a call that succeeds. No NVIDIA driver (or CUSE) exists
+    here, but the sensor also recognises the nvidia-uvm major, which it reads from
+    /proc/devices at load: a probe that reads the pts major there takes a terminal for
+    /dev/nvidia-uvm. The workload opens terminal 0 of its own devpts instance (a real driver,
+    not a file named like a device) and makes ioctl 2, FIGETBSZ, which is a plain number as
+    UVM commands are and which the VFS answers with success."""
+    pts = char_major("pts")
+    mountpoint = tmp_path / "devpts"
+    mountpoint.mkdir()
+    script = 'dir="$1"; shift; mount -t devpts -o newinstance,ptmxmode=0666 devpts "$dir" && exec "$@" "$dir"'
+    with probe_with_uvm_major(pts, tmp_path) as capture:
+        pid, fd, err, blocksize, index = run_helper(
+            helpers, "pts", prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                                    str(mountpoint)))
+        assert (err, index) == (0, 0) and blocksize > 0
+        wait_until(lambda: counted(captured(capture, strict=False)[1], pid), timeout=15,
+                   what=f"the second probe's counters for pid {pid}")
+    meta, events = captured(capture)
+    assert meta.features["nvidia_uvm_major"] == str(pts)
+    opens = [e for e in events if isinstance(e, ev.GpuOpen) and e.tgid == pid]
+    assert [(o.fd, o.kind, o.minor, o.by_name) for o in opens] == [(fd, ev.GpuKind.UVM, 0, False)]
+    (record,) = [e for e in events if isinstance(e, ev.GpuIoctl) and e.tgid == pid]
+    assert record == ev.GpuIoctl(
+        ts=record.ts, tgid=pid, tid=pid, reason=ev.GpuReason.FIRST_USE, kind=ev.GpuKind.UVM, fd=fd, minor=0,
+        cmd=2, nr=2, size=0, ret=0, status=0, h_root=0, h_parent=0, h_object=0, h_class=0, ctrl_cmd=0, param0=0,
+        param1=0, uuid=bytes(16), flags=0)  # no GPU_BY_NAME: by its device number
+    assert counted(events, pid) == [[pid, ev.GpuKind.UVM, 2, 1, 0, 0, record.ts]]
+    aggregator = Aggregator()
+    for event in events:
+        aggregator.handle(event)
+    (session,) = [s for s in aggregator.gpu if s.process.pid == pid]
+    assert session.devices == {(ev.GpuKind.UVM, 0): opens[0].ts} and session.devices_by_name == set()
+    assert {k: (c.calls, c.errors) for k, c in session.counts.items()} == {(ev.GpuKind.UVM, 2): (1, 0)}
 
 
 def test_regular_file_is_not_a_gpu(live: LiveProbe, helpers: Path, tmp_path: Path) -> None:

@@ -15,16 +15,13 @@ from sensor.probe.program import BPF_DIR
 
 def _fields() -> list[tuple[str, str, int, int]]:
     """(struct, field, ctypes offset, ctypes size) for every field of every mirror."""
+    mirrors: list[tuple[str, type[ctypes.Structure]]] = [
+        *records.MIRRORS.values(), ("rec_hdr", records.RecHdr), *records.MAP_MIRRORS.items()]
     rows = []
-    for c_name, mirror in records.MIRRORS.values():
-        for name, _ in mirror._fields_:
-            descriptor = getattr(mirror, name)
-            rows.append((c_name, name, descriptor.offset, descriptor.size))
-        rows.append((c_name, "", -1, ctypes.sizeof(mirror)))
-    for c_name, mirror in [("rec_hdr", records.RecHdr), *records.MAP_MIRRORS.items()]:
-        for name, _ in mirror._fields_:
-            descriptor = getattr(mirror, name)
-            rows.append((c_name, name, descriptor.offset, descriptor.size))
+    for c_name, mirror in mirrors:
+        for field in mirror._fields_:
+            descriptor = getattr(mirror, field[0])
+            rows.append((c_name, field[0], descriptor.offset, descriptor.size))
         rows.append((c_name, "", -1, ctypes.sizeof(mirror)))
     return rows
 
@@ -36,12 +33,12 @@ def test_every_record_field_matches_the_bpf_layout(root: None) -> None:
     stores = []
     for i, (struct, field, _, _) in enumerate(rows):
         if field:
-            offset = f"offsetof(struct {struct}, {field})"
-            size = f"sizeof(((struct {struct} *)0)->{field})"
+            offset_of = f"offsetof(struct {struct}, {field})"
+            size_of = f"sizeof(((struct {struct} *)0)->{field})"
         else:  # the fixed part of exec_rec ends where its argv[] begins
-            offset = "0"
-            size = f"offsetof(struct {struct}, argv)" if struct == "exec_rec" else f"sizeof(struct {struct})"
-        stores.append(f"store({2 * i}, {offset}); store({2 * i + 1}, {size});")
+            offset_of = "0"
+            size_of = f"offsetof(struct {struct}, argv)" if struct == "exec_rec" else f"sizeof(struct {struct})"
+        stores.append(f"store({2 * i}, {offset_of}); store({2 * i + 1}, {size_of});")
     text = f"""
 #include "events.h"
 BPF_ARRAY(layout, u64, {2 * len(rows)});
@@ -62,12 +59,12 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
     finally:
         bpf.cleanup()
     mismatches = []
-    for i, (struct, field, offset, size) in enumerate(rows):
+    for i, (struct, name, offset, size) in enumerate(rows):
         got_offset, got_size = values[2 * i], values[2 * i + 1]
-        if field and (got_offset, got_size) != (offset, size):
-            mismatches.append(f"{struct}.{field}: BPF offset {got_offset} size {got_size}, "
+        if name and (got_offset, got_size) != (offset, size):
+            mismatches.append(f"{struct}.{name}: BPF offset {got_offset} size {got_size}, "
                               f"ctypes offset {offset} size {size}")
-        if not field and got_size != size:
+        if not name and got_size != size:
             mismatches.append(f"struct {struct}: BPF size {got_size}, ctypes size {size}")
     assert mismatches == []
     assert any(values)  # the program ran

@@ -79,6 +79,7 @@ def test_lineage_through_a_double_fork_daemon(live: LiveProbe, tmp_path: Path) -
         live.wait_for(exec_of(daemon))
         table = live.aggregator.table
         proc = wait_until(lambda: table.by_pid(daemon), what="daemon in table")
+        assert proc is not None
         chain = [p for p in table.ancestors(proc.key)]
         subshell, shell = chain[0], chain[1]
         assert shell.pid == outer.pid
@@ -105,7 +106,7 @@ def test_pid_reuse_does_not_merge_two_processes(live: LiveProbe) -> None:
         return second if second.pid == pid else None
 
     second = wait_until(reuse, timeout=10, what="PID reuse")
-    assert second.pid == pid
+    assert second is not None and second.pid == pid
     events = live.wait_for(lambda e: isinstance(e, ev.Exec) and e.tgid == pid, count=2)
     first_exec, second_exec = (e for e in events if isinstance(e, ev.Exec))
     assert first_exec.argv == [b"/bin/true", b"first-holder"]
@@ -122,18 +123,20 @@ def test_process_started_before_the_probe_has_lineage(root: None) -> None:
     """A tree started before the probe is known from /proc, with its lineage and argv."""
     tree = subprocess.Popen(["/bin/sh", "-c", "/bin/sleep 30 & wait"])
     sleeper_pid = wait_until(lambda: _child_of(tree.pid), what="sleeper")
+    assert sleeper_pid is not None
     collector = Collector(Aggregator())
     probe = Probe(ProbeConfig(), collector)
     probe.start()
     try:
         table = collector.aggregator.table
         sleeper = wait_until(lambda: table.by_pid(sleeper_pid), what="snapshot")
-        assert sleeper.from_snapshot
+        assert sleeper is not None and sleeper.from_snapshot
         assert sleeper.argv == [b"/bin/sleep", b"30"]
         assert sleeper.exe == b"/usr/bin/sleep"
         assert sleeper.ppid == tree.pid
         assert table.ancestors(sleeper.key)[0].pid == tree.pid
-        assert table.by_pid(tree.pid).argv == [b"/bin/sh", b"-c", b"/bin/sleep 30 & wait"]  # type: ignore[union-attr]
+        shell = table.by_pid(tree.pid)
+        assert shell is not None and shell.argv == [b"/bin/sh", b"-c", b"/bin/sleep 30 & wait"]
         # The same process seen by BPF later (its exit) matches the snapshot entry by tick.
         os.kill(sleeper_pid, signal.SIGTERM)
         wait_until(lambda: not sleeper.alive, what="snapshot process exit")

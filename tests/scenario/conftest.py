@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyroute2 import IPRoute, NetNS, netns
@@ -41,12 +42,13 @@ class Host:
     def command(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 
-    def run(self, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*argv), capture_output=True, text=True, timeout=60,
-                              **kwargs)  # type: ignore[call-overload]
+    def run(self, *argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        result: subprocess.CompletedProcess[str] = subprocess.run(self.command(*argv), capture_output=True,
+                                                                  text=True, timeout=60, **kwargs)
+        return result
 
-    def popen(self, *argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(self.command(*argv), **kwargs)  # type: ignore[call-overload]
+    def popen(self, *argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(self.command(*argv), **kwargs)
         self.processes.append(proc)
         return proc
 
@@ -57,6 +59,26 @@ class Network:
     outside: Host
     key: Path  # the private key root logs in with on both sshds
     ssh_options: list[str]
+    closed: bool = False
+
+    def close(self) -> None:
+        """Stop everything in both namespaces and remove them (a test may do it early)."""
+        if not self.closed:
+            self.closed = True
+            _remove(self.gpuhost, self.outside)
+
+
+def _remove(*hosts: Host) -> None:
+    for host in hosts:
+        for proc in reversed(host.processes):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        # whatever is left in the namespace (a backgrounded ssh -f) goes with it
+        pids = subprocess.run(["ip", "netns", "pids", host.name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        netns.remove(host.name)
 
 
 def _configure(name: str, address: str, peer_link: str, routes: list[tuple[str, str]], extra: list[str]) -> None:
@@ -117,6 +139,7 @@ def network(root: None, tmp_path: Path) -> Iterator[Network]:
     for host in (gpuhost, outside):
         host.workdir.mkdir()
         netns.create(host.name)
+    network: Network | None = None
     try:
         with IPRoute() as ipr:
             ipr.link("add", ifname=f"gsg{tag}", kind="veth", peer=f"gso{tag}")
@@ -130,16 +153,10 @@ def network(root: None, tmp_path: Path) -> Iterator[Network]:
         start_sshd(outside, f"{OUTSIDE_IP}:22", key)
         options = ["-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                    "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10"]
-        yield Network(gpuhost, outside, key, options)
+        network = Network(gpuhost, outside, key, options)
+        yield network
     finally:
-        for host in (gpuhost, outside):
-            for proc in reversed(host.processes):
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            # whatever is left in the namespace (a backgrounded ssh -f) goes with it
-            subprocess.run(["ip", "netns", "pids", host.name], capture_output=True)
-            pids = subprocess.run(["ip", "netns", "pids", host.name], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            netns.remove(host.name)
+        if network is None:
+            _remove(gpuhost, outside)
+        else:
+            network.close()

@@ -9,8 +9,13 @@ ssh -L, scp, and a training job's GPU compute outside any tunnel scope stay sile
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,17 +99,46 @@ def replay_command(driver_dir: Path, fixture: str) -> str:
             f"{FIXTURES / fixture}")
 
 
-def analyze(capture: Path) -> str:
-    result = subprocess.run([PYTHON, "-m", "sensor", "analyze", str(capture)], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120)
+def analyze(capture: Path, *flags: str, prefix: tuple[str, ...] = ()) -> str:
+    result = subprocess.run([*prefix, PYTHON, "-m", "sensor", "analyze", str(capture), *flags], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def alert_key(alert: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two alerts the same: rule, scope, and each step's fact, time and process."""
+    return (alert["rule_id"], alert["severity"], alert["scope"], alert["scope_key"],
+            tuple((s["fact"], s["ts"], s["exec_id"]) for s in alert["steps"]))
+
+
+def analysed_alerts(capture: Path, prefix: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
+    lines = [json.loads(line) for line in analyze(capture, "--json", prefix=prefix).splitlines()
+             if line.startswith("{")]
+    return [alert_key(line) for line in lines if line["kind"] == "alert"]
+
+
+def unprivileged_copy(capture: Path) -> Path:
+    """The capture where the agent's unprivileged user can read it."""
+    agent = pwd.getpwnam("gpusentry")
+    place = Path(tempfile.mkdtemp(prefix="gs-analyze-"))
+    os.chown(place, agent.pw_uid, agent.pw_gid)
+    copy = place / capture.name
+    shutil.copy(capture, copy)
+    os.chmod(copy, 0o644)
+    return copy
+
+
+AS_AGENT_USER = ("setpriv", "--reuid=gpusentry", "--regid=gpusentry", "--clear-groups")
 
 
 def test_reverse_tunnel_then_gpu_compute_in_the_agents_tree(hopper: Path, network: Network,
                                                             recorder: Recorder) -> None:
     ssh = " ".join([SSH, *network.ssh_options, "-fNR", "9000:localhost:22", f"root@{OUTSIDE_IP}"])
-    agent = f"cd {ROOT} && {ssh} && {replay_command(hopper, 'hopper-bringup.yaml')}"
+    # a connect to the gateway, which is on gpuhost's own link: "lan" by its table, though its
+    # address alone (a documentation range, as this VM's own uplink is) would say "egress"
+    neighbour = "bash -c 'exec 3<>/dev/tcp/203.0.113.2/9' 2>/dev/null; true"
+    agent = f"cd {ROOT} && {neighbour} && {ssh} && {replay_command(hopper, 'hopper-bringup.yaml')}"
     done = network.gpuhost.run("sh", "-c", agent)
     assert done.returncode == 0, done.stderr
 
@@ -133,12 +167,42 @@ def test_reverse_tunnel_then_gpu_compute_in_the_agents_tree(hopper: Path, networ
     assert Path(str(compute_proc.ancestors[0]["exe"])).name == "sh"  # the agent's shell
     assert recorder.alerts("reverse-tunnel-opened") != []
 
+    neighbour_connect = wait_until(lambda: [c for c in recorder.facts(ConnectFact) if c.address == "203.0.113.2"],
+                                   what="the connect to the gateway")[0]
+    assert (neighbour_connect.port, neighbour_connect.destination) == (9, "lan")
+
     recorder.stop()
     report = analyze(recorder.capture)
     assert "ALERT CRITICAL reverse-tunnel-then-gpu-compute: Reverse tunnel followed by GPU compute" in report
     assert "    1. " in report and "tunnel       pid=" in report and "gpu_compute  pid=" in report
     assert "ssh tunnel (reverse) to 198.51.100.1: reverse 9000 -> localhost:22" in report
     assert "GPU compute class 0xcbc0 (Hopper) on GPU 0" in report
+
+
+def test_analysis_gives_the_live_alerts_wherever_it_runs(hopper: Path, network: Network,
+                                                        recorder: Recorder) -> None:
+    """The verdicts that need the host travel in the frames: with gpuhost's namespace gone,
+    analysed as the unprivileged user and in a namespace with no routes at all, the capture
+    gives exactly the alerts the live agent raised, and the connection verdicts it made."""
+    ssh = " ".join([SSH, *network.ssh_options, "-fNR", "9000:localhost:22", f"root@{OUTSIDE_IP}"])
+    neighbour = "bash -c 'exec 3<>/dev/tcp/203.0.113.2/9' 2>/dev/null; true"
+    agent = f"cd {ROOT} && {neighbour} && {ssh} && {replay_command(hopper, 'hopper-bringup.yaml')}"
+    assert network.gpuhost.run("sh", "-c", agent).returncode == 0
+    wait_until(lambda: recorder.alerts("reverse-tunnel-then-gpu-compute"), what="the critical alert")
+    recorder.stop()
+    network.close()  # the namespace, its routes and its processes are gone
+    live = [alert_key(a.to_dict()) for a in recorder.alerts()]
+    assert {key[0] for key in live} >= {"reverse-tunnel-opened", "reverse-tunnel-then-gpu-compute"}
+
+    assert analysed_alerts(recorder.capture) == live
+    copy = unprivileged_copy(recorder.capture)
+    assert analysed_alerts(copy, AS_AGENT_USER) == live
+    assert analysed_alerts(copy, ("unshare", "--net", *AS_AGENT_USER)) == live
+    events = [json.loads(line) for line in analyze(copy, "--json", "--events",
+                                                   prefix=("unshare", "--net", *AS_AGENT_USER)).splitlines()
+              if line.startswith("{")]
+    verdicts = {(f["address"], f["destination"]) for e in events for f in e.get("facts", []) if f["kind"] == "connect"}
+    assert {("203.0.113.2", "lan"), (OUTSIDE_IP, "egress")} <= verdicts
 
 
 def test_gpu_compute_from_a_login_through_the_tunnel(hopper: Path, network: Network, recorder: Recorder) -> None:
@@ -193,4 +257,4 @@ def test_local_forward_scp_and_training_compute_stay_silent(hopper: Path, ampere
     scp_ssh = [e for e in recorder.live.events(ev.Exec) if isinstance(e, ev.Exec) and e.filename == SSH.encode()
                and b"sftp" in e.argv]
     assert scp_ssh != []
-    assert all(t.process != e.tgid for t in recorder.facts(TunnelFact) for e in scp_ssh)
+    assert all(t.process.pid != e.tgid for t in recorder.facts(TunnelFact) for e in scp_ssh)

@@ -1,6 +1,6 @@
 """The gRPC API over real gRPC, with an in-process server fed constructed events: filters,
-invalid requests, resume from the journal, slow subscribers, TLS and mTLS, limits, health
-and reflection, processes, alert pages and status."""
+invalid and malformed requests, resume from the journal, sensor gaps, slow subscribers, TLS
+and mTLS, limits, health and reflection, processes, alert pages and status."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
@@ -45,6 +47,16 @@ SITE_RULES = """rules:
     severity: critical
     match: {fact: exec, where: {name: loud}}
 """
+SEQUENCE_RULE = """  - id: marker-then-4444
+    title: Marker, then port 4444
+    description: a marker exec whose lineage connects to port 4444
+    severity: high
+    sequence:
+      scope: lineage
+      window: 30m
+      steps: [{fact: exec, where: {name: marker}}, {fact: connect, where: {port: 4444}}]
+"""
+WALL = 1_700_000_000 * SEC  # the harness's boot-to-wall offset
 
 
 @dataclass
@@ -75,7 +87,14 @@ class Harness:
                           exe.encode(), argv, len(argv), 0, 0, 0, pid))
 
     def connect(self, pid: int, port: int) -> None:
-        self.feed(ev.Connect(self.tick(), pid, pid, 3, 0, "inet", "203.0.113.5", port))
+        self.feed(ev.Connect(self.tick(), pid, pid, 3, 0, "inet", "203.0.113.5", port, route="egress"))
+
+    def blind(self, cause: str) -> pb.SensorGap:
+        """A sensor gap, journaled and published as the agent does it."""
+        start = WALL + self.tick()
+        gap = self.state.journal.append_gap(start, WALL + self.tick(), cause)
+        self.publisher.publish_gap(gap)
+        return gap
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(f"unix:{self.socket}")
@@ -84,9 +103,8 @@ class Harness:
 def make_harness(tmp_path: Path, endpoint: Endpoint | None = None, capacity: int = 65536,
                  max_subscribers: int = 64) -> Harness:
     rules_file = tmp_path / "site.yaml"
-    rules_file.write_text(SITE_RULES)
-    aggregator = Aggregator(rules=load_rules([rules_file]),
-                            config=DetectorConfig(static_routes=(("203.0.113.0/24", "egress"),)))
+    rules_file.write_text(SITE_RULES + SEQUENCE_RULE)
+    aggregator = Aggregator(rules=load_rules([rules_file]), config=DetectorConfig())
     socket = tmp_path / "sensor.sock"
     state = ApiState(aggregator, Journal(tmp_path / "journal.db"), Broker(capacity, max_subscribers),
                      StreamMeta(boot_to_wall_ns=1_700_000_000 * SEC))
@@ -106,12 +124,15 @@ def api(tmp_path: Path) -> Iterator[Harness]:
 
 @dataclass
 class Flat:
-    """One item of a stream: an event (unbatched), an alert or a gap; the others empty."""
+    """One item of a stream: an event (unbatched), an alert, a gap, a sensor gap or the
+    subscription's first message; the others empty."""
 
     kind: str
     event: pb.Event = field(default_factory=pb.Event)
     alert: pb.Alert = field(default_factory=pb.Alert)
     gap: pb.Gap = field(default_factory=pb.Gap)
+    sensor_gap: pb.SensorGap = field(default_factory=pb.SensorGap)
+    subscribed: pb.Subscribed = field(default_factory=pb.Subscribed)
 
     def WhichOneof(self, _: str) -> str:
         return self.kind
@@ -119,11 +140,18 @@ class Flat:
 
 def flatten(response: pb.SubscribeResponse) -> list[Flat]:
     item = response.WhichOneof("item")
-    if item == "events":
-        return [Flat("event", event=e) for e in response.events.events]
-    if item == "alert":
-        return [Flat("alert", alert=response.alert)]
-    return [Flat("gap", gap=response.gap)]
+    match item:
+        case "events":
+            return [Flat("event", event=e) for e in response.events.events]
+        case "alert":
+            return [Flat("alert", alert=response.alert)]
+        case "gap":
+            return [Flat("gap", gap=response.gap)]
+        case "sensor_gap":
+            return [Flat("sensor_gap", sensor_gap=response.sensor_gap)]
+        case "subscribed":
+            return [Flat("subscribed", subscribed=response.subscribed)]
+    raise AssertionError(f"a stream message with no item: {response}")
 
 
 class Reader:
@@ -131,6 +159,7 @@ class Reader:
 
     def __init__(self, stub: object, request: pb.SubscribeRequest) -> None:
         self.call = stub.Subscribe(request)  # type: ignore[attr-defined]
+        self.subscribed: pb.Subscribed | None = None  # the stream's first message, kept apart from items
         self.items: list[Flat] = []
         self.error: grpc.RpcError | None = None
         self.done = threading.Event()
@@ -139,6 +168,10 @@ class Reader:
     def _read(self) -> None:
         try:
             for response in self.call:
+                if self.subscribed is None:
+                    assert response.WhichOneof("item") == "subscribed", f"the stream began with {response}"
+                    self.subscribed = response.subscribed
+                    continue
                 self.items += flatten(response)
         except grpc.RpcError as exc:
             self.error = exc
@@ -153,6 +186,11 @@ class Reader:
 
     def close(self) -> None:
         self.call.cancel()
+
+
+def undefined(number: int) -> Any:
+    """An enum number the enum does not define: proto3 keeps it, so a client can send it."""
+    return number
 
 
 def wait_subscribers(api: Harness, count: int) -> None:
@@ -219,19 +257,214 @@ def test_process_filters(api: Harness) -> None:
 
 @pytest.mark.parametrize(("request_", "message"), [
     (pb.SubscribeRequest(), "events, alerts: subscribe to events, alerts or both"),
-    (pb.SubscribeRequest(events=True, event_kinds=[99]), "event_kinds[0]: 99 is not an event kind"),
+    (pb.SubscribeRequest(events=True, event_kinds=[undefined(99)]), "event_kinds[0]: 99 is not an event kind"),
     (pb.SubscribeRequest(alerts=True, event_kinds=[pb.EVENT_KIND_EXEC]), "event_kinds: set events to true"),
     (pb.SubscribeRequest(alerts=True, rule_ids=["nope"]), "rule_ids[0]: no rule 'nope'"),
-    (pb.SubscribeRequest(alerts=True, min_severity=42), "min_severity: 42 is not a severity"),
+    (pb.SubscribeRequest(alerts=True, min_severity=undefined(42)), "min_severity: 42 is not a severity"),
     (pb.SubscribeRequest(events=True, since_cursor=3), "since_cursor: it replays alerts; set alerts to true"),
     (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(exec_id="12")), "process.exec_id: '12' is not"),
     (pb.SubscribeRequest(events=True, cgroup_ids=list(range(65))), "cgroup_ids: at most 64 values, not 65"),
+    (pb.SubscribeRequest(events=True, event_kinds=[undefined(-1)]), "event_kinds[0]: -1 is not an event kind"),
+    (pb.SubscribeRequest(events=True, event_kinds=[pb.EVENT_KIND_EXEC] * 65), "event_kinds: at most 64 values"),
+    (pb.SubscribeRequest(alerts=True, rule_ids=["marker"] * 65), "rule_ids: at most 64 values, not 65"),
+    (pb.SubscribeRequest(alerts=True, rule_ids=["marker", "x" * 5000]),
+     "rule_ids[1]: 5000 characters; a rule id has at most 80"),
+    (pb.SubscribeRequest(alerts=True, min_severity=undefined(-3)), "min_severity: -3 is not a severity"),
+    (pb.SubscribeRequest(alerts=True, since_cursor=2**64 - 1),
+     "since_cursor: 18446744073709551615 is past the largest cursor (2^63-1)"),
+    (pb.SubscribeRequest(alerts=True, since_cursor=2**63), "since_cursor: 9223372036854775808 is past the largest"),
+    (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(exec_id="1:2:3\n")),
+     "process.exec_id: '1:2:3\\n' is not an exec id (pid:start_ns:execs)"),
+    (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(exec_id="\u0663:1:1")),
+     "process.exec_id: '\\u0663:1:1' is not an exec id"),
+    (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(ancestor_exec_id="0:5:1")),
+     "process.ancestor_exec_id (its pid): 0 is not a process id (they run from 1 to 4194304)"),
+    (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(exec_id="4194305:5:1")),
+     "process.exec_id (its pid): 4194305 is above the kernel's PID_MAX_LIMIT (4194304)"),
+    (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(binary="b" * 4097)),
+     "process.binary: longer than 4096 characters"),
 ])
 def test_bad_filters_are_invalid_argument(api: Harness, request_: pb.SubscribeRequest, message: str) -> None:
     with pytest.raises(grpc.RpcError) as info:
         next(iter(sensor_stub(api.channel()).Subscribe(request_)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(message)
+
+
+def stamp(seconds: int, nanos: int = 0) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+@pytest.mark.parametrize(("request_", "code", "message"), [
+    (pb.ListAlertsRequest(after_cursor=2**64 - 1), grpc.StatusCode.INVALID_ARGUMENT,
+     "after_cursor: 18446744073709551615 is past the largest cursor (2^63-1)"),
+    (pb.ListAlertsRequest(after_cursor=2**63), grpc.StatusCode.INVALID_ARGUMENT,
+     "after_cursor: 9223372036854775808 is past the largest cursor (2^63-1)"),
+    (pb.ListAlertsRequest(after_cursor=2**63 - 1), grpc.StatusCode.OUT_OF_RANGE,
+     "after_cursor: 9223372036854775807 is past the journal's end (1); if the journal was replaced, page it "
+     "again from 0"),
+    (pb.ListAlertsRequest(page_size=2**32 - 1), grpc.StatusCode.INVALID_ARGUMENT,
+     "page_size: at most 1000, not 4294967295"),
+    (pb.ListAlertsRequest(rule_ids=["nope"]), grpc.StatusCode.INVALID_ARGUMENT, "rule_ids[0]: no rule 'nope'"),
+    (pb.ListAlertsRequest(rule_ids=["marker"] * 65), grpc.StatusCode.INVALID_ARGUMENT,
+     "rule_ids: at most 64 values, not 65"),
+    (pb.ListAlertsRequest(rule_ids=["\u00e9" * 81]), grpc.StatusCode.INVALID_ARGUMENT,
+     "rule_ids[0]: 81 characters; a rule id has at most 80"),
+    (pb.ListAlertsRequest(min_severity=undefined(6)), grpc.StatusCode.INVALID_ARGUMENT,
+     "min_severity: 6 is not a severity"),
+    (pb.ListAlertsRequest(since=stamp(253_402_300_800)), grpc.StatusCode.INVALID_ARGUMENT,
+     "since: seconds 253402300800 is outside google.protobuf.Timestamp's range (0001-01-01 to 9999-12-31)"),
+    (pb.ListAlertsRequest(until=stamp(-62_135_596_801)), grpc.StatusCode.INVALID_ARGUMENT,
+     "until: seconds -62135596801 is outside google.protobuf.Timestamp's range"),
+    (pb.ListAlertsRequest(since=stamp(0, -1)), grpc.StatusCode.INVALID_ARGUMENT,
+     "since: nanos -1 is outside 0 to 999999999"),
+    (pb.ListAlertsRequest(until=stamp(0, 1_000_000_000)), grpc.StatusCode.INVALID_ARGUMENT,
+     "until: nanos 1000000000 is outside 0 to 999999999"),
+    (pb.ListAlertsRequest(until=stamp(253_402_300_799, 999_999_999)), grpc.StatusCode.INVALID_ARGUMENT,
+     "until: 9999-12-31T23:59:59.999999999Z is outside the times this server compares (int64 nanoseconds: "
+     "1677-09-21 to 2262-04-11)"),
+    (pb.ListAlertsRequest(since=stamp(-9_223_372_037)), grpc.StatusCode.INVALID_ARGUMENT,
+     "since: 1677-09-21T00:12:43Z is outside the times this server compares"),
+    (pb.ListAlertsRequest(since=stamp(2_000_000_000), until=stamp(1_999_999_999, 999_999_999)),
+     grpc.StatusCode.INVALID_ARGUMENT, "since: 2033-05-18T03:33:20Z is after until (2033-05-18T03:33:19.999999999Z)"),
+])
+def test_bad_alert_pages_are_refused(api: Harness, request_: pb.ListAlertsRequest, code: grpc.StatusCode,
+                                     message: str) -> None:
+    api.spawn(10, 11, "/bin/marker")  # the journal ends at cursor 1
+    with pytest.raises(grpc.RpcError) as info:
+        sensor_stub(api.channel()).ListAlerts(request_)
+    assert info.value.code() == code
+    assert info.value.details().startswith(message)
+
+
+def test_the_widest_times_the_journal_compares_are_accepted(api: Harness) -> None:
+    api.spawn(10, 11, "/bin/marker")
+    page = sensor_stub(api.channel()).ListAlerts(pb.ListAlertsRequest(
+        since=stamp(-9_223_372_036, 854_775_808), until=stamp(9_223_372_036, 854_775_807)))  # int64 ns, both ends
+    assert [a.cursor for a in page.alerts] == [1]
+    at_epoch = sensor_stub(api.channel()).ListAlerts(pb.ListAlertsRequest(until=stamp(0)))
+    assert list(at_epoch.alerts) == []  # until 1970-01-01 is a bound, not "no bound"
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (pb.GetProcessRequest(), "key: give exec_id or pid"),
+    (pb.GetProcessRequest(pid=0), "pid: 0 is not a process id (they run from 1 to 4194304)"),
+    (pb.GetProcessRequest(pid=4_194_305), "pid: 4194305 is above the kernel's PID_MAX_LIMIT (4194304)"),
+    (pb.GetProcessRequest(pid=2**32 - 1), "pid: 4294967295 is above the kernel's PID_MAX_LIMIT (4194304)"),
+    (pb.GetProcessRequest(exec_id=""), "exec_id: '' is not an exec id (pid:start_ns:execs)"),
+    (pb.GetProcessRequest(exec_id="x; DROP TABLE"), "exec_id: 'x; DROP TABLE' is not an exec id"),
+    (pb.GetProcessRequest(exec_id="1:2:3:4"), "exec_id: '1:2:3:4' is not an exec id"),
+    (pb.GetProcessRequest(exec_id="12345678:1:1"), "exec_id: '12345678:1:1' is not an exec id"),
+    (pb.GetProcessRequest(exec_id="\u00b2:1:1"), "exec_id: '\\xb2:1:1' is not an exec id"),
+    (pb.GetProcessRequest(exec_id="0:1:1"), "exec_id (its pid): 0 is not a process id"),
+    (pb.GetProcessRequest(exec_id="9" * 5000), "exec_id: '" + "9" * 80 + "'... is not an exec id"),
+])
+def test_bad_process_keys_are_invalid_argument(api: Harness, request_: pb.GetProcessRequest, message: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        sensor_stub(api.channel()).GetProcess(request_)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(message)
+
+
+def unknown_field(number: int, value: int = 1) -> bytes:
+    """A varint field that gpusentry.v1 does not define: what a newer client might send."""
+    return _varint(number << 3) + _varint(value)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def raw_call(api: Harness, method: str, data: bytes) -> grpc.RpcError:
+    """Bytes sent as they are to a method; the error it ends with (the first message, for Subscribe)."""
+    path = f"/gpusentry.v1.Sensor/{method}"
+    channel = api.channel()
+    with pytest.raises(grpc.RpcError) as info:
+        if method == "Subscribe":
+            next(iter(channel.unary_stream(path)(data, timeout=10)))
+        else:
+            channel.unary_unary(path)(data, timeout=10)
+    return info.value
+
+
+@pytest.mark.parametrize(("method", "data", "message"), [
+    ("GetStatus", unknown_field(1),
+     "request: field number 1 is not a field of gpusentry.v1.GetStatusRequest that this server knows "
+     "(a newer client's?); refused rather than ignored"),
+    ("ListAlerts", pb.ListAlertsRequest(page_size=5).SerializeToString() + unknown_field(7, 3),
+     "request: field number 7 is not a field of gpusentry.v1.ListAlertsRequest"),
+    ("Subscribe", pb.SubscribeRequest(alerts=True).SerializeToString() + unknown_field(99),
+     "request: field number 99 is not a field of gpusentry.v1.SubscribeRequest"),
+    ("Subscribe", pb.SubscribeRequest(alerts=True).SerializeToString() + b"\x32\x02" + unknown_field(4),
+     "process: field number 4 is not a field of gpusentry.v1.ProcessFilter"),
+    ("ListAlerts", b"\x2a\x02" + unknown_field(3), "since: field number 3 is not a field of google.protobuf.Timestamp"),
+    ("GetProcess", pb.GetProcessRequest(pid=1).SerializeToString() + unknown_field(3),
+     "request: field number 3 is not a field of gpusentry.v1.GetProcessRequest"),
+])
+def test_a_field_this_server_does_not_know_is_refused(api: Harness, method: str, data: bytes, message: str) -> None:
+    error = raw_call(api, method, data)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith(message)
+
+
+def _damaged() -> list[tuple[str, str, bytes]]:
+    """(method, request type, bytes that are not that request) for every method."""
+    methods = {"Subscribe": ("SubscribeRequest", 4), "ListAlerts": ("ListAlertsRequest", 3),
+               "GetProcess": ("GetProcessRequest", 1), "GetStatus": ("GetStatusRequest", None)}
+    cases = []
+    for method, (message_type, string_field) in methods.items():
+        cases += [(method, message_type, b"\xff\xff\xff"),  # a tag with no end
+                  (method, message_type, b"\x0a\x05ab"),  # a length past the end
+                  (method, message_type, b"\x0b")]  # a group with no end
+        if string_field is not None:  # a string field holding invalid UTF-8
+            cases.append((method, message_type, _varint(string_field << 3 | 2) + b"\x02\xc3\x28"))
+    return cases
+
+
+@pytest.mark.parametrize(("method", "message_type", "data"), _damaged())
+def test_bytes_that_are_no_request_are_invalid_argument(api: Harness, method: str, message_type: str,
+                                                        data: bytes) -> None:
+    error = raw_call(api, method, data)
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                               f"request: not a valid gpusentry.v1.{message_type} message")
+
+
+def test_every_stream_begins_with_subscribed(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    api.spawn(10, 11, "/bin/marker")
+    api.spawn(10, 12, "/bin/marker")
+    live = Reader(stub, pb.SubscribeRequest(events=True))
+    resumed = Reader(stub, pb.SubscribeRequest(alerts=True, since_cursor=1))
+    wait_subscribers(api, 2)
+    api.spawn(10, 13, "/bin/marker")
+    assert [i.alert.cursor for i in resumed.until(lambda i: i.alert.cursor == 3)] == [2, 3]
+    assert live.subscribed == pb.Subscribed(journal_last_cursor=2)
+    assert resumed.subscribed == pb.Subscribed(journal_last_cursor=2, replay_after_cursor=1)
+    for reader in (live, resumed):
+        reader.close()
+
+
+def test_a_cursor_past_the_journals_end_resumes_from_now(api: Harness) -> None:
+    """A client's cursor from a journal that was moved aside: it must not hide new alerts."""
+    api.spawn(10, 11, "/bin/marker")
+    stub = sensor_stub(api.channel())
+    stale = Reader(stub, pb.SubscribeRequest(alerts=True, since_cursor=1_000_000))
+    other = Reader(stub, pb.SubscribeRequest(alerts=True))
+    wait_subscribers(api, 2)
+    api.spawn(10, 12, "/bin/marker", "live")
+    assert [(i.alert.cursor, i.alert.processes[0].process.pid)
+            for i in stale.until(lambda i: i.alert.cursor == 2)] == [(2, 12)]
+    assert [i.alert.cursor for i in other.until(lambda i: i.alert.cursor == 2)] == [2]
+    assert stale.subscribed == pb.Subscribed(
+        journal_last_cursor=1, replay_after_cursor=1,
+        note="since_cursor: 1000000 is past the journal's end (1): this journal is not the one that cursor came from "
+             "(was it replaced?); the stream continues from now")
+    for reader in (stale, other):
+        reader.close()
 
 
 def test_resume_replays_missed_alerts_in_order_once(api: Harness) -> None:
@@ -254,6 +487,86 @@ def test_resume_replays_missed_alerts_in_order_once(api: Harness) -> None:
         (cursor + 1, 32), (cursor + 2, 33), (cursor + 3, 34), (cursor + 4, 35)]
 
 
+def test_sensor_gaps_reach_every_alert_subscriber_in_cursor_order(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    subscribers = {
+        "all": Reader(stub, pb.SubscribeRequest(alerts=True)),
+        "one rule": Reader(stub, pb.SubscribeRequest(alerts=True, rule_ids=["loud-marker"])),
+        "high": Reader(stub, pb.SubscribeRequest(alerts=True, min_severity=pb.SEVERITY_CRITICAL)),
+        "one binary": Reader(stub, pb.SubscribeRequest(alerts=True, process=pb.ProcessFilter(binary="nothing"))),
+    }
+    events_only = Reader(stub, pb.SubscribeRequest(events=True, event_kinds=[pb.EVENT_KIND_EXEC]))
+    wait_subscribers(api, 5)
+    api.spawn(10, 11, "/bin/marker")
+    gap = api.blind("the probe (pid 4242) died: its frame stream ended without the probe's final frame")
+    api.spawn(10, 12, "/bin/loud")
+    assert (gap.cursor, gap.end.ToNanoseconds() - gap.start.ToNanoseconds()) == (2, SEC // 10)
+
+    def records(items: list[Flat]) -> list[tuple[str, int]]:
+        return [(i.kind, i.alert.cursor or i.sensor_gap.cursor) for i in items if i.kind != "event"]
+
+    assert records(subscribers["all"].until(lambda i: i.alert.cursor == 3)) == [
+        ("alert", 1), ("sensor_gap", 2), ("alert", 3)]
+    assert records(subscribers["one rule"].until(lambda i: i.alert.cursor == 3)) == [
+        ("sensor_gap", 2), ("alert", 3)]
+    assert records(subscribers["high"].until(lambda i: i.alert.cursor == 3)) == [("sensor_gap", 2), ("alert", 3)]
+    assert records(subscribers["one binary"].until(lambda i: i.kind == "sensor_gap")) == [("sensor_gap", 2)]
+    received = subscribers["all"].items[1].sensor_gap
+    assert received == gap and received.cause == gap.cause
+    argv = [exec_argv(i) for i in events_only.until(lambda i: exec_argv(i) == ["/bin/loud"])]
+    assert argv == [["/bin/marker"], ["/bin/loud"]]  # events only: no journal records
+    for reader in (*subscribers.values(), events_only):
+        reader.close()
+
+
+def test_sensor_gaps_are_replayed_with_alerts_from_the_journal(api: Harness) -> None:
+    api.spawn(10, 11, "/bin/marker")
+    gap = api.blind("the agent was not running: stopped by SIGTERM")
+    api.spawn(10, 12, "/bin/loud")
+    resumed = Reader(sensor_stub(api.channel()), pb.SubscribeRequest(alerts=True, rule_ids=["loud-marker"],
+                                                                    since_cursor=0))
+    wait_subscribers(api, 1)
+    later = api.blind("the probe (pid 7) died")
+    got = resumed.until(lambda i: i.sensor_gap.cursor == later.cursor)
+    assert [(i.kind, i.alert.cursor or i.sensor_gap.cursor) for i in got] == [
+        ("sensor_gap", 2), ("alert", 3), ("sensor_gap", 4)]
+    assert got[0].sensor_gap == gap and got[2].sensor_gap == later
+    resumed.close()
+
+
+def test_alert_pages_carry_every_sensor_gap_in_their_range(api: Harness) -> None:
+    api.spawn(10, 11, "/bin/marker")  # 1
+    first = api.blind("first")  # 2
+    api.spawn(10, 12, "/bin/loud")  # 3
+    api.spawn(10, 13, "/bin/marker")  # 4
+    second = api.blind("second")  # 5
+    api.spawn(10, 14, "/bin/loud")  # 6
+    stub = sensor_stub(api.channel())
+    pages = []
+    after = 0
+    while True:
+        page = stub.ListAlerts(pb.ListAlertsRequest(page_size=2, after_cursor=after, rule_ids=["loud-marker"],
+                                                    since=stamp(0), until=stamp(1)))  # times no alert has
+        pages.append(([a.cursor for a in page.alerts], [g.cursor for g in page.sensor_gaps], page.next_cursor))
+        if not page.next_cursor:
+            break
+        after = page.next_cursor
+    assert pages == [([], [2, 5], 5), ([], [], 0)]  # the filters hide every alert, never a gap
+    pages = []
+    after = 0
+    while True:
+        page = stub.ListAlerts(pb.ListAlertsRequest(page_size=2, after_cursor=after, rule_ids=["loud-marker"]))
+        pages.append(([a.cursor for a in page.alerts], [g.cursor for g in page.sensor_gaps], page.next_cursor))
+        if not page.next_cursor:
+            break
+        after = page.next_cursor
+    assert pages == [([3], [2], 3), ([6], [5], 6), ([], [], 0)]
+    assert list(stub.ListAlerts(pb.ListAlertsRequest(after_cursor=4)).sensor_gaps) == [second]
+    assert stub.ListAlerts(pb.ListAlertsRequest()).sensor_gaps[0] == first
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert (status.journal_alerts, status.sensor_gaps, status.last_cursor) == (4, 2, 6)
+
+
 def test_slow_subscriber_gets_a_gap_and_its_alerts_back(tmp_path: Path) -> None:
     api = make_harness(tmp_path, capacity=64)
     try:
@@ -265,6 +578,7 @@ def test_slow_subscriber_gets_a_gap_and_its_alerts_back(tmp_path: Path) -> None:
         for i in range(3000):  # far more than the ring holds, while the client reads nothing
             api.connect(40, 1000 + i % 50)
         api.spawn(10, 41, "/bin/marker", "during")
+        api.blind("the probe (pid 4242) died")
         for i in range(3000):
             api.connect(40, 2000 + i % 50)
         api.spawn(10, 42, "/bin/marker", "fence")
@@ -277,17 +591,48 @@ def test_slow_subscriber_gets_a_gap_and_its_alerts_back(tmp_path: Path) -> None:
         gaps = [i.gap for i in items if i.WhichOneof("item") == "gap"]
         assert gaps and sum(g.missed_events for g in gaps) > 0
         assert gaps[0].reason.startswith("this subscriber fell behind")
-        alerts = [i.alert.cursor for i in items if i.WhichOneof("item") == "alert"]
-        assert alerts == [1, 2, 3]  # every alert, in order, once, despite the gaps
+        records = [(i.kind, i.alert.cursor or i.sensor_gap.cursor) for i in items if i.kind in ("alert", "sensor_gap")]
+        # every alert and sensor gap, in order, once, despite the gaps
+        assert records == [("alert", 1), ("alert", 2), ("sensor_gap", 3), ("alert", 4)]
+        assert sum(g.missed_sensor_gaps for g in gaps) <= 1  # lost from the ring in most runs, then replayed
         delivered = sum(1 for i in items if i.WhichOneof("item") == "event")
         missed = sum(g.missed_events for g in gaps)
         published = api.state.broker.stats.published_events
         assert delivered + missed <= published
         # the sensor itself lost nothing: its counters show no drop anywhere
         assert api.state.aggregator.counters.kernel_drops == {} and api.state.aggregator.counters.probe_drops == {}
-        assert api.state.broker.stats.published_alerts == 3
+        assert (api.state.broker.stats.published_alerts, api.state.broker.stats.published_sensor_gaps) == (3, 1)
     finally:
         api.server.stop()
+
+
+def test_a_subscriber_behind_is_told_what_kinds_of_item_it_missed() -> None:
+    from sensor.api.broker import Item
+    from sensor.api.filters import parse
+
+    broker = Broker(capacity=4)
+    subscriber = broker.subscribe(parse(pb.SubscribeRequest(events=True, alerts=True), ()))
+    broker.publish([Item(0, 0, event=pb.Event()), Item(0, 0, alert=pb.Alert(cursor=1)),
+                    Item(0, 0, sensor_gap=pb.SensorGap(cursor=2)), Item(0, 0, event=pb.Event())])
+    broker.publish([Item(0, 0, event=pb.Event()) for _ in range(4)])  # the first four fall out of the ring
+    behind, items = broker.take(subscriber)
+    assert behind is not None
+    assert (behind.missed_events, behind.missed_alerts, behind.missed_sensor_gaps, len(items)) == (2, 1, 1, 4)
+
+
+def test_journaled_records_reach_the_broker_in_cursor_order_or_not_at_all() -> None:
+    """A record published after a later one would be skipped by every subscriber that saw the later one."""
+    from sensor.api.broker import Item
+
+    broker = Broker()
+    broker.journaled_before(5)
+    with pytest.raises(ValueError, match=r"^journal record 5 published after record 5: "):
+        broker.publish([Item(0, 0, sensor_gap=pb.SensorGap(cursor=5))])
+    broker.publish([Item(0, 0, alert=pb.Alert(cursor=6)), Item(0, 0, event=pb.Event())])
+    with pytest.raises(ValueError, match=r"^journal record 6 published after record 7: "):
+        broker.publish([Item(0, 0, alert=pb.Alert(cursor=7)), Item(0, 0, sensor_gap=pb.SensorGap(cursor=6))])
+    assert (broker.stats.published_alerts, broker.stats.published_sensor_gaps, broker.stats.published_events) == (
+        1, 0, 1)  # a refused batch publishes nothing
 
 
 def test_subscriber_limit(tmp_path: Path) -> None:
@@ -347,15 +692,31 @@ def test_get_process_and_status(api: Harness) -> None:
     assert same.process.exec_id == job.process.exec_id
     with pytest.raises(grpc.RpcError) as info:
         stub.GetProcess(pb.GetProcessRequest(pid=999_999))
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.NOT_FOUND,
+                                                         "pid: no process with pid 999999 is known")
     with pytest.raises(grpc.RpcError) as info:
         stub.GetProcess(pb.GetProcessRequest(exec_id="x; DROP TABLE"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     status = stub.GetStatus(pb.GetStatusRequest())
     assert status.events_by_kind["exec"] >= 3 and status.last_cursor == 1 and status.journal_alerts == 1
+    assert status.sensor_gaps == 0
     assert {d.hop for d in status.drops} == {"kernel", "aggregator", "rules", "subscribers"}
     assert all(d.count == 0 for d in status.drops)
     assert {r.id: r.alerts for r in status.rules.rules}["marker"] == 1
+
+
+def test_status_counts_partial_matches_a_reload_discards(api: Harness, tmp_path: Path) -> None:
+    api.spawn(10, 70, "/bin/marker")  # the first step of marker-then-4444: a partial match opens
+    detector = api.state.aggregator.detector
+    assert detector is not None and detector.engine.stats.partials == 1
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(SITE_RULES + SEQUENCE_RULE.replace("port: 4444", "port: 5555"))
+    with api.state.lock:
+        detector.reload(load_rules([changed]))
+    drops = sensor_stub(api.channel()).GetStatus(pb.GetStatusRequest()).drops
+    assert [(d.hop, d.count) for d in drops
+            if d.what == "partial sequence matches discarded by a rules reload (changed or removed rules)"] == [
+        ("rules", 1)]
 
 
 def test_list_alerts_in_pages(api: Harness) -> None:
@@ -436,7 +797,8 @@ def _tls_channel(port: int, certs: dict[str, Path], client: str | None = None) -
 
 
 def _status(channel: grpc.Channel) -> pb.Status:
-    return sensor_stub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
+    status: pb.Status = sensor_stub(channel).GetStatus(pb.GetStatusRequest(), timeout=5)
+    return status
 
 
 def test_tls(tmp_path: Path) -> None:

@@ -1,20 +1,25 @@
-"""Each built-in rule fires on its positive case and stays silent on its negatives, through the
-whole aggregator (classifiers, tunnel taint, engine) on constructed events."""
+"""Each built-in rule fires on its positive case and stays silent on its near misses, through
+the whole aggregator (classifiers, tunnel taint, engine) on constructed events; and a rules
+reload between the steps of the ROME sequence does not lose it.
+
+Frames made by hand carry no routing verdict, so the aggregator judges by address range:
+198.51.100.0/24 and 203.0.113.0/24 leave the host, 10.0.0.0/8 is the local network."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
-from sensor.aggregator.detector import DetectorConfig
-from sensor.rules.loader import load_rules
+from sensor.aggregator.detector import Detector
+from sensor.rules.loader import BUILTIN, load_rules
+from sensor.rules.model import RuleSet
 
 SEC = 1_000_000_000
-ROUTES = (("198.51.100.0/24", "egress"), ("203.0.113.0/24", "egress"), ("10.0.0.0/8", "lan"))
 
 
 @dataclass
@@ -52,12 +57,12 @@ class Host:
                                            0x2B, 48, 0, 0, 1, parent, handle, klass, 0, 0, 0, bytes(16), 0))
 
 
+def raised(aggregator: Aggregator, events: Iterable[ev.Event]) -> list[str]:
+    return [alert.rule_id for event in events for alert in aggregator.handle(event).alerts]
+
+
 def alerts(events: Iterable[ev.Event]) -> list[str]:
-    aggregator = Aggregator(rules=load_rules([]), config=DetectorConfig(static_routes=ROUTES))
-    raised = []
-    for event in events:
-        raised += [a.rule_id for a in aggregator.handle(event).alerts]
-    return raised
+    return raised(Aggregator(rules=load_rules([])), events)
 
 
 def agent_tree() -> Host:
@@ -186,3 +191,146 @@ def test_a_few_internal_connections_are_not_a_scan() -> None:
     for i in range(10):
         host.connect(102, f"10.0.0.{i + 1}", 5432)
     assert alerts(host.events) == []
+
+
+@pytest.mark.parametrize("port", ["22", "443"])
+def test_tunnel_to_a_standard_port_is_silent(port: str) -> None:
+    host = agent_tree()
+    host.spawn(101, 102, "/usr/bin/ssh", "-p", port, "-L", "8080:db:5432", "u@198.51.100.1")
+    assert alerts(host.events) == []
+
+
+@pytest.mark.parametrize("port", [8080, 5432, 22])
+def test_connection_to_a_port_no_pool_serves_on_is_silent(port: int) -> None:
+    host = agent_tree()
+    host.spawn(101, 102, "/usr/bin/python3", "client.py", "--notes", "stratum+tcp")  # no URL: no host, no port
+    host.connect(102, "203.0.113.9", port)
+    assert alerts(host.events) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ("/usr/bin/python3", "xmrig.py"),  # a script named like a miner, run by an ordinary binary
+    ("/opt/tools/xmrig-monitor", "--status"),
+    ("/usr/bin/rig", "--donate", "--nicehash-mode"),  # flags that only resemble a miner's
+])
+def test_binaries_that_are_not_miners_are_silent(argv: tuple[str, ...]) -> None:
+    host = agent_tree()
+    host.spawn(101, 102, *argv)
+    assert alerts(host.events) == []
+
+
+def test_forward_tunnel_then_gpu_compute_is_silent() -> None:
+    host = agent_tree()
+    host.spawn(101, 102, "/usr/bin/ssh", "-fNL", "8080:db:5432", "root@198.51.100.1")
+    host.spawn(101, 103, "/usr/bin/python3", "hash.py")
+    host.gpu_compute(103)
+    assert alerts(host.events) == []
+
+
+def test_gpu_compute_before_the_reverse_tunnel_is_not_the_sequence() -> None:
+    host = agent_tree()
+    host.spawn(101, 103, "/usr/bin/python3", "hash.py")
+    host.gpu_compute(103)
+    host.spawn(101, 102, *REVERSE)
+    assert alerts(host.events) == ["reverse-tunnel-opened"]
+
+
+def test_pool_traffic_in_another_tree_than_the_reverse_tunnel() -> None:
+    host = agent_tree()
+    host.spawn(101, 102, *REVERSE)
+    host.spawn(1, 200, "/usr/bin/python3", "worker.py")  # started by init, not by the agent
+    host.connect(200, "203.0.113.9", 4444)
+    assert alerts(host.events) == ["reverse-tunnel-opened", "miner-pool-connection"]
+
+
+def test_pool_traffic_before_the_reverse_tunnel() -> None:
+    host = agent_tree()
+    host.spawn(101, 103, "/usr/bin/python3", "worker.py")
+    host.connect(103, "203.0.113.9", 4444)
+    host.spawn(101, 102, *REVERSE)
+    assert alerts(host.events) == ["miner-pool-connection", "reverse-tunnel-opened"]
+
+
+def test_pool_traffic_after_gpu_compute_in_another_tree() -> None:
+    host = agent_tree()
+    host.spawn(1, 200, "/usr/bin/python3", "train.py")  # a training job, started by init
+    host.gpu_compute(200)
+    host.spawn(101, 103, "/usr/bin/python3", "worker.py")
+    host.connect(103, "198.51.100.77", 14444)
+    assert alerts(host.events) == ["miner-pool-connection"]
+
+
+def test_pool_traffic_before_gpu_compute() -> None:
+    host = agent_tree()
+    host.spawn(101, 103, "/usr/bin/python3", "worker.py")
+    host.connect(103, "198.51.100.77", 14444)
+    host.gpu_compute(103)
+    assert alerts(host.events) == ["miner-pool-connection"]
+
+
+def test_many_connections_to_one_internal_destination_are_not_a_scan() -> None:
+    host = agent_tree()
+    host.spawn(101, 102, "/usr/bin/python3", "client.py")
+    for _ in range(40):
+        host.connect(102, "10.0.0.5", 5432)  # a connection pool
+    assert alerts(host.events) == []
+
+
+def test_many_destinations_outside_the_host_are_not_an_internal_scan() -> None:
+    host = agent_tree()
+    host.spawn(101, 102, "/usr/bin/python3", "crawler.py")
+    for i in range(40):
+        host.connect(102, f"203.0.113.{i + 1}", 443)
+    assert alerts(host.events) == []
+
+
+# -- a rules reload (SIGHUP) between a sequence's steps ------------------------------------------
+
+
+def tunnel_opened() -> tuple[Host, Aggregator, Detector]:
+    """The first half of the ROME chain: the agent's tree opened a reverse tunnel and started
+    the process that will acquire GPU compute."""
+    host = agent_tree()
+    host.spawn(101, 102, *REVERSE)
+    host.spawn(101, 103, "/usr/bin/python3", "hash.py")
+    aggregator = Aggregator(rules=load_rules([]))
+    assert aggregator.detector is not None
+    assert raised(aggregator, host.events) == ["reverse-tunnel-opened"]
+    assert aggregator.detector.engine.stats.partials == 2  # the gpu-compute and the miner-egress sequences
+    host.events.clear()
+    return host, aggregator, aggregator.detector
+
+
+def test_a_reload_between_the_tunnel_and_the_compute_keeps_the_sequence() -> None:
+    host, aggregator, detector = tunnel_opened()
+    detector.reload(load_rules([]))
+    stats = detector.engine.stats
+    assert (stats.partials, stats.partials_discarded) == (2, 0)
+    host.gpu_compute(103)
+    assert raised(aggregator, host.events) == ["reverse-tunnel-then-gpu-compute"]
+
+
+def test_a_reload_that_changes_the_sequence_discards_it(tmp_path: Path) -> None:
+    host, aggregator, detector = tunnel_opened()
+    step = "        - fact: gpu_compute\n"
+    text = BUILTIN.read_text()
+    assert text.count(step) == 2
+    # still true of this GPU's compute, but a different step: the open match is not carried over
+    changed = text.replace(step, step + "          where: {architecture: Hopper}\n", 1)
+    (tmp_path / "rules.yaml").write_text(changed)
+    detector.reload(load_rules([tmp_path / "rules.yaml"], builtin=False))
+    stats = detector.engine.stats
+    assert (stats.partials, stats.partials_discarded) == (1, 1)  # the miner-egress sequence goes on
+    host.gpu_compute(103)
+    assert raised(aggregator, host.events) == []
+
+
+def test_a_reload_that_removes_the_sequence_discards_it() -> None:
+    host, aggregator, detector = tunnel_opened()
+    builtin = load_rules([])
+    kept = [rule for rule in builtin.rules if rule.id != "reverse-tunnel-then-gpu-compute"]
+    detector.reload(RuleSet(kept, builtin.lists, builtin.files))
+    stats = detector.engine.stats
+    assert (stats.partials, stats.partials_discarded) == (1, 1)
+    host.gpu_compute(103)
+    assert raised(aggregator, host.events) == []

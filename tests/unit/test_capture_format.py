@@ -41,8 +41,8 @@ def test_header_carries_the_metadata() -> None:
     assert reader.meta == meta
 
 
-def header_len(data: bytes) -> int:
-    return 16 + struct.unpack_from("<I", data, 12)[0]
+def header_len(data: bytes | bytearray) -> int:
+    return 16 + int(struct.unpack_from("<I", data, 12)[0])
 
 
 def test_truncated_frame_names_its_offset() -> None:
@@ -94,6 +94,19 @@ def test_newer_format_version() -> None:
     assert str(info.value) == (
         f"cap: written by a newer gpusentry (format version {FORMAT_VERSION + 1}; this one reads version "
         f"{FORMAT_VERSION}) at byte 8; fix: analyze it with a newer gpusentry")
+
+
+def test_an_older_format_is_refused_rather_than_judged_here() -> None:
+    """Version 1 frames carry no routing or binary verdicts: deciding them on this host would
+    describe this host, not the one recorded."""
+    data = bytearray(stream(EXEC))
+    struct.pack_into("<H", data, 8, 1)
+    with pytest.raises(CaptureError) as info:
+        read_all(bytes(data))
+    assert str(info.value) == (
+        f"cap: written by an older gpusentry (format version 1; this one reads version {FORMAT_VERSION}) at "
+        "byte 8; fix: its frames lack the routing and binary verdicts the probe makes on the host it watches, "
+        "which no other host can supply: analyze it with the gpusentry that recorded it, or record it again")
 
 
 def test_not_a_capture() -> None:

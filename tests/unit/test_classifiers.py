@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
 from sensor import events as ev
 from sensor.aggregator.process_table import Process, ProcKey
 from sensor.aggregator.taint import TunnelTaint
-from sensor.classify.binaries import BinaryIdentity
 from sensor.classify.miner import MinerClassifier
 from sensor.classify.scan import ScanDetector
 from sensor.rules.loader import load_rules
@@ -56,25 +51,6 @@ def test_scan_threshold_window_and_once_per_window() -> None:
     # slow probing: the window slides, so 5 destinations over 50 s are not a scan
     slow = ProcKey(2, 2)
     assert [scan.on_connect(slow, f"10.0.1.{i}", 22, "lan", i * 11 * SEC) for i in range(6)] == [None] * 6
-
-
-def test_binary_identity_by_inode_and_by_content(tmp_path: Path) -> None:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    real = bindir / "ssh"
-    shutil.copy("/usr/bin/ssh", real)
-    identity = BinaryIdentity(tools=("ssh",), search_path=str(bindir))
-    st = real.stat()
-    assert identity.identify(st.st_dev, st.st_ino) == "ssh"
-    hidden = tmp_path / ".cache-kworker"
-    os.link(real, hidden)  # a hard link under another name: the same inode
-    assert identity.identify(hidden.stat().st_dev, hidden.stat().st_ino) == "ssh"
-    copy = tmp_path / "copy"
-    shutil.copy(real, copy)  # a copy: a new inode, the same content (read through /proc/PID/exe)
-    assert identity.identify(copy.stat().st_dev, copy.stat().st_ino) == ""  # no process to read it through
-    other = tmp_path / "true"
-    shutil.copy("/bin/true", other)
-    assert identity.identify(other.stat().st_dev, other.stat().st_ino) == ""
 
 
 def process(pid: int, scopes: frozenset[str] = frozenset(), start: int = 0) -> Process:
@@ -132,15 +108,25 @@ def test_pending_taint_expires() -> None:
     assert taint.stats.expired == 1
 
 
-def test_egress_by_range_when_no_routing_table_can_be_read() -> None:
-    from sensor.classify.egress import Destination, EgressClassifier
+def test_egress_policy_takes_the_probes_route_verdict() -> None:
+    from sensor.classify.egress import Destination, EgressPolicy
 
-    classifier = EgressClassifier(allowlist=["203.0.113.0/24"])
-    # another namespace, no process to enter it through: the ranges decide, and say so
-    assert classifier.classify("10.1.2.3", netns=1, pid=0) == classifier.classify("10.1.2.3", netns=1, pid=0)
-    verdict = classifier.classify("10.1.2.3", netns=1, pid=0)
-    assert (verdict.destination, verdict.by_range) == (Destination.LAN, True)
-    assert classifier.classify("198.51.100.1", netns=1).destination is Destination.EGRESS  # documentation range
-    assert classifier.classify("203.0.113.5", netns=1).allowed
-    assert classifier.classify("::1", netns=1).destination is Destination.LOOPBACK
-    assert classifier.range_fallbacks == 5  # guesses are never cached
+    policy = EgressPolicy(allowlist=["203.0.113.0/24"])
+    # the probe's verdict stands, whatever the address looks like: 198.51.100.7 on a direct link
+    assert policy.judge("198.51.100.7", "lan", False) == policy.judge("198.51.100.7", "lan", False)
+    verdict = policy.judge("198.51.100.7", "lan", False)
+    assert (verdict.destination, verdict.allowed, verdict.by_range) == (Destination.LAN, False, False)
+    assert policy.judge("10.1.2.3", "egress", True).by_range  # the probe could only guess, and said so
+    assert policy.judge("203.0.113.5", "egress", False).allowed
+
+
+def test_egress_without_a_verdict_is_judged_by_ranges_and_says_so() -> None:
+    from sensor.classify.egress import Destination, EgressPolicy
+
+    policy = EgressPolicy()
+    assert [(v.destination, v.by_range) for v in (policy.judge(a, "", False) for a in (
+        "10.1.2.3", "198.51.100.1", "::1", "/run/x.sock"))] == [
+        (Destination.LAN, True), (Destination.EGRESS, True), (Destination.LOOPBACK, True), (Destination.NONE, True)]
+    # a verdict this version does not know (a damaged or hand-made frame) is not trusted either
+    assert (policy.judge("198.51.100.1", "sideways", False).destination,
+            policy.judge("198.51.100.1", "sideways", False).by_range) == (Destination.EGRESS, True)

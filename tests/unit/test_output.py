@@ -25,7 +25,8 @@ def test_exec_line() -> None:
 
 
 def test_json_line_is_valid_json_with_escaped_bytes() -> None:
-    event = ev.Connect(ts=1, tgid=2, tid=2, fd=3, result=0, family="inet", address="198.51.100.7", port=3333)
+    event = ev.Connect(ts=1, tgid=2, tid=2, fd=3, result=0, family="inet", address="198.51.100.7", port=3333,
+                       route="egress")
     assert json.loads(json_line(Observation(event, None)) or "") == {
         "kind": "connect", "ts": 1, "tgid": 2, "tid": 2, "fd": 3, "result": 0, "family": "inet",
-        "address": "198.51.100.7", "port": 3333, "netns": 0}
+        "address": "198.51.100.7", "port": 3333, "netns": 0, "route": "egress", "route_by_range": False}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.process_table import ProcessTable, ProcKey
-from sensor.probe.procfs import NS_PER_TICK
+from sensor.events import NS_PER_TICK
 
 SEC = 1_000_000_000
 

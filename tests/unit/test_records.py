@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sensor import events as ev
 from sensor.probe import records
+from tests.waiting import wait_until
 
 
 def argv_blob(args: list[tuple[bytes, bool]]) -> bytes:
@@ -83,17 +84,35 @@ def test_argv_from_procfs_is_held_to_the_same_limits(tmp_path: Path) -> None:
     import subprocess
 
     from sensor.probe.probe import _fill_argv_from_procfs
+    from sensor.probe.procfs import read_cmdline
     from sensor.probe.program import ProbeConfig
 
-    sleeper = subprocess.Popen(["/bin/sleep", "30", *[f"a{i}" * 20 for i in range(10)]])
-    try:
-        event = ev.Exec(ts=0, tgid=sleeper.pid, tid=sleeper.pid, result=0, ppid=1, uid=0, gid=0, cgroup_id=0,
-                        start_ns=0, comm=b"sleep", filename=b"/bin/sleep", argv=[], argc=0, flags=ev.ARGV_UNREAD,
-                        exe_dev=0, exe_ino=0, old_tid=sleeper.pid)
-        _fill_argv_from_procfs(event, ProbeConfig(max_args=4, arg_len=16))
-    finally:
-        sleeper.kill()
-        sleeper.wait()
+    argv = ["/bin/sleep", "30", *[f"a{i}" * 20 for i in range(10)]]
+    # sleep itself rejects the extra arguments and exits at once, racing the read. A shell under
+    # exactly this argv stays: it runs its argv[1], a script named "30", which waits on stdin.
+    (tmp_path / "30").write_text("read -r _\n")
+    with subprocess.Popen(argv, executable="/bin/sh", cwd=tmp_path, stdin=subprocess.PIPE) as holder:
+        try:
+            wait_until(lambda: read_cmdline(holder.pid) == [a.encode() for a in argv], what="the new image's argv")
+            event = ev.Exec(ts=0, tgid=holder.pid, tid=holder.pid, result=0, ppid=1, uid=0, gid=0, cgroup_id=0,
+                            start_ns=0, comm=b"sleep", filename=b"/bin/sleep", argv=[], argc=0,
+                            flags=ev.ARGV_UNREAD, exe_dev=0, exe_ino=0, old_tid=holder.pid)
+            _fill_argv_from_procfs(event, ProbeConfig(max_args=4, arg_len=16))
+            assert holder.poll() is None  # still there when its argv was read
+        finally:
+            holder.kill()
     assert event.argv == [b"/bin/sleep", b"30", b"a0" * 8, b"a1" * 8]
     assert event.argc == 12
     assert event.flags == ev.ARGV_UNREAD | ev.ARGV_TRUNCATED | ev.ARG_CUT | ev.ARGV_FROM_PROCFS
+
+
+def test_gpu_ioctl_flags_match_the_header() -> None:
+    """The gpu_ioctl_rec flag bits in bpf/events.h and their Python names agree."""
+    import re
+
+    from sensor.probe.program import BPF_DIR
+
+    header = (BPF_DIR / "events.h").read_text()
+    defined = {name: int(value, 16) for name, value in re.findall(r"^#define (GPU_\w+) (0x[0-9A-Fa-f]+)", header, re.M)}
+    assert defined == {"GPU_XFER": 0x1, "GPU_STATUS_READ": 0x2, "GPU_BY_NAME": 0x4}
+    assert {name: getattr(ev, name) for name in defined} == defined

@@ -3,6 +3,7 @@ sequences (order, windows, scopes, expiry, caps), on constructed facts."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sensor.rules import engine as engine_module
 from sensor.rules.alert import AlertProcess
 from sensor.rules.engine import RuleEngine
 from sensor.rules.loader import RuleError, load_rules
-from sensor.rules.model import Rule
+from sensor.rules.model import Rule, RuleSet
 
 SEC = 1_000_000_000
 HEADER = "rules:\n"
@@ -50,8 +51,10 @@ RULE = """  - id: r1
      "FILE:6: rule r1: port: unknown operator 'between'"),
     (HEADER + RULE + "    match: {fact: connect, where: {port: {in: $nope}}}\n",
      "FILE:6: rule r1: port: no list named 'nope'"),
-    (HEADER + RULE + "    match: {fact: exec, where: {cmdline: {regex: '(a+)+b'}}}\n",
-     "FILE:6: rule r1: cmdline: `regex` '(a+)+b' repeats a repetition"),
+    (HEADER + RULE + "    match: {fact: exec, where: {cmdline: {regex: '-R(?=[0-9])'}}}\n",
+     "FILE:6: rule r1: cmdline: `regex` '-R(?=[0-9])' uses a construct RE2 (the linear-time engine rules use) does "
+     "not support: invalid perl operator: (?=; refused: backreferences, lookahead and lookbehind, atomic groups and "
+     "possessive repeats, conditionals, repeat counts over 1000"),
     (HEADER + RULE.replace("severity: high", "severity: dire") + "    match: {fact: exec}\n",
      "FILE:5: rule r1: `severity` is one of info, low, medium, high, critical"),
     (HEADER + RULE + "    match: {fact: exec}\n    sequence: {}\n",
@@ -145,9 +148,10 @@ def compute(p: Process, ts: int) -> GpuCompute:
     return GpuCompute(ts, p.key, 0x14, 0xCBC0, "Hopper", 0xC86F, 0)
 
 
-def sequence_rules(tmp_path: Path, window: str = "30m", scope: str = "[lineage, tunnel]") -> Any:
-    text = HEADER + RULE + (f"    sequence:\n      scope: {scope}\n      window: {window}\n      steps:\n"
-                            "        - {fact: tunnel, where: {reverse: true}}\n        - {fact: gpu_compute}\n")
+def sequence_rules(tmp_path: Path, window: str = "30m", scope: str = "[lineage, tunnel]",
+                   last_step: str = "{fact: gpu_compute}", before: str = "") -> Any:
+    text = before + HEADER + RULE + (f"    sequence:\n      scope: {scope}\n      window: {window}\n      steps:\n"
+                                     f"        - {{fact: tunnel, where: {{reverse: true}}}}\n        - {last_step}\n")
     return load_rules([write(tmp_path, text)], builtin=False)
 
 
@@ -246,3 +250,90 @@ def test_rules_meet_only_their_fact_kinds() -> None:
 
     engine.on_fact(GpuOpenFact(SEC, p.key, "nvidiactl", 255, False), p)
     assert engine.stats.evaluations == 0
+
+
+# -- reloads: open sequences of unchanged rules go on, the others are discarded and counted -----
+
+
+def opened(tmp_path: Path) -> tuple[RuleEngine, Process]:
+    """An engine with the sequence's first step matched: a reverse tunnel in lineage L1."""
+    ctx = Context()
+    engine = RuleEngine(sequence_rules(tmp_path), ctx)
+    agent = proc(10, ctx, lineage={"L1"})
+    engine.on_fact(tunnel(agent, SEC), agent)
+    assert engine.stats.partials == 1
+    return engine, agent
+
+
+def test_reload_of_the_same_rules_keeps_open_sequences(tmp_path: Path) -> None:
+    engine, agent = opened(tmp_path)
+    engine.load(sequence_rules(tmp_path))
+    assert (engine.stats.partials, engine.stats.partials_discarded) == (1, 0)
+    (alert,) = engine.on_fact(compute(agent, 5 * SEC), agent)
+    assert [(s.fact, s.ts) for s in alert.steps] == [("tunnel", SEC), ("gpu_compute", 5 * SEC)]
+    assert engine.stats.partials == 0
+
+
+def test_reload_that_only_moves_or_retitles_a_rule_keeps_it_and_uses_the_new_one(tmp_path: Path) -> None:
+    engine, agent = opened(tmp_path)
+    moved = sequence_rules(tmp_path, before="# a comment above moves every line\n\n")
+    retitled = replace(moved.rules[0], title="Tunnel then compute")
+    engine.load(RuleSet([retitled], moved.lists, moved.files))
+    (alert,) = engine.on_fact(compute(agent, 5 * SEC), agent)
+    assert (alert.rule_id, alert.title, engine.stats.partials_discarded) == ("r1", "Tunnel then compute", 0)
+
+
+def test_reload_applies_the_new_window_to_open_sequences(tmp_path: Path) -> None:
+    engine, agent = opened(tmp_path)
+    engine.load(sequence_rules(tmp_path, window="60s"))
+    assert engine.on_fact(compute(agent, 62 * SEC), agent) == []
+    assert (engine.stats.partials, engine.stats.partials_expired, engine.stats.partials_discarded) == (0, 1, 0)
+
+
+@pytest.mark.parametrize("change", [
+    {"last_step": "{fact: gpu_compute, where: {architecture: Ampere}}"},  # a condition added
+    {"last_step": "{fact: miner}"},  # another fact
+    {"scope": "[lineage]"},
+    {"scope": "[tunnel, lineage]"},  # the first shared scope names the alert's scope
+])
+def test_reload_of_a_changed_sequence_discards_its_open_matches(tmp_path: Path, change: dict[str, str]) -> None:
+    engine, agent = opened(tmp_path)
+    engine.load(sequence_rules(tmp_path, **change))
+    assert (engine.stats.partials, engine.stats.partials_discarded) == (0, 1)
+    assert engine.on_fact(compute(agent, 5 * SEC), agent) == []
+
+
+def test_reload_with_a_changed_condition_value_discards(tmp_path: Path) -> None:
+    ctx = Context()
+    engine = RuleEngine(sequence_rules(tmp_path, last_step="{fact: gpu_compute, where: {process.pid: 10}}"), ctx)
+    agent = proc(10, ctx, lineage={"L1"})
+    engine.on_fact(tunnel(agent, SEC), agent)
+    engine.load(sequence_rules(tmp_path, last_step="{fact: gpu_compute, where: {process.pid: '10'}}"))
+    assert engine.stats.partials_discarded == 1  # 10 and '10' are different conditions
+
+
+def test_reload_without_the_rule_discards_its_open_matches(tmp_path: Path) -> None:
+    engine, _ = opened(tmp_path)
+    engine.load(RuleSet())
+    assert (engine.stats.partials, engine.stats.partials_discarded) == (0, 1)
+    engine.load(sequence_rules(tmp_path))  # back again: it starts over
+    assert (engine.stats.partials, engine.stats.partials_discarded) == (0, 1)
+
+
+def test_reload_of_a_lineage_boundary_discards(tmp_path: Path) -> None:
+    engine, _ = opened(tmp_path)
+    ruleset = sequence_rules(tmp_path)
+    rule = ruleset.rules[0]
+    engine.load(RuleSet([replace(rule, lineage_boundary=rule.lineage_boundary | {"bash"})], ruleset.lists))
+    assert engine.stats.partials_discarded == 1  # lineage keys were computed with the old boundary
+
+
+def test_reload_keeps_the_single_rule_dedup_memory(tmp_path: Path) -> None:
+    text = HEADER + RULE + "    match: {fact: miner, where: {reason: pool-port}}\n"
+    ctx = Context()
+    engine = RuleEngine(load_rules([write(tmp_path, text)], builtin=False), ctx)
+    p = proc(10, ctx)
+    assert len(engine.on_fact(MinerFact(SEC, p.key, "pool-port", "3333", "198.51.100.9", 3333), p)) == 1
+    engine.load(load_rules([write(tmp_path, text)], builtin=False))
+    assert engine.on_fact(MinerFact(2 * SEC, p.key, "pool-port", "3333", "198.51.100.9", 3333), p) == []
+    assert engine.stats.suppressed == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from rich.console import Console
 
 from sensor.api.v1 import gpusentry_pb2 as pb
@@ -64,3 +66,30 @@ def test_alerts_gpu_events_and_drops_are_shown() -> None:
     assert "connect" in text and "203.0.113.9:3333 egress" in text
     assert "RM_ALLOC compute 0xcbc0 Hopper" in text
     assert snapshot.received == 5 and snapshot.gaps == 1
+
+
+def test_sensor_gaps_are_shown_above_the_alerts_and_subscribed_is_ignored() -> None:
+    snapshot = Snapshot("unix:/tmp/s.sock")
+    apply(snapshot, pb.SubscribeResponse(subscribed=pb.Subscribed(journal_last_cursor=9, note="a note")), now=1)
+    assert snapshot.received == 0 and "a note" not in screen(snapshot)
+    gap = pb.SensorGap(cursor=10, start=stamp(1_700_000_001), end=stamp(1_700_000_005),
+                       cause="the probe (pid 4242) died: its frame stream ended without the probe's final frame")
+    apply(snapshot, pb.SubscribeResponse(sensor_gap=gap), now=2)
+    apply(snapshot, pb.SubscribeResponse(alert=pb.Alert(cursor=11, rule_id="marker", severity=pb.SEVERITY_LOW,
+                                                        time=stamp(1_700_000_006))), now=3)
+    lines = screen(snapshot).splitlines()
+    start, end = (datetime.fromtimestamp(t).strftime("%H:%M:%S") for t in (1_700_000_001, 1_700_000_005))
+    blind = next(n for n, line in enumerate(lines) if "SENSOR BLIND" in line)
+    assert f"SENSOR BLIND {start}–{end}: the probe (pid 4242) died: its frame stream ended without the " \
+           "probe's final frame" in lines[blind]
+    assert blind < next(n for n, line in enumerate(lines) if "marker" in line)
+    assert (snapshot.received, snapshot.last_cursor) == (2, 11)  # a new subscription resumes after both
+
+
+def test_a_sensor_gap_shows_even_when_there_is_no_alert() -> None:
+    snapshot = Snapshot("unix:/tmp/s.sock")
+    apply(snapshot, pb.SubscribeResponse(sensor_gap=pb.SensorGap(cursor=1, start=stamp(0), end=stamp(60),
+                                                                 cause="the agent was not running")), now=1)
+    text = screen(snapshot)
+    assert "SENSOR BLIND" in text and ": the agent was not running" in text and "no alerts" in text
+    assert snapshot.last_cursor == 1

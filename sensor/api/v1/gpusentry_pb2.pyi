@@ -323,16 +323,40 @@ class SubscribeRequest(_message.Message):
     def __init__(self, events: _Optional[bool] = ..., alerts: _Optional[bool] = ..., event_kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., rule_ids: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., process: _Optional[_Union[ProcessFilter, _Mapping]] = ..., cgroup_ids: _Optional[_Iterable[int]] = ..., since_cursor: _Optional[int] = ...) -> None: ...
 
 class Gap(_message.Message):
-    __slots__ = ("missed_events", "missed_alerts", "resume_cursor", "reason")
+    __slots__ = ("missed_events", "missed_alerts", "resume_cursor", "reason", "missed_sensor_gaps")
     MISSED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     MISSED_ALERTS_FIELD_NUMBER: _ClassVar[int]
     RESUME_CURSOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    MISSED_SENSOR_GAPS_FIELD_NUMBER: _ClassVar[int]
     missed_events: int
     missed_alerts: int
     resume_cursor: int
     reason: str
-    def __init__(self, missed_events: _Optional[int] = ..., missed_alerts: _Optional[int] = ..., resume_cursor: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    missed_sensor_gaps: int
+    def __init__(self, missed_events: _Optional[int] = ..., missed_alerts: _Optional[int] = ..., resume_cursor: _Optional[int] = ..., reason: _Optional[str] = ..., missed_sensor_gaps: _Optional[int] = ...) -> None: ...
+
+class SensorGap(_message.Message):
+    __slots__ = ("cursor", "start", "end", "cause")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    cause: str
+    def __init__(self, cursor: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cause: _Optional[str] = ...) -> None: ...
+
+class Subscribed(_message.Message):
+    __slots__ = ("journal_last_cursor", "replay_after_cursor", "note")
+    JOURNAL_LAST_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    journal_last_cursor: int
+    replay_after_cursor: int
+    note: str
+    def __init__(self, journal_last_cursor: _Optional[int] = ..., replay_after_cursor: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Events(_message.Message):
     __slots__ = ("events",)
@@ -341,14 +365,18 @@ class Events(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("events", "alert", "gap")
+    __slots__ = ("events", "alert", "gap", "sensor_gap", "subscribed")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     ALERT_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_GAP_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
     events: Events
     alert: Alert
     gap: Gap
-    def __init__(self, events: _Optional[_Union[Events, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ...) -> None: ...
+    sensor_gap: SensorGap
+    subscribed: Subscribed
+    def __init__(self, events: _Optional[_Union[Events, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., sensor_gap: _Optional[_Union[SensorGap, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
     __slots__ = ("page_size", "after_cursor", "rule_ids", "min_severity", "since", "until")
@@ -367,12 +395,14 @@ class ListAlertsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., after_cursor: _Optional[int] = ..., rule_ids: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListAlertsResponse(_message.Message):
-    __slots__ = ("alerts", "next_cursor")
+    __slots__ = ("alerts", "next_cursor", "sensor_gaps")
     ALERTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_GAPS_FIELD_NUMBER: _ClassVar[int]
     alerts: _containers.RepeatedCompositeFieldContainer[Alert]
     next_cursor: int
-    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., next_cursor: _Optional[int] = ...) -> None: ...
+    sensor_gaps: _containers.RepeatedCompositeFieldContainer[SensorGap]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., sensor_gaps: _Optional[_Iterable[_Union[SensorGap, _Mapping]]] = ...) -> None: ...
 
 class GetProcessRequest(_message.Message):
     __slots__ = ("exec_id", "pid")
@@ -445,7 +475,7 @@ class RuleSetStatus(_message.Message):
     def __init__(self, rules: _Optional[_Iterable[_Union[RuleStatus, _Mapping]]] = ..., files: _Optional[_Iterable[str]] = ..., load_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor")
+    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps")
     class KernelFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -470,6 +500,7 @@ class Status(_message.Message):
     SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_ALERTS_FIELD_NUMBER: _ClassVar[int]
     LAST_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_GAPS_FIELD_NUMBER: _ClassVar[int]
     started: _timestamp_pb2.Timestamp
     uptime_s: float
     kernel: str
@@ -480,4 +511,5 @@ class Status(_message.Message):
     subscribers: int
     journal_alerts: int
     last_cursor: int
-    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ...) -> None: ...
+    sensor_gaps: int
+    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ...) -> None: ...

@@ -26,7 +26,12 @@ if _version_not_supported:
 
 
 class SensorStub:
-    """Missing associated documentation comment in .proto file."""
+    """Requests are checked field by field before anything happens. A bad value is INVALID_ARGUMENT
+    (OUT_OF_RANGE for a cursor past the journal's end in ListAlerts) whose message begins with the
+    field's name, e.g. "rule_ids[2]: no rule 'x'"; bytes that are not a valid request begin with
+    "request:". A field this server does not know (a newer client's) is refused, not ignored:
+    ignoring a filter would answer a different question than the one asked.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -57,19 +62,25 @@ class SensorStub:
 
 
 class SensorServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Requests are checked field by field before anything happens. A bad value is INVALID_ARGUMENT
+    (OUT_OF_RANGE for a cursor past the journal's end in ListAlerts) whose message begins with the
+    field's name, e.g. "rule_ids[2]: no rule 'x'"; bytes that are not a valid request begin with
+    "request:". A field this server does not know (a newer client's) is refused, not ignored:
+    ignoring a filter would answer a different question than the one asked.
+    """
 
     def Subscribe(self, request, context):
-        """Live events and/or alerts. With `since_cursor`, alerts journaled after that cursor are
-        replayed first, in order, once; then the stream goes live. A subscriber that falls behind
-        gets a Gap with what it missed; its missed alerts are replayed from the journal.
+        """Live events and/or alerts. The first message is always Subscribed. With `since_cursor`,
+        journaled records (alerts and sensor gaps) after that cursor are replayed first, in order,
+        once; then the stream goes live. A subscriber that falls behind gets a Gap with what it
+        missed; its missed records are replayed from the journal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAlerts(self, request, context):
-        """Journaled alerts, oldest first, a page at a time.
+        """Journaled alerts and sensor gaps, oldest first, a page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,7 +132,12 @@ def add_SensorServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Sensor:
-    """Missing associated documentation comment in .proto file."""
+    """Requests are checked field by field before anything happens. A bad value is INVALID_ARGUMENT
+    (OUT_OF_RANGE for a cursor past the journal's end in ListAlerts) whose message begins with the
+    field's name, e.g. "rule_ids[2]: no rule 'x'"; bytes that are not a valid request begin with
+    "request:". A field this server does not know (a newer client's) is refused, not ignored:
+    ignoring a filter would answer a different question than the one asked.
+    """
 
     @staticmethod
     def Subscribe(request,

@@ -5,11 +5,16 @@
  *   gpu_ioctls reuse PATH COUNT   COUNT times: an ioctl on a plain file, close it, open PATH with
  *                                 openat2 (not hooked by the sensor), an ioctl on it
  *   gpu_ioctls rmalloc PATH       one RM_ALLOC on PATH opened normally
+ *   gpu_ioctls pts DIR            in the devpts instance mounted at DIR: open DIR/ptmx, unlock
+ *                                 and open its terminal, then one FIGETBSZ (ioctl 2, a number as
+ *                                 small as a UVM command) on the terminal, which succeeds
  *
- * Prints "pid count seconds" (flood, reuse) or "pid fd errno" (opath, rmalloc). */
+ * Prints "pid count seconds" (flood, reuse), "pid fd errno" (opath, rmalloc) or
+ * "pid fd errno blocksize minor" (pts). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <linux/openat2.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -80,6 +85,32 @@ static int reuse(const char *path, long count)
 	return 0;
 }
 
+/* A terminal of a private devpts instance is a character device with a real driver behind it
+ * (major 136, minor its index), openable without NVIDIA hardware; FIGETBSZ is answered by the
+ * VFS for any inode with a superblock block size, so the ioctl succeeds. */
+static int pts(const char *dir)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/ptmx", dir);
+	int master = open(path, O_RDWR | O_NOCTTY);
+	int unlock = 0;
+	unsigned int index = 0;
+	if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0 || ioctl(master, TIOCGPTN, &index) < 0) {
+		perror(path);
+		return 1;
+	}
+	snprintf(path, sizeof(path), "%s/%u", dir, index);
+	int fd = open(path, O_RDWR | O_NOCTTY);
+	if (fd < 0) {
+		perror(path);
+		return 1;
+	}
+	int blocksize = 0;
+	int ret = ioctl(fd, FIGETBSZ, &blocksize);
+	printf("%d %d %d %d %u\n", getpid(), fd, ret < 0 ? errno : 0, blocksize, index);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 4 && !strcmp(argv[1], "flood"))
@@ -90,6 +121,8 @@ int main(int argc, char **argv)
 		return one(argv[2], O_RDWR);
 	if (argc >= 4 && !strcmp(argv[1], "reuse"))
 		return reuse(argv[2], atol(argv[3]));
-	fprintf(stderr, "usage: gpu_ioctls flood|opath|reuse|rmalloc PATH [COUNT]\n");
+	if (argc >= 3 && !strcmp(argv[1], "pts"))
+		return pts(argv[2]);
+	fprintf(stderr, "usage: gpu_ioctls flood|opath|reuse|rmalloc|pts PATH [COUNT]\n");
 	return 2;
 }
