@@ -207,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if view and args.socket == "none":
         raise UsageError("the live view reads the API's socket, and --socket is none", "keep a socket, or --no-view")
     run_as = _run_as(args)
-    _check_rule_files(args.rules, run_as)
+    _check_readable(args.rules, run_as)
     _prepare_directories(args, run_as)
     child = subprocess.Popen(run_as.command(_aggregate_command(args, view), group=args.socket_group),
                              stdin=subprocess.PIPE, start_new_session=True)
@@ -297,10 +297,17 @@ def _start_view(args: argparse.Namespace, probe: Probe, run_as: RunAs) -> subpro
 
 
 def _stop_view(viewer: subprocess.Popen[bytes] | None) -> None:
-    if viewer is not None and viewer.poll() is None:
+    if viewer is None:
+        return
+    if viewer.poll() is None:
         viewer.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
             viewer.wait(timeout=10)
+    if viewer.returncode != 0 and sys.stdout.isatty():
+        # A view that was killed could not leave its full screen: leave it for it, so the
+        # agent's last line is seen.
+        sys.stdout.write("\x1b[?1049l\x1b[?25h")
+        sys.stdout.flush()
 
 
 def _forwarded_api_flags(args: argparse.Namespace) -> list[str]:
@@ -355,11 +362,16 @@ def _prepare(directory: Path, mode: int, default: bool, run_as: RunAs) -> None:
         raise UsageError(f"cannot prepare {directory}: {exc}", "check --journal and --socket") from exc
 
 
-def _check_rule_files(paths: list[str], run_as: RunAs) -> None:
-    """The aggregator reads the rule files (and again on SIGHUP) as its own user."""
+def _check_readable(rule_files: list[str], run_as: RunAs) -> None:
+    """What the aggregator and the view read as their own user: this Python and the gpusentry
+    package (a clone under /root is not theirs to read), and the rule files (again on SIGHUP)."""
     if run_as.account is None:
         return
-    for path in paths:
+    for code in (Path(sys.executable).parent, Path(__file__).parent):
+        if not _usable_by(code, run_as.account, 0o5):
+            raise UsageError(f"the aggregator runs as {run_as.user} and cannot read {code}",
+                             f"install gpusentry where {run_as.user} can read it (e.g. under /opt), or --user root")
+    for path in rule_files:
         if not _usable_by(Path(path), run_as.account, 0o4):
             raise UsageError(f"the aggregator runs as {run_as.user} and cannot read the rule file {path}",
                              f"make it readable by {run_as.user} (e.g. in /etc/gpusentry, mode 0644), "

@@ -98,7 +98,10 @@ def _header(snapshot: Snapshot) -> RenderableType:
         return line
     line.append(f"kernel {status.kernel}  up {int(status.uptime_s)}s  ")
     total = sum(status.events_by_kind.values())
-    line.append(f"events {total}  alerts {status.last_cursor}  subscribers {status.subscribers}  ")
+    line.append(f"events {total}  alerts {status.journal_alerts}  ")
+    if status.sensor_gaps:
+        line.append(f"blind windows {status.sensor_gaps}  ", style="bold red")
+    line.append(f"subscribers {status.subscribers}  ")
     dropped = [(d.hop, d.what, d.count) for d in status.drops if d.count]
     if dropped:
         line.append("drops: " + ", ".join(f"{hop} {what} {count}" for hop, what, count in dropped), style="bold red")

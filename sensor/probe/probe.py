@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import resource
 import threading
 import time
 from collections import Counter
@@ -88,8 +89,6 @@ class Probe:
         if self._stopped:
             return
         self._stopped = True
-        # Detaching waits on the kernel (RCU grace periods): under way first, it overlaps the rest.
-        closers = _start_detach(self.bpf) if self.bpf is not None else []
         self._stop.set()
         for thread in self._threads:
             if thread.name != "probe-writer":
@@ -106,7 +105,7 @@ class Probe:
         if after_last_frame is not None:
             after_last_frame()
         if self.bpf is not None:
-            _finish_detach(self.bpf, closers)
+            _detach(self.bpf)
             self.bpf = None
         self.router.close()
 
@@ -260,24 +259,43 @@ class Probe:
                 self._emit(proc, block=True)
 
 
-def _start_detach(bpf: Any) -> list[threading.Thread]:
-    """Close the tracepoints' perf events, all at once, on threads of their own.
+def _detach(bpf: Any) -> None:
+    """Detach every program, without making the agent wait for the kernel to finish.
 
-    Each detach waits for RCU grace periods in the kernel: one after another (BCC's own
-    cleanup, or the kernel's at exit) they take over a second for our 17 tracepoints, together
-    a fraction of that, so a failing agent is gone within a second."""
-    fds = list(getattr(bpf, "tracepoint_fds", {}).values())
+    Each tracepoint's detach waits for RCU grace periods: for our 17, over a second one after
+    another (BCC's cleanup, or the kernel's at exit), still about 0.6 s all at once, and a
+    failing agent must be gone within a second. So the last references to the tracepoints'
+    perf events go to a detached process that holds nothing else: it waits until we have
+    dropped ours (each close here is then only a reference dropped), then exits, and the
+    kernel releases them there, after we are gone."""
+    fds = sorted(getattr(bpf, "tracepoint_fds", {}).values())
     bpf.tracepoint_fds.clear()  # BCC's cleanup must not close them again
-    closers = [threading.Thread(target=os.close, args=(fd,), name="probe-detach") for fd in fds]
-    for closer in closers:
-        closer.start()
-    return closers
-
-
-def _finish_detach(bpf: Any, closers: list[threading.Thread]) -> None:
-    for closer in closers:
-        closer.join()
+    if fds:
+        ours_dropped, go = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            _release_in_background([*fds, ours_dropped])
+        os.waitpid(middle, 0)
+        for fd in (ours_dropped, *fds):
+            os.close(fd)
+        os.close(go)  # now the last references are its
     bpf.cleanup()
+
+
+def _release_in_background(keep: list[int]) -> None:
+    """In a forked child (async-signal-safe calls only): a grandchild, reparented at once so
+    nobody waits for it, keeps only the `keep` fds (the last is the pipe it waits on: its end
+    says the parent's references are gone) and exits, which releases them."""
+    try:
+        if os.fork() == 0:
+            low = 0
+            for fd in sorted(keep):
+                os.closerange(low, fd)  # the pipe to the aggregator above all: it must end now
+                low = fd + 1
+            os.closerange(low, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            os.read(keep[-1], 1)
+    finally:
+        os._exit(0)
 
 
 def _fill_argv_from_procfs(event: ev.Exec, config: program.ProbeConfig) -> None:

@@ -86,23 +86,29 @@ def test_record_and_analyze_commands(root: None, tmp_path: Path) -> None:
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT)
     stderr = recorder.stderr
     assert stderr is not None
-    wait_until(lambda: "recording to" in stderr.readline(), timeout=30, what="recorder start")
     marker = "cli-capture-marker"
-    subprocess.run(["/bin/true", marker], check=True)
 
     def recorded() -> bool:
         result = subprocess.run([sys.executable, "-m", "sensor", "analyze", "--json", "--events", str(capture)],
                                 capture_output=True, text=True, cwd=ROOT)
         return marker in result.stdout
 
-    wait_until(recorded, timeout=20, what="the exec in the capture")
-    recorder.terminate()
-    assert recorder.wait(timeout=20) == 0
+    try:
+        wait_until(lambda: "recording to" in stderr.readline(), timeout=30, what="recorder start")
+        subprocess.run(["/bin/true", marker], check=True)
+        wait_until(recorded, timeout=20, what="the exec in the capture")
+        recorder.terminate()
+        assert recorder.wait(timeout=20) == 0
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait()
     result = subprocess.run([sys.executable, "-m", "sensor", "analyze", "--json", "--events", str(capture)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
     assert f'"argv": ["/bin/true", "{marker}"]' in result.stdout
     assert "drops: none" in result.stdout
+    assert "capture: complete (it ends with the probe's End)" in result.stdout  # SIGTERM is a stop on purpose
 
     # The same file cut short fails with the offset of the broken frame.
     data = capture.read_bytes()

@@ -60,11 +60,11 @@ def targets(root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ta
                                    str(copy), "120"])
     netns_sleep = subprocess.Popen(["unshare", "--net", "/usr/bin/sleep", "120"])
     own = os.stat("/proc/self/ns/net").st_ino
-    netns = wait_until(lambda: (i if (i := os.stat(f"/proc/{netns_sleep.pid}/ns/net").st_ino) != own else 0),
-                       what="the process in its own namespace")
-    wait_until(lambda: Path(f"/proc/{user_sleep.pid}/exe").exists() and
-               os.stat(f"/proc/{user_sleep.pid}/exe").st_ino == copy.stat().st_ino, what="the copy running")
     try:
+        netns = wait_until(lambda: (i if (i := os.stat(f"/proc/{netns_sleep.pid}/ns/net").st_ino) != own else 0),
+                           what="the process in its own namespace")
+        wait_until(lambda: Path(f"/proc/{user_sleep.pid}/exe").exists() and
+                   os.stat(f"/proc/{user_sleep.pid}/exe").st_ino == copy.stat().st_ino, what="the copy running")
         yield Targets(root_sleep, user_sleep, copy, netns_sleep, netns)
     finally:
         for proc in (root_sleep, user_sleep, netns_sleep):

@@ -35,7 +35,7 @@ def test_waiting_for_the_agent() -> None:
 def test_alerts_gpu_events_and_drops_are_shown() -> None:
     snapshot = Snapshot("unix:/tmp/s.sock")
     snapshot.status = pb.Status(kernel="6.18", uptime_s=61, events_by_kind={"exec": 10, "connect": 5},
-                                subscribers=2, last_cursor=3,
+                                subscribers=2, last_cursor=5, journal_alerts=3, sensor_gaps=2,
                                 drops=[pb.DropCounter(hop="kernel", what="ring buffer: exec", count=7),
                                        pb.DropCounter(hop="probe", what="queue full: exec", count=0)])
     proc = pb.ProcessRef(exec_id="42:1:1", pid=42, exe="/usr/bin/python3")
@@ -57,7 +57,7 @@ def test_alerts_gpu_events_and_drops_are_shown() -> None:
         connect=pb.Connect(address="203.0.113.9", port=3333, destination="egress"))])), now=4)
     apply(snapshot, pb.SubscribeResponse(gap=pb.Gap(missed_events=40, missed_alerts=1)), now=5)
     text = screen(snapshot)
-    assert "kernel 6.18  up 61s  events 15  alerts 3  subscribers 2" in text
+    assert "kernel 6.18  up 61s  events 15  alerts 3  blind windows 2  subscribers 2" in text
     assert "drops: kernel ring buffer: exec 7" in text and "this view missed 41 in 1 gap(s)" in text
     assert "CRITICAL  reverse-tunnel-then-gpu-compute" in text
     assert "tunnel: ssh tunnel (reverse) to 198.51.100.1 → gpu_compute: GPU compute class 0xcbc0" in text
