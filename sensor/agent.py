@@ -200,7 +200,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_detection(args)  # an invalid rule file, API setting or journal stops the agent before anything starts
     endpoint_of(args)
     program.preflight()  # privileges first: without them, nothing below is the real problem
-    Journal(Path(args.journal)).close()
     if args.socket != "none" and answers(Path(args.socket)):
         raise socket_in_use(Path(args.socket))  # here, one line; in the aggregator it would be two
     view = args.view if args.view is not None else (sys.stdout.isatty() and not args.json)
@@ -208,7 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("the live view reads the API's socket, and --socket is none", "keep a socket, or --no-view")
     run_as = _run_as(args)
     _check_readable(args.rules, run_as)
-    _prepare_directories(args, run_as)
+    _prepare_directories(args, run_as)  # before the journal is opened: a directory it made would be root's
+    Journal(Path(args.journal)).close()
+    _own_journal(args, run_as)
     child = subprocess.Popen(run_as.command(_aggregate_command(args, view), group=args.socket_group),
                              stdin=subprocess.PIPE, start_new_session=True)
     assert child.stdin is not None
@@ -337,8 +338,12 @@ def _prepare_directories(args: argparse.Namespace, run_as: RunAs) -> None:
         wanted.append((socket_dir, 0o755, socket_dir == DEFAULT_SOCKET.parent))
     for directory, mode, default in wanted:
         _prepare(directory, mode, default, run_as)
+
+
+def _own_journal(args: argparse.Namespace, run_as: RunAs) -> None:
+    """The journal's files (just checked to be a journal) belong to the aggregator's user."""
     if run_as.account is not None:
-        for suffix in ("", "-wal", "-shm"):  # checked as a journal already (cmd_run)
+        for suffix in ("", "-wal", "-shm"):
             journal = Path(args.journal + suffix)
             if journal.exists():
                 os.chown(journal, run_as.account.uid, run_as.account.gid)

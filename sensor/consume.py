@@ -282,7 +282,8 @@ def summary(aggregator: Aggregator) -> str:
     c = aggregator.counters
     events = ", ".join(f"{k}={v}" for k, v in sorted(c.events.items()))
     drops = {**{f"kernel.{k}": v for k, v in c.kernel_drops.items() if v},
-             **{f"probe.{k}": v for k, v in c.probe_drops.items() if v}}
+             **{f"probe.{k}": v for k, v in c.probe_drops.items() if v},
+             **{f"probe.{k}": v for k, v in c.verdicts_missed.items() if v}}
     drop_text = ", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "none"
     live = sum(1 for p in aggregator.table if p.alive)
     ending = "complete (it ends with the probe's End)" if c.events.get("end") else \

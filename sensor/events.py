@@ -175,6 +175,8 @@ class Stats(Event):
     kernel_drops: dict[str, int] = field(default_factory=dict)  # ring-buffer reserve failures
     probe_drops: dict[str, int] = field(default_factory=dict)  # probe queue full
     records: dict[str, int] = field(default_factory=dict)  # records read from the ring buffer
+    # verdicts the probe could not make from the host, by kind (VERDICTS_MISSED): blind spots
+    verdicts_missed: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -184,6 +186,13 @@ class End(Event):
 
     KIND = Kind.END
     reason: str = ""  # why it stopped, e.g. "stopped by SIGTERM"
+
+
+# What each kind of missed verdict means, for status and output.
+VERDICTS_MISSED = {
+    "route_by_range": "connections judged by address ranges (their namespace's routing table could not be read)",
+    "binary_unread": "execs whose binary could not be read to identify it (process and file gone)",
+}
 
 
 class GpuKind(IntEnum):

@@ -39,6 +39,7 @@ class Counters:
     kernel_drops: dict[str, int] = field(default_factory=dict)
     probe_drops: dict[str, int] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)
+    verdicts_missed: dict[str, int] = field(default_factory=dict)  # the probe's blind spots (ev.VERDICTS_MISSED)
     unknown_process: int = 0  # events for a process neither forked nor in the snapshot
     gpu_count_overflow: int = 0  # GPU ioctls the kernel could not count: its map was full
 
@@ -138,6 +139,7 @@ class Aggregator:
     def _on_stats(self, event: ev.Stats) -> None:
         self.counters.kernel_drops = event.kernel_drops
         self.counters.probe_drops = event.probe_drops
+        self.counters.verdicts_missed = event.verdicts_missed
         self.counters.records = event.records
 
     def _on_gpu_counters(self, event: ev.GpuCounters) -> None:

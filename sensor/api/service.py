@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from sensor import events as ev
 from sensor.aggregator.process_table import Process
 from sensor.api import convert
 from sensor.api.broker import Behind, Item, Subscription, TooManySubscribers, alert_matches
@@ -269,6 +270,8 @@ def status_of(state: ApiState) -> pb.Status:
                                 count=counters.gpu_count_overflow))
     drops += [pb.DropCounter(hop="probe", what=f"queue full: {k}", count=v) for k, v in
               sorted(counters.probe_drops.items())]
+    drops += [pb.DropCounter(hop="probe", what=ev.VERDICTS_MISSED.get(k, k), count=v) for k, v in
+              sorted(counters.verdicts_missed.items())]
     drops.append(pb.DropCounter(hop="aggregator", what="processes evicted at the table's cap",
                                 count=aggregator.table.stats.evicted))
     sessions = list(aggregator.gpu)

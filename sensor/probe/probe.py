@@ -250,7 +250,8 @@ class Probe:
         probe = dict(self.probe_drops)
         if self.decode_errors:
             probe["undecodable"] = self.decode_errors
-        return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records))
+        missed = {"route_by_range": self.router.stats.by_range, "binary_unread": self.identity.stats.unread}
+        return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records), missed)
 
     def _emit_snapshot(self) -> None:
         for proc in procfs.snapshot():

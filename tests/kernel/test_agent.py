@@ -238,6 +238,20 @@ def test_socket_and_journal_belong_to_the_unprivileged_side(agents: list[Agent])
     assert agent.stop() == 0
 
 
+def test_directories_the_agent_makes_are_the_unprivileged_users(agents: list[Agent]) -> None:
+    work = workdir()
+    journal, sock = work / "state" / "journal.db", work / "run" / "api.sock"
+    agent = Agent("--socket", str(sock), "--journal", str(journal), "--quiet")
+    agents.append(agent)
+    wait_until(lambda: sock.exists() and _safe_journaled(sock), what="the API")
+    owner = (AGENT_USER.pw_uid, AGENT_USER.pw_gid)
+    for directory, mode in ((journal.parent, 0o700), (sock.parent, 0o755)):  # alerts are private; the
+        st = os.stat(directory)  # socket's own mode (0660) guards the API
+        assert ((st.st_uid, st.st_gid), st.st_mode & 0o7777) == (owner, mode), directory
+    assert (os.stat(journal).st_uid, os.stat(journal).st_gid) == owner
+    assert agent.stop() == 0
+
+
 def test_a_directory_the_agent_user_cannot_use_is_refused_before_anything_starts(root: None,
                                                                                 tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "sensor", "run", "--no-view", "--socket",
@@ -550,17 +564,19 @@ def test_graceful_restart_keeps_the_journal_and_the_socket_group(agents: list[Ag
     assert second.stop() == 0
 
 
-def test_a_damaged_journal_stops_the_agent_and_is_left_as_it_was(root: None, tmp_path: Path) -> None:
-    journal = tmp_path / "journal.db"
+def test_a_damaged_journal_stops_the_agent_and_is_left_as_it_was(root: None) -> None:
+    work = workdir()
+    journal = work / "journal.db"
     journal.write_bytes(b"this is not a SQLite database " * 200)
     before = journal.read_bytes()
     result = subprocess.run([sys.executable, "-m", "sensor", "run", "--journal", str(journal), "--socket",
-                             str(tmp_path / "s.sock")], capture_output=True, text=True, cwd=ROOT)
+                             str(work / "s.sock")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"gpusentry: error: cannot use {journal} as the alert journal: file is not a database; fix: move the file "
         "aside (it is left untouched) and start again; a new journal is created"]
     assert journal.read_bytes() == before
+    assert os.stat(journal).st_uid == 0  # not even chowned
 
 
 def test_a_second_agent_on_the_same_socket_stops_before_starting(agents: list[Agent]) -> None:

@@ -705,6 +705,14 @@ def test_get_process_and_status(api: Harness) -> None:
     assert {r.id: r.alerts for r in status.rules.rules}["marker"] == 1
 
 
+def test_status_shows_the_verdicts_the_probe_could_not_make(api: Harness) -> None:
+    api.feed(ev.Stats(api.tick(), 1, 1, verdicts_missed={"route_by_range": 3, "binary_unread": 1}))
+    drops = sensor_stub(api.channel()).GetStatus(pb.GetStatusRequest()).drops
+    assert [(d.hop, d.what, d.count) for d in drops if d.hop == "probe"] == [
+        ("probe", "execs whose binary could not be read to identify it (process and file gone)", 1),
+        ("probe", "connections judged by address ranges (their namespace's routing table could not be read)", 3)]
+
+
 def test_status_counts_partial_matches_a_reload_discards(api: Harness, tmp_path: Path) -> None:
     api.spawn(10, 70, "/bin/marker")  # the first step of marker-then-4444: a partial match opens
     detector = api.state.aggregator.detector
