@@ -15,13 +15,13 @@ Needs root. Baselines run in the same invocation; compare ratios, not absolute r
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from bench.figures import spread
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
 from sensor.probe.probe import Probe
@@ -77,9 +77,6 @@ def flood(helpers: dict[str, Path], target: Path, count: int, procs: int) -> lis
 def rate(results: list[tuple[int, int, float]]) -> float:
     return sum(count for _, count, _ in results) / max(seconds for _, _, seconds in results)
 
-
-def spread(values: list[float], fmt: str = "{:.3f}") -> str:
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
 def main() -> None:

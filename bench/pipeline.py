@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.figures import spread
 from sensor import events as ev
 from sensor.capture import open_capture
 
@@ -82,9 +82,6 @@ def recorded_trial(helper: Path, capture: Path, calls: int, rate: int, port: int
     probe = last_stats.probe_drops.get("connect", 0) if last_stats else -1
     return Trial(rate, calls, achieved, delivered, kernel, probe)
 
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from bench.figures import spread
 from sensor.rules.conditions import MAX_TEXT, Condition, compile_condition
 
 # pattern -> its worst case: a text of MAX_TEXT characters that it searches to the end and does not match
@@ -44,9 +44,6 @@ def per_call_us(condition: Condition, text: str, calls: int) -> float:
         condition.holds(text)
     return (time.perf_counter() - start) / calls * 1e6
 
-
-def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-    return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
 
 
 def measure(calls: int, repeat: int) -> dict[str, tuple[list[float], list[float], list[float]]]:
@@ -94,7 +91,8 @@ def main() -> None:
           f"median [min-max] over {args.repeat} runs of {args.calls}, against `contains` on the same text")
     print(f"  {'pattern':<18} {'regex us':>20} {'contains us':>18}   ratio")
     for pattern, (times, base, ratios) in results.items():
-        print(f"  {pattern:<18} {spread(times):>20} {spread(base):>18}   x{spread(ratios, '{:.2f}')}")
+        us = "{:.1f}"
+        print(f"  {pattern:<18} {spread(times, us):>20} {spread(base, us):>18}   x{spread(ratios, '{:.2f}')}")
     print("stdlib re (backtracking) on (a|a)*b over a's then '!', one run each:")
     for line in stdlib_contrast(args.calls):
         print(line)

@@ -17,6 +17,7 @@ import statistics
 import time
 from typing import Any
 
+from bench.figures import spread
 from sensor import events as ev
 from sensor.aggregator import facts as f
 from sensor.aggregator.aggregator import Aggregator
@@ -26,6 +27,7 @@ from sensor.rules.loader import load_rules
 from sensor.rules.model import RuleSet
 
 SEC = 1_000_000_000
+RATE = "{:,.0f}"  # facts or events per second
 
 
 def fact_stream(count: int, processes: list[Process], seed: int = 7) -> list[tuple[f.Fact, Process]]:
@@ -103,9 +105,6 @@ def aggregator_rate(events: list[ev.Event]) -> float:
     return len(events) / (time.perf_counter() - start)
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} [{min(values):,.0f}-{max(values):,.0f}]"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -123,13 +122,13 @@ def main() -> None:
         ratios.append(base / rate)
     events = event_stream(args.facts)
     aggregated = [aggregator_rate(events) for _ in range(args.repeat)]
-    print(f"rule engine, {len(builtin.rules)} built-in rules: {spread(with_rules)} facts/s")
-    print(f"  baseline without rules: {spread(baseline)} facts/s; cost ratio "
+    print(f"rule engine, {len(builtin.rules)} built-in rules: {spread(with_rules, RATE)} facts/s")
+    print(f"  baseline without rules: {spread(baseline, RATE)} facts/s; cost ratio "
           f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]")
     assert stats is not None
     print(f"  last run: {stats.alerts} alerts, {stats.partials} partial matches open, "
           f"{stats.suppressed} repeats suppressed")
-    print(f"whole aggregator (classifiers, taint, rules) on exec/connect events: {spread(aggregated)} events/s")
+    print(f"whole aggregator (classifiers, taint, rules) on exec/connect events: {spread(aggregated, RATE)} events/s")
 
 
 if __name__ == "__main__":

@@ -16,16 +16,18 @@ import argparse
 import ctypes
 import ipaddress
 import os
-import statistics
 import struct
 import subprocess
 import time
 from collections.abc import Callable
 
+from bench.figures import spread
 from sensor import events as ev
 from sensor.probe import records
 from sensor.probe.identity import BinaryIdentity
 from sensor.probe.routes import Router
+
+US = "{:.2f}"
 
 
 def exec_record() -> ctypes.Array[ctypes.c_char]:
@@ -44,9 +46,6 @@ def per_call_us(work: Callable[[int], object], calls: int) -> float:
         work(i)
     return (time.perf_counter() - start) / calls * 1e6
 
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
 
 
 def main() -> None:
@@ -90,7 +89,7 @@ def main() -> None:
           f"of {args.calls}")
     for name, values in results.items():
         ratios = [v / b for v, b in zip(values, base, strict=True)]
-        print(f"  {name:28} {spread(values):>22} us   x{spread(ratios)} the baseline")
+        print(f"  {name:28} {spread(values, US):>22} us   x{spread(ratios, US)} the baseline")
 
 
 if __name__ == "__main__":
