@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -144,7 +145,12 @@ def client_channel(args: argparse.Namespace) -> tuple[grpc.Channel, str]:
 def cmd_watch(args: argparse.Namespace) -> int:
     from sensor.view import Watcher
 
-    channel, endpoint = client_channel(args)
+    try:
+        channel, endpoint = client_channel(args)
+    except UsageError:
+        if args.lifeline is not None and _ended(args.lifeline):
+            return 0  # the agent that started this view is gone already, and has said why
+        raise
     watcher = Watcher(channel, endpoint)
     # the agent stops its view with SIGTERM: leave the terminal as it was
     signal.signal(signal.SIGTERM, lambda *_: watcher.stop.set())
@@ -157,6 +163,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     finally:
         channel.close()  # ends the subscription now, rather than when the agent's server goes
     return 0
+
+
+def _ended(lifeline: int) -> bool:
+    """Whether the agent's end of the lifeline is closed (reading it would not block, and gets nothing)."""
+    readable, _, _ = select.select([lifeline], [], [], 0)
+    return bool(readable) and os.read(lifeline, 64) == b""
 
 
 def _end_with(lifeline: int, stop: threading.Event) -> None:

@@ -267,6 +267,12 @@ def test_a_directory_the_agent_user_cannot_use_is_refused_before_anything_starts
 # -- no half-alive agent ---------------------------------------------------------------------
 
 
+def _status(sock: Path) -> Any:
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    return _api(sock).GetStatus(pb.GetStatusRequest())  # type: ignore[attr-defined]
+
+
 def _gaps(sock: Path) -> list[Any]:
     from sensor.api.v1 import gpusentry_pb2 as pb
 
@@ -293,6 +299,7 @@ def test_kill_9_of_the_probe_stops_the_rest_within_a_second_and_journals_the_bli
 
     threading.Thread(target=read, daemon=True).start()
     wait_until(lambda: received, what="the subscription")
+    wait_until(lambda: _status(sock).subscribers == 2, what="the live view subscribed too")
     killed = time.monotonic()
     os.kill(agent.proc.pid, signal.SIGKILL)
     aggregator = psutil_wait(children["aggregate"])  # not waiting for the probe's own end first: the
@@ -327,6 +334,8 @@ def test_kill_9_of_the_aggregator_or_the_view_stops_the_probe_within_a_second(ag
     agent = Agent("--view", "--quiet", json_lines=False)
     agents.append(agent)
     children = wait_until(lambda: (c if "watch" in (c := agent.children()) else {}), what="the live view")
+    wait_until(lambda: (agent.tmp / "api.sock").exists() and _status(agent.tmp / "api.sock").subscribers == 1,
+               what="the live view subscribed")
     killed = time.monotonic()
     os.kill(children[victim], signal.SIGKILL)
     assert agent.proc.wait(timeout=10) == 2
