@@ -30,7 +30,6 @@ from sensor.errors import GpusentryError
 # linux/capability.h
 CAP_KILL = 5
 CAP_SETGID = 6
-CAP_SETUID = 7
 CAP_SETPCAP = 8
 CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21

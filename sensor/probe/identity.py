@@ -58,8 +58,6 @@ class Identity:
 
 @dataclass
 class IdentityStats:
-    judged: int = 0
-    cached: int = 0
     hashed: int = 0  # files read whole to compare content
     unread: int = 0  # execs whose file could not be read (no verdict)
 
@@ -103,12 +101,8 @@ class BinaryIdentity:
             self._tools[(st.st_dev, st.st_ino)] = tool
             self._by_size.setdefault(st.st_size, []).append((tool, os.path.realpath(found)))
 
-    def known(self) -> dict[tuple[int, int], str]:
-        return dict(self._tools)
-
     def identify(self, pid: int, dev: int, ino: int, path: bytes) -> Identity:
         """The exec'd file of process `pid` (device and inode from the kernel; `path` as exec'd)."""
-        self.stats.judged += 1
         fd = _open_checked(f"/proc/{pid}/exe", dev, ino)
         if fd is None and path.startswith(b"/"):
             fd = _open_checked(os.fsdecode(path), dev, ino)
@@ -128,7 +122,6 @@ class BinaryIdentity:
         cached = self._cache.get(file)
         if cached is not None:
             self._cache.move_to_end(file)
-            self.stats.cached += 1
             return cached
         verdict = self._by_content(fd, file)
         self._cache[file] = verdict

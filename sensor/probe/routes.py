@@ -132,7 +132,6 @@ def _destination(body: bytes) -> Destination:
 @dataclass
 class RouteStats:
     lookups: int = 0  # questions put to a routing table
-    cached: int = 0
     by_range: int = 0  # namespaces that could not be entered: decided by address ranges
     namespaces: int = 0  # namespaces with a socket open now
 
@@ -174,7 +173,6 @@ class Router:
         cached = self._cache.get(key)
         if cached is not None and now - cached[0] < CACHE_TTL_NS:
             self._cache.move_to_end(key)
-            self.stats.cached += 1
             return cached[1], False
         sock = self._socket(netns, pid)
         if sock is None:
