@@ -30,6 +30,21 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_GPU_ACTIVITY: _ClassVar[EventKind]
     EVENT_KIND_TUNNEL: _ClassVar[EventKind]
     EVENT_KIND_EGRESS: _ClassVar[EventKind]
+    EVENT_KIND_FORK: _ClassVar[EventKind]
+    EVENT_KIND_ACCEPT: _ClassVar[EventKind]
+    EVENT_KIND_TCP_ESTABLISHED: _ClassVar[EventKind]
+
+class FactKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FACT_KIND_UNSPECIFIED: _ClassVar[FactKind]
+    FACT_KIND_EXEC: _ClassVar[FactKind]
+    FACT_KIND_CONNECT: _ClassVar[FactKind]
+    FACT_KIND_EGRESS: _ClassVar[FactKind]
+    FACT_KIND_TUNNEL: _ClassVar[FactKind]
+    FACT_KIND_MINER: _ClassVar[FactKind]
+    FACT_KIND_INTERNAL_SCAN: _ClassVar[FactKind]
+    FACT_KIND_GPU_OPEN: _ClassVar[FactKind]
+    FACT_KIND_GPU_COMPUTE: _ClassVar[FactKind]
 SEVERITY_UNSPECIFIED: Severity
 SEVERITY_INFO: Severity
 SEVERITY_LOW: Severity
@@ -45,6 +60,26 @@ EVENT_KIND_GPU_OBJECT: EventKind
 EVENT_KIND_GPU_ACTIVITY: EventKind
 EVENT_KIND_TUNNEL: EventKind
 EVENT_KIND_EGRESS: EventKind
+EVENT_KIND_FORK: EventKind
+EVENT_KIND_ACCEPT: EventKind
+EVENT_KIND_TCP_ESTABLISHED: EventKind
+FACT_KIND_UNSPECIFIED: FactKind
+FACT_KIND_EXEC: FactKind
+FACT_KIND_CONNECT: FactKind
+FACT_KIND_EGRESS: FactKind
+FACT_KIND_TUNNEL: FactKind
+FACT_KIND_MINER: FactKind
+FACT_KIND_INTERNAL_SCAN: FactKind
+FACT_KIND_GPU_OPEN: FactKind
+FACT_KIND_GPU_COMPUTE: FactKind
+
+class Host(_message.Message):
+    __slots__ = ("hostname", "machine_id")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    machine_id: str
+    def __init__(self, hostname: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...
 
 class Process(_message.Message):
     __slots__ = ("exec_id", "pid", "ppid", "exe", "argv", "argc", "uid", "loginuid", "cgroup_id", "start_time", "alive", "exit_code", "tunnel_scopes", "inherited")
@@ -89,7 +124,7 @@ class ProcessRef(_message.Message):
     def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., exe: _Optional[str] = ...) -> None: ...
 
 class Exec(_message.Message):
-    __slots__ = ("filename", "argv", "argc", "argv_truncated", "result", "uid", "gid", "cgroup_id")
+    __slots__ = ("filename", "argv", "argc", "argv_truncated", "result", "uid", "gid", "cgroup_id", "arg_cut", "argv_unread", "filename_cut", "argc_unknown", "argv_from_procfs", "ppid", "loginuid", "tool", "identity")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ARGC_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +133,15 @@ class Exec(_message.Message):
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     CGROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    ARG_CUT_FIELD_NUMBER: _ClassVar[int]
+    ARGV_UNREAD_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_CUT_FIELD_NUMBER: _ClassVar[int]
+    ARGC_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FROM_PROCFS_FIELD_NUMBER: _ClassVar[int]
+    PPID_FIELD_NUMBER: _ClassVar[int]
+    LOGINUID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
     filename: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     argc: int
@@ -106,7 +150,16 @@ class Exec(_message.Message):
     uid: int
     gid: int
     cgroup_id: int
-    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ...) -> None: ...
+    arg_cut: bool
+    argv_unread: bool
+    filename_cut: bool
+    argc_unknown: bool
+    argv_from_procfs: bool
+    ppid: int
+    loginuid: int
+    tool: str
+    identity: str
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., arg_cut: _Optional[bool] = ..., argv_unread: _Optional[bool] = ..., filename_cut: _Optional[bool] = ..., argc_unknown: _Optional[bool] = ..., argv_from_procfs: _Optional[bool] = ..., ppid: _Optional[int] = ..., loginuid: _Optional[int] = ..., tool: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
 
 class Exit(_message.Message):
     __slots__ = ("exit_code", "signal")
@@ -117,18 +170,58 @@ class Exit(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ...) -> None: ...
 
 class Connect(_message.Message):
-    __slots__ = ("family", "address", "port", "result", "destination")
+    __slots__ = ("family", "address", "port", "result", "destination", "route_by_range", "allowed", "fd")
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_BY_RANGE_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    FD_FIELD_NUMBER: _ClassVar[int]
     family: str
     address: str
     port: int
     result: int
     destination: str
-    def __init__(self, family: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., result: _Optional[int] = ..., destination: _Optional[str] = ...) -> None: ...
+    route_by_range: bool
+    allowed: bool
+    fd: int
+    def __init__(self, family: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., result: _Optional[int] = ..., destination: _Optional[str] = ..., route_by_range: _Optional[bool] = ..., allowed: _Optional[bool] = ..., fd: _Optional[int] = ...) -> None: ...
+
+class Fork(_message.Message):
+    __slots__ = ("child_pid",)
+    CHILD_PID_FIELD_NUMBER: _ClassVar[int]
+    child_pid: int
+    def __init__(self, child_pid: _Optional[int] = ...) -> None: ...
+
+class Accept(_message.Message):
+    __slots__ = ("fd", "family", "address", "port")
+    FD_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    fd: int
+    family: str
+    address: str
+    port: int
+    def __init__(self, fd: _Optional[int] = ..., family: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class TcpEstablished(_message.Message):
+    __slots__ = ("family", "source_address", "source_port", "destination_address", "destination_port", "destination")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_PORT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_PORT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    source_address: str
+    source_port: int
+    destination_address: str
+    destination_port: int
+    destination: str
+    def __init__(self, family: _Optional[str] = ..., source_address: _Optional[str] = ..., source_port: _Optional[int] = ..., destination_address: _Optional[str] = ..., destination_port: _Optional[int] = ..., destination: _Optional[str] = ...) -> None: ...
 
 class GpuOpen(_message.Message):
     __slots__ = ("device", "minor", "by_name")
@@ -191,7 +284,7 @@ class GpuActivity(_message.Message):
     def __init__(self, calls_by_command: _Optional[_Mapping[str, int]] = ..., rate_by_device: _Optional[_Mapping[str, float]] = ..., errors: _Optional[int] = ..., suppressed: _Optional[int] = ...) -> None: ...
 
 class Tunnel(_message.Message):
-    __slots__ = ("tool", "reverse", "directions", "remote_host", "remote_user", "remote_port", "forwards")
+    __slots__ = ("tool", "reverse", "directions", "remote_host", "remote_user", "remote_port", "forwards", "scope")
     TOOL_FIELD_NUMBER: _ClassVar[int]
     REVERSE_FIELD_NUMBER: _ClassVar[int]
     DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +292,7 @@ class Tunnel(_message.Message):
     REMOTE_USER_FIELD_NUMBER: _ClassVar[int]
     REMOTE_PORT_FIELD_NUMBER: _ClassVar[int]
     FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     tool: str
     reverse: bool
     directions: _containers.RepeatedScalarFieldContainer[str]
@@ -206,23 +300,27 @@ class Tunnel(_message.Message):
     remote_user: str
     remote_port: int
     forwards: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tool: _Optional[str] = ..., reverse: _Optional[bool] = ..., directions: _Optional[_Iterable[str]] = ..., remote_host: _Optional[str] = ..., remote_user: _Optional[str] = ..., remote_port: _Optional[int] = ..., forwards: _Optional[_Iterable[str]] = ...) -> None: ...
+    scope: str
+    def __init__(self, tool: _Optional[str] = ..., reverse: _Optional[bool] = ..., directions: _Optional[_Iterable[str]] = ..., remote_host: _Optional[str] = ..., remote_user: _Optional[str] = ..., remote_port: _Optional[int] = ..., forwards: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ...) -> None: ...
 
 class Egress(_message.Message):
-    __slots__ = ("address", "port", "result")
+    __slots__ = ("address", "port", "result", "allowed")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
     address: str
     port: int
     result: int
-    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., result: _Optional[int] = ...) -> None: ...
+    allowed: bool
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ..., result: _Optional[int] = ..., allowed: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("time", "kind", "process", "exec", "exit", "connect", "gpu_open", "gpu_object", "gpu_activity", "tunnel", "egress")
+    __slots__ = ("time", "kind", "process", "ts", "exec", "exit", "connect", "gpu_open", "gpu_object", "gpu_activity", "tunnel", "egress", "fork", "accept", "tcp_established")
     TIME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROCESS_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
     EXEC_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
     CONNECT_FIELD_NUMBER: _ClassVar[int]
@@ -231,9 +329,13 @@ class Event(_message.Message):
     GPU_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_FIELD_NUMBER: _ClassVar[int]
     EGRESS_FIELD_NUMBER: _ClassVar[int]
+    FORK_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    TCP_ESTABLISHED_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     kind: EventKind
     process: ProcessRef
+    ts: int
     exec: Exec
     exit: Exit
     connect: Connect
@@ -242,21 +344,110 @@ class Event(_message.Message):
     gpu_activity: GpuActivity
     tunnel: Tunnel
     egress: Egress
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_object: _Optional[_Union[GpuObject, _Mapping]] = ..., gpu_activity: _Optional[_Union[GpuActivity, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ...) -> None: ...
+    fork: Fork
+    accept: Accept
+    tcp_established: TcpEstablished
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., ts: _Optional[int] = ..., exec: _Optional[_Union[Exec, _Mapping]] = ..., exit: _Optional[_Union[Exit, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_object: _Optional[_Union[GpuObject, _Mapping]] = ..., gpu_activity: _Optional[_Union[GpuActivity, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., fork: _Optional[_Union[Fork, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., tcp_established: _Optional[_Union[TcpEstablished, _Mapping]] = ...) -> None: ...
+
+class ExecFact(_message.Message):
+    __slots__ = ("exe", "name", "argv", "cmdline", "uid", "loginuid", "known_tool")
+    EXE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    LOGINUID_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_TOOL_FIELD_NUMBER: _ClassVar[int]
+    exe: str
+    name: str
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    cmdline: str
+    uid: int
+    loginuid: int
+    known_tool: str
+    def __init__(self, exe: _Optional[str] = ..., name: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., cmdline: _Optional[str] = ..., uid: _Optional[int] = ..., loginuid: _Optional[int] = ..., known_tool: _Optional[str] = ...) -> None: ...
+
+class MinerFact(_message.Message):
+    __slots__ = ("reason", "detail", "address", "port")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    detail: str
+    address: str
+    port: int
+    def __init__(self, reason: _Optional[str] = ..., detail: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class InternalScanFact(_message.Message):
+    __slots__ = ("destinations", "window_s")
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    destinations: int
+    window_s: int
+    def __init__(self, destinations: _Optional[int] = ..., window_s: _Optional[int] = ...) -> None: ...
+
+class GpuComputeFact(_message.Message):
+    __slots__ = ("handle", "class_id", "architecture", "channel_class", "device_id", "by_name")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_CLASS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    BY_NAME_FIELD_NUMBER: _ClassVar[int]
+    handle: int
+    class_id: int
+    architecture: str
+    channel_class: int
+    device_id: int
+    by_name: bool
+    def __init__(self, handle: _Optional[int] = ..., class_id: _Optional[int] = ..., architecture: _Optional[str] = ..., channel_class: _Optional[int] = ..., device_id: _Optional[int] = ..., by_name: _Optional[bool] = ...) -> None: ...
+
+class Fact(_message.Message):
+    __slots__ = ("time", "ts", "kind", "process", "summary", "exec", "connect", "egress", "tunnel", "miner", "internal_scan", "gpu_open", "gpu_compute")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    EXEC_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_FIELD_NUMBER: _ClassVar[int]
+    MINER_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_SCAN_FIELD_NUMBER: _ClassVar[int]
+    GPU_OPEN_FIELD_NUMBER: _ClassVar[int]
+    GPU_COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    ts: int
+    kind: FactKind
+    process: ProcessRef
+    summary: str
+    exec: ExecFact
+    connect: Connect
+    egress: Egress
+    tunnel: Tunnel
+    miner: MinerFact
+    internal_scan: InternalScanFact
+    gpu_open: GpuOpen
+    gpu_compute: GpuComputeFact
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ts: _Optional[int] = ..., kind: _Optional[_Union[FactKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., summary: _Optional[str] = ..., exec: _Optional[_Union[ExecFact, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., miner: _Optional[_Union[MinerFact, _Mapping]] = ..., internal_scan: _Optional[_Union[InternalScanFact, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_compute: _Optional[_Union[GpuComputeFact, _Mapping]] = ...) -> None: ...
 
 class AlertStep(_message.Message):
-    __slots__ = ("fact", "time", "summary", "exec_id", "fields_json")
+    __slots__ = ("fact", "time", "summary", "exec_id", "fields_json", "detail")
     FACT_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     fact: str
     time: _timestamp_pb2.Timestamp
     summary: str
     exec_id: str
     fields_json: str
-    def __init__(self, fact: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., exec_id: _Optional[str] = ..., fields_json: _Optional[str] = ...) -> None: ...
+    detail: Fact
+    def __init__(self, fact: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., summary: _Optional[str] = ..., exec_id: _Optional[str] = ..., fields_json: _Optional[str] = ..., detail: _Optional[_Union[Fact, _Mapping]] = ...) -> None: ...
 
 class AlertProcess(_message.Message):
     __slots__ = ("process", "ancestors")
@@ -267,7 +458,7 @@ class AlertProcess(_message.Message):
     def __init__(self, process: _Optional[_Union[Process, _Mapping]] = ..., ancestors: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
 
 class Alert(_message.Message):
-    __slots__ = ("cursor", "rule_id", "severity", "title", "description", "tags", "time", "scope", "scope_key", "steps", "processes")
+    __slots__ = ("cursor", "rule_id", "severity", "title", "description", "tags", "time", "scope", "scope_key", "steps", "processes", "id", "incident_id", "ts")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +470,9 @@ class Alert(_message.Message):
     SCOPE_KEY_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
     PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
     cursor: int
     rule_id: str
     severity: Severity
@@ -290,7 +484,48 @@ class Alert(_message.Message):
     scope_key: str
     steps: _containers.RepeatedCompositeFieldContainer[AlertStep]
     processes: _containers.RepeatedCompositeFieldContainer[AlertProcess]
-    def __init__(self, cursor: _Optional[int] = ..., rule_id: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[str] = ..., scope_key: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[AlertStep, _Mapping]]] = ..., processes: _Optional[_Iterable[_Union[AlertProcess, _Mapping]]] = ...) -> None: ...
+    id: str
+    incident_id: str
+    ts: int
+    def __init__(self, cursor: _Optional[int] = ..., rule_id: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scope: _Optional[str] = ..., scope_key: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[AlertStep, _Mapping]]] = ..., processes: _Optional[_Iterable[_Union[AlertProcess, _Mapping]]] = ..., id: _Optional[str] = ..., incident_id: _Optional[str] = ..., ts: _Optional[int] = ...) -> None: ...
+
+class Incident(_message.Message):
+    __slots__ = ("id", "cursor", "first_seen", "last_seen", "severity", "summary", "rule_ids", "scope_keys", "alerts", "alerts_total", "processes", "tunnels", "gpu_compute", "connections", "first_ts", "last_ts", "host")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    RULE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    TUNNELS_FIELD_NUMBER: _ClassVar[int]
+    GPU_COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    cursor: int
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    severity: Severity
+    summary: str
+    rule_ids: _containers.RepeatedScalarFieldContainer[str]
+    scope_keys: _containers.RepeatedScalarFieldContainer[str]
+    alerts: _containers.RepeatedCompositeFieldContainer[Alert]
+    alerts_total: int
+    processes: _containers.RepeatedCompositeFieldContainer[AlertProcess]
+    tunnels: _containers.RepeatedCompositeFieldContainer[Fact]
+    gpu_compute: _containers.RepeatedCompositeFieldContainer[Fact]
+    connections: _containers.RepeatedCompositeFieldContainer[Fact]
+    first_ts: int
+    last_ts: int
+    host: Host
+    def __init__(self, id: _Optional[str] = ..., cursor: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., severity: _Optional[_Union[Severity, str]] = ..., summary: _Optional[str] = ..., rule_ids: _Optional[_Iterable[str]] = ..., scope_keys: _Optional[_Iterable[str]] = ..., alerts: _Optional[_Iterable[_Union[Alert, _Mapping]]] = ..., alerts_total: _Optional[int] = ..., processes: _Optional[_Iterable[_Union[AlertProcess, _Mapping]]] = ..., tunnels: _Optional[_Iterable[_Union[Fact, _Mapping]]] = ..., gpu_compute: _Optional[_Iterable[_Union[Fact, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[Fact, _Mapping]]] = ..., first_ts: _Optional[int] = ..., last_ts: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ...) -> None: ...
 
 class ProcessFilter(_message.Message):
     __slots__ = ("exec_id", "binary", "ancestor_exec_id")
@@ -303,7 +538,7 @@ class ProcessFilter(_message.Message):
     def __init__(self, exec_id: _Optional[str] = ..., binary: _Optional[str] = ..., ancestor_exec_id: _Optional[str] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("events", "alerts", "event_kinds", "rule_ids", "min_severity", "process", "cgroup_ids", "since_cursor")
+    __slots__ = ("events", "alerts", "event_kinds", "rule_ids", "min_severity", "process", "cgroup_ids", "since_cursor", "incidents", "facts", "fact_kinds")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     ALERTS_FIELD_NUMBER: _ClassVar[int]
     EVENT_KINDS_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +547,9 @@ class SubscribeRequest(_message.Message):
     PROCESS_FIELD_NUMBER: _ClassVar[int]
     CGROUP_IDS_FIELD_NUMBER: _ClassVar[int]
     SINCE_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    INCIDENTS_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    FACT_KINDS_FIELD_NUMBER: _ClassVar[int]
     events: bool
     alerts: bool
     event_kinds: _containers.RepeatedScalarFieldContainer[EventKind]
@@ -320,21 +558,28 @@ class SubscribeRequest(_message.Message):
     process: ProcessFilter
     cgroup_ids: _containers.RepeatedScalarFieldContainer[int]
     since_cursor: int
-    def __init__(self, events: _Optional[bool] = ..., alerts: _Optional[bool] = ..., event_kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., rule_ids: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., process: _Optional[_Union[ProcessFilter, _Mapping]] = ..., cgroup_ids: _Optional[_Iterable[int]] = ..., since_cursor: _Optional[int] = ...) -> None: ...
+    incidents: bool
+    facts: bool
+    fact_kinds: _containers.RepeatedScalarFieldContainer[FactKind]
+    def __init__(self, events: _Optional[bool] = ..., alerts: _Optional[bool] = ..., event_kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., rule_ids: _Optional[_Iterable[str]] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., process: _Optional[_Union[ProcessFilter, _Mapping]] = ..., cgroup_ids: _Optional[_Iterable[int]] = ..., since_cursor: _Optional[int] = ..., incidents: _Optional[bool] = ..., facts: _Optional[bool] = ..., fact_kinds: _Optional[_Iterable[_Union[FactKind, str]]] = ...) -> None: ...
 
 class Gap(_message.Message):
-    __slots__ = ("missed_events", "missed_alerts", "resume_cursor", "reason", "missed_sensor_gaps")
+    __slots__ = ("missed_events", "missed_alerts", "resume_cursor", "reason", "missed_sensor_gaps", "missed_incidents", "missed_facts")
     MISSED_EVENTS_FIELD_NUMBER: _ClassVar[int]
     MISSED_ALERTS_FIELD_NUMBER: _ClassVar[int]
     RESUME_CURSOR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MISSED_SENSOR_GAPS_FIELD_NUMBER: _ClassVar[int]
+    MISSED_INCIDENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FACTS_FIELD_NUMBER: _ClassVar[int]
     missed_events: int
     missed_alerts: int
     resume_cursor: int
     reason: str
     missed_sensor_gaps: int
-    def __init__(self, missed_events: _Optional[int] = ..., missed_alerts: _Optional[int] = ..., resume_cursor: _Optional[int] = ..., reason: _Optional[str] = ..., missed_sensor_gaps: _Optional[int] = ...) -> None: ...
+    missed_incidents: int
+    missed_facts: int
+    def __init__(self, missed_events: _Optional[int] = ..., missed_alerts: _Optional[int] = ..., resume_cursor: _Optional[int] = ..., reason: _Optional[str] = ..., missed_sensor_gaps: _Optional[int] = ..., missed_incidents: _Optional[int] = ..., missed_facts: _Optional[int] = ...) -> None: ...
 
 class SensorGap(_message.Message):
     __slots__ = ("cursor", "start", "end", "cause")
@@ -364,19 +609,75 @@ class Events(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[Event]
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
+class Facts(_message.Message):
+    __slots__ = ("facts",)
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    facts: _containers.RepeatedCompositeFieldContainer[Fact]
+    def __init__(self, facts: _Optional[_Iterable[_Union[Fact, _Mapping]]] = ...) -> None: ...
+
 class SubscribeResponse(_message.Message):
-    __slots__ = ("events", "alert", "gap", "sensor_gap", "subscribed")
+    __slots__ = ("events", "alert", "gap", "sensor_gap", "subscribed", "incident", "facts")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     ALERT_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
     SENSOR_GAP_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
     events: Events
     alert: Alert
     gap: Gap
     sensor_gap: SensorGap
     subscribed: Subscribed
-    def __init__(self, events: _Optional[_Union[Events, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., sensor_gap: _Optional[_Union[SensorGap, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ...) -> None: ...
+    incident: Incident
+    facts: Facts
+    def __init__(self, events: _Optional[_Union[Events, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., sensor_gap: _Optional[_Union[SensorGap, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ..., incident: _Optional[_Union[Incident, _Mapping]] = ..., facts: _Optional[_Union[Facts, _Mapping]] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("type", "host", "event", "fact", "alert", "incident", "sensor_gap", "gap", "subscribed")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    FACT_FIELD_NUMBER: _ClassVar[int]
+    ALERT_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_FIELD_NUMBER: _ClassVar[int]
+    SENSOR_GAP_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBED_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    host: Host
+    event: Event
+    fact: Fact
+    alert: Alert
+    incident: Incident
+    sensor_gap: SensorGap
+    gap: Gap
+    subscribed: Subscribed
+    def __init__(self, type: _Optional[str] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., event: _Optional[_Union[Event, _Mapping]] = ..., fact: _Optional[_Union[Fact, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ..., incident: _Optional[_Union[Incident, _Mapping]] = ..., sensor_gap: _Optional[_Union[SensorGap, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., subscribed: _Optional[_Union[Subscribed, _Mapping]] = ...) -> None: ...
+
+class ListIncidentsRequest(_message.Message):
+    __slots__ = ("page_size", "after_cursor", "min_severity", "since", "until", "id")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    after_cursor: int
+    min_severity: Severity
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    id: str
+    def __init__(self, page_size: _Optional[int] = ..., after_cursor: _Optional[int] = ..., min_severity: _Optional[_Union[Severity, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., id: _Optional[str] = ...) -> None: ...
+
+class ListIncidentsResponse(_message.Message):
+    __slots__ = ("incidents", "next_cursor")
+    INCIDENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    incidents: _containers.RepeatedCompositeFieldContainer[Incident]
+    next_cursor: int
+    def __init__(self, incidents: _Optional[_Iterable[_Union[Incident, _Mapping]]] = ..., next_cursor: _Optional[int] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
     __slots__ = ("page_size", "after_cursor", "rule_ids", "min_severity", "since", "until")
@@ -455,14 +756,31 @@ class DropCounter(_message.Message):
     def __init__(self, hop: _Optional[str] = ..., what: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class RuleStatus(_message.Message):
-    __slots__ = ("id", "severity", "alerts")
+    __slots__ = ("id", "severity", "alerts", "enabled", "source", "overridden_by", "suppressed", "suppressed_by_exception")
+    class SuppressedByExceptionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
     ALERTS_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDDEN_BY_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_BY_EXCEPTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     severity: Severity
     alerts: int
-    def __init__(self, id: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., alerts: _Optional[int] = ...) -> None: ...
+    enabled: bool
+    source: str
+    overridden_by: _containers.RepeatedScalarFieldContainer[str]
+    suppressed: int
+    suppressed_by_exception: _containers.ScalarMap[str, int]
+    def __init__(self, id: _Optional[str] = ..., severity: _Optional[_Union[Severity, str]] = ..., alerts: _Optional[int] = ..., enabled: _Optional[bool] = ..., source: _Optional[str] = ..., overridden_by: _Optional[_Iterable[str]] = ..., suppressed: _Optional[int] = ..., suppressed_by_exception: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RuleSetStatus(_message.Message):
     __slots__ = ("rules", "files", "load_errors")
@@ -475,7 +793,7 @@ class RuleSetStatus(_message.Message):
     def __init__(self, rules: _Optional[_Iterable[_Union[RuleStatus, _Mapping]]] = ..., files: _Optional[_Iterable[str]] = ..., load_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps")
+    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps", "incidents", "host", "config_file")
     class KernelFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -501,6 +819,9 @@ class Status(_message.Message):
     JOURNAL_ALERTS_FIELD_NUMBER: _ClassVar[int]
     LAST_CURSOR_FIELD_NUMBER: _ClassVar[int]
     SENSOR_GAPS_FIELD_NUMBER: _ClassVar[int]
+    INCIDENTS_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
     started: _timestamp_pb2.Timestamp
     uptime_s: float
     kernel: str
@@ -512,4 +833,7 @@ class Status(_message.Message):
     journal_alerts: int
     last_cursor: int
     sensor_gaps: int
-    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ...) -> None: ...
+    incidents: int
+    host: Host
+    config_file: str
+    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ..., incidents: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., config_file: _Optional[str] = ...) -> None: ...

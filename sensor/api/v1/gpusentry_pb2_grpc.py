@@ -59,6 +59,11 @@ class SensorStub:
                 request_serializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.Status.FromString,
                 _registered_method=True)
+        self.ListIncidents = channel.unary_unary(
+                '/gpusentry.v1.Sensor/ListIncidents',
+                request_serializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.ListIncidentsRequest.SerializeToString,
+                response_deserializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.ListIncidentsResponse.FromString,
+                _registered_method=True)
 
 
 class SensorServicer:
@@ -100,6 +105,13 @@ class SensorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListIncidents(self, request, context):
+        """Journaled incidents (alerts grouped by what joins them), each in its latest version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SensorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +134,11 @@ def add_SensorServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.GetStatusRequest.FromString,
                     response_serializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.Status.SerializeToString,
+            ),
+            'ListIncidents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIncidents,
+                    request_deserializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.ListIncidentsRequest.FromString,
+                    response_serializer=sensor_dot_api_dot_v1_dot_gpusentry__pb2.ListIncidentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +254,33 @@ class Sensor:
             '/gpusentry.v1.Sensor/GetStatus',
             sensor_dot_api_dot_v1_dot_gpusentry__pb2.GetStatusRequest.SerializeToString,
             sensor_dot_api_dot_v1_dot_gpusentry__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIncidents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gpusentry.v1.Sensor/ListIncidents',
+            sensor_dot_api_dot_v1_dot_gpusentry__pb2.ListIncidentsRequest.SerializeToString,
+            sensor_dot_api_dot_v1_dot_gpusentry__pb2.ListIncidentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
