@@ -31,14 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, BinaryIO, cast
 
+from sensor import config, privileges
 from sensor import events as ev
-from sensor import privileges
 from sensor.api.server import DEFAULT_SOCKET, answers, socket_in_use
 from sensor.capture import FrameWriter, StreamMeta
 from sensor.consume import DEFAULT_JOURNAL, endpoint_of, load_detection
-from sensor.errors import GpusentryError, UsageError
+from sensor.errors import GpusentryError, RuntimeFailure, UsageError
 from sensor.journal import Journal
 from sensor.probe.program import ProbeConfig
+from sensor.rules.loader import rule_files as rule_files_in
 
 if TYPE_CHECKING:
     from sensor.probe.probe import Probe
@@ -48,11 +49,11 @@ VIEW_WAIT_S = 30
 POLL_S = 0.05  # how soon the death of one of the agent's processes is noticed
 
 
-def _config(args: argparse.Namespace) -> ProbeConfig:
-    config = ProbeConfig(max_args=args.max_args, arg_len=args.arg_len,
+def _probe_config(args: argparse.Namespace) -> ProbeConfig:
+    limits = ProbeConfig(max_args=args.max_args, arg_len=args.arg_len,
                          ringbuf_pages=args.ringbuf_pages, queue_size=args.queue_size)
-    config.validate()
-    return config
+    limits.validate()
+    return limits
 
 
 @dataclass
@@ -86,10 +87,10 @@ class Watch:
                 return Stop(f"stopped by {self.signalled}")
             if probe_failed.is_set():
                 cause = f"the probe failed: {errors[0] if errors else 'unknown'}"
-                return Stop(cause, GpusentryError(cause, "start the agent again; report it if it recurs"))
+                return Stop(cause, RuntimeFailure(cause, "start the agent again; report it if it recurs"))
             if aggregator is not None and aggregator.poll() is not None:
                 cause = f"the aggregator (pid {aggregator.pid}) stopped: {_exit_text(aggregator.returncode)}"
-                return Stop(cause, GpusentryError(cause, "see its message above, then start the agent again"))
+                return Stop(cause, RuntimeFailure(cause, "see its message above, then start the agent again"))
             if viewer is not None and viewer.poll() is not None:
                 return _view_ended(viewer)
             if self.duration is not None and waited >= self.duration:
@@ -102,7 +103,7 @@ def _view_ended(viewer: subprocess.Popen[bytes]) -> Stop:
     if viewer.returncode == 0:
         return Stop("the live view was closed")  # the person watching quit: the agent stops with it
     cause = f"the live view (pid {viewer.pid}) stopped: {_exit_text(viewer.returncode)}"
-    return Stop(cause, GpusentryError(cause, "start the agent again"))
+    return Stop(cause, RuntimeFailure(cause, "start the agent again"))
 
 
 def _exit_text(returncode: int) -> str:
@@ -111,7 +112,7 @@ def _exit_text(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def _start_probe(config: ProbeConfig, sink: FrameWriter,
+def _start_probe(limits: ProbeConfig, sink: FrameWriter,
                  exclude: Sequence[int] = ()) -> tuple[Probe, threading.Event, list[BaseException]]:
     from sensor.probe.probe import Probe
 
@@ -122,17 +123,17 @@ def _start_probe(config: ProbeConfig, sink: FrameWriter,
         errors.append(exc)
         failed.set()
 
-    probe = Probe(config, sink, exclude_pids=exclude, on_error=on_error)
+    probe = Probe(limits, sink, exclude_pids=exclude, on_error=on_error)
     probe.start()
     return probe, failed, errors
 
 
-def _start_probe_or_end(config: ProbeConfig, sink: FrameWriter,
+def _start_probe_or_end(limits: ProbeConfig, sink: FrameWriter,
                         exclude: Sequence[int]) -> tuple[Probe, threading.Event, list[BaseException]]:
     """The probe, started; if it cannot start, the stream still ends with End, saying why,
     so the aggregator ends its run cleanly instead of recording a dead probe."""
     try:
-        return _start_probe(config, sink, exclude)
+        return _start_probe(limits, sink, exclude)
     except Exception as exc:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         with contextlib.suppress(OSError):
@@ -191,11 +192,11 @@ def _run_as(args: argparse.Namespace) -> RunAs:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args)
+    limits = _probe_config(args)
     from sensor.probe import program
 
     if args.ebpf:
-        print(program.final_source(config))
+        print(program.final_source(limits))
         return 0
     load_detection(args)  # an invalid rule file, API setting or journal stops the agent before anything starts
     endpoint_of(args)
@@ -207,6 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("the live view reads the API's socket, and --socket is none", "keep a socket, or --no-view")
     run_as = _run_as(args)
     _check_readable(args.rules, run_as)
+    _check_config_readable(args.settings, run_as)
     _prepare_directories(args, run_as)  # before the journal is opened: a directory it made would be root's
     Journal(Path(args.journal)).close()
     _own_journal(args, run_as)
@@ -216,10 +218,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stream = _last_to_close(child.stdin)
     stop = Stop("the agent did not start")
     try:
-        meta = StreamMeta(config=config.to_dict(), features=program.kernel_features(config))
+        meta = StreamMeta(config=limits.to_dict(), features=program.kernel_features(limits))
         writer = FrameWriter(stream, meta)
         watch = Watch()
-        probe, failed, errors = _start_probe_or_end(config, writer, exclude=[child.pid])
+        probe, failed, errors = _start_probe_or_end(limits, writer, exclude=[child.pid])
         viewer = _start_view(args, probe, run_as) if view else None
         kept = _narrow_probe(privileges.AGENT_PROBE_CAPS)
         who = run_as.user or "root"
@@ -267,11 +269,33 @@ def _move_high(fd: int, rank: int) -> int:
 
 
 def _aggregate_command(args: argparse.Namespace, view: bool) -> list[str]:
-    command = [sys.executable, "-m", "sensor", "aggregate"] + (["--json"] if args.json else [])
-    command += ["--quiet"] if args.quiet or view else []
-    command += [flag for path in args.rules for flag in ("--rules", os.path.abspath(path))]
-    command += [flag for cidr in args.egress_allow for flag in ("--egress-allow", cidr)]
-    return command + _forwarded_api_flags(args)
+    """The aggregator's command line: the configuration file, which it reads itself (and again
+    on SIGHUP), and the settings given here as flags (absolute paths). It inherits the
+    environment. Settings from the file are not repeated as flags: a flag beats the file, so
+    a reload could never change them. With the live view on this terminal it prints nothing."""
+    settings: config.Settings = args.settings
+    command = [sys.executable, "-m", "sensor", "aggregate"]
+    if settings.loaded or settings.explicit:
+        command += ["--config", os.path.abspath(settings.file)]
+    for key in config.KEYS:
+        if key.section in config.SECTIONS_READ["aggregate"] and settings.values[key.dotted].from_flag:
+            command += _as_flags(key, settings[key.dotted])
+    return command + (["--output", "none"] if view else [])
+
+
+def _as_flags(key: config.Key, value: object) -> list[str]:
+    """A setting as the flags that give it."""
+    kind = key.kind
+    if isinstance(kind, config.Boolean):
+        return [key.flag if value else "--no-" + key.flag[2:]]
+    if isinstance(kind, config.TextList):
+        assert isinstance(value, tuple)
+        return [part for item in value for part in (key.flag, os.path.abspath(item) if kind.path else item)]
+    if value is None:
+        return [key.flag, ""]  # not set, whatever the file says
+    if isinstance(kind, config.Text) and kind.path and value not in kind.keep:
+        return [key.flag, os.path.abspath(str(value))]
+    return [key.flag, str(value)]
 
 
 def _start_view(args: argparse.Namespace, probe: Probe, run_as: RunAs) -> subprocess.Popen[bytes]:
@@ -309,17 +333,6 @@ def _stop_view(viewer: subprocess.Popen[bytes] | None) -> None:
         # agent's last line is seen.
         sys.stdout.write("\x1b[?1049l\x1b[?25h")
         sys.stdout.flush()
-
-
-def _forwarded_api_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--socket", args.socket if args.socket == "none" else os.path.abspath(args.socket),
-             "--journal", os.path.abspath(args.journal), "--retention-days", str(args.retention_days),
-             "--retention-count", str(args.retention_count), "--max-subscribers", str(args.max_subscribers)]
-    for name in ("socket_group", "listen", "tls_cert", "tls_key", "tls_client_ca"):
-        value = getattr(args, name)
-        if value:
-            flags += [f"--{name.replace('_', '-')}", os.path.abspath(value) if name.startswith("tls") else value]
-    return flags + (["--insecure-plaintext"] if args.insecure_plaintext else [])
 
 
 # -- directories ---------------------------------------------------------------------------
@@ -376,11 +389,27 @@ def _check_readable(rule_files: list[str], run_as: RunAs) -> None:
         if not _usable_by(code, run_as.account, 0o5):
             raise UsageError(f"the aggregator runs as {run_as.user} and cannot read {code}",
                              f"install gpusentry where {run_as.user} can read it (e.g. under /opt), or --user root")
-    for path in rule_files:
-        if not _usable_by(Path(path), run_as.account, 0o4):
-            raise UsageError(f"the aggregator runs as {run_as.user} and cannot read the rule file {path}",
-                             f"make it readable by {run_as.user} (e.g. in /etc/gpusentry, mode 0644), "
+    for given in rule_files:
+        if Path(given).is_dir() and not _usable_by(Path(given), run_as.account, 0o5):
+            raise UsageError(f"the aggregator runs as {run_as.user} and cannot list the rule directory {given}",
+                             f"make it readable by {run_as.user} (e.g. /etc/gpusentry/rules.d, mode 0755), "
                              "or --user root")
+        for path in rule_files_in([Path(given)])[0]:
+            if not _usable_by(path, run_as.account, 0o4):
+                raise UsageError(f"the aggregator runs as {run_as.user} and cannot read the rule file {path}",
+                                 f"make it readable by {run_as.user} (e.g. in /etc/gpusentry, mode 0644), "
+                                 "or --user root")
+
+
+def _check_config_readable(settings: config.Settings, run_as: RunAs) -> None:
+    """The aggregator reads the configuration file itself, at start and on SIGHUP."""
+    if run_as.account is None or not settings.loaded:
+        return
+    if not _usable_by(settings.file, run_as.account, 0o4):
+        raise UsageError(f"the aggregator runs as {run_as.user} and cannot read the configuration file "
+                         f"{settings.file} (it reads it at start and again on SIGHUP)",
+                         f"make it readable by {run_as.user} (e.g. chgrp {run_as.user} {settings.file}; chmod 0640 "
+                         f"{settings.file}), or --user root")
 
 
 def _usable_by(path: Path, who: privileges.Account, bits: int = 0o3) -> bool:
@@ -407,7 +436,7 @@ def _allows(path: Path, who: privileges.Account, bits: int) -> bool:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    config = _config(args)
+    limits = _probe_config(args)
     try:
         out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")  # noqa: SIM115
     except OSError as exc:
@@ -415,9 +444,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     with out:
         from sensor.probe import program
 
-        writer = FrameWriter(out, StreamMeta(config=config.to_dict(), features=program.kernel_features(config)))
+        writer = FrameWriter(out, StreamMeta(config=limits.to_dict(), features=program.kernel_features(limits)))
         watch = Watch(args.duration)
-        probe, failed, errors = _start_probe(config, writer)
+        probe, failed, errors = _start_probe(limits, writer)
         kept = _narrow_probe(privileges.PROBE_CAPS)
         print(f"gpusentry: recording to {args.write} (probe with {kept}); Ctrl-C stops", file=sys.stderr)
         stop = watch.until_stop(failed, errors)

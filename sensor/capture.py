@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
@@ -40,6 +41,13 @@ class EmptyStream(CaptureError):
     """Not one byte: for the agent's own pipe, the probe stopped before it started."""
 
 
+def _machine_id() -> str:
+    try:
+        return Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class StreamMeta:
     """The header: when and where the stream was made, and the clock to turn ts into wall time."""
@@ -49,6 +57,7 @@ class StreamMeta:
         default_factory=lambda: time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     )
     hostname: str = field(default_factory=socket.gethostname)
+    machine_id: str = field(default_factory=_machine_id)  # /etc/machine-id; empty in older files
     kernel: str = field(default_factory=platform.release)
     writer: str = f"gpusentry {__version__}"
     config: dict[str, Any] = field(default_factory=dict)

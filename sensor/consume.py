@@ -21,20 +21,23 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
 
 from sensor import events as ev
-from sensor.aggregator.aggregator import Aggregator, Observation
+from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.detector import DetectorConfig
+from sensor.api import convert
+from sensor.api.convert import SEVERITY
 from sensor.api.publish import Publisher
 from sensor.api.server import Endpoint
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
-from sensor.capture import CaptureError, EmptyStream, FrameReader, open_capture
-from sensor.errors import GpusentryError, UsageError
+from sensor.capture import CaptureError, EmptyStream, FrameReader, StreamMeta, open_capture
+from sensor.errors import GpusentryError, RuntimeFailure, UsageError
+from sensor.incidents import IncidentBook
 from sensor.journal import Journal, PreviousRun, Retention
-from sensor.output import alert_json, alert_lines, json_line, line
-from sensor.rules.loader import RuleError, load_rules
+from sensor.output import Printer
+from sensor.reload import Reloader
+from sensor.rules.loader import load_rules
 from sensor.rules.model import RuleSet
 
 DEFAULT_JOURNAL = Path("/var/lib/gpusentry/journal.db")
@@ -50,42 +53,6 @@ def load_detection(args: argparse.Namespace) -> tuple[RuleSet, DetectorConfig]:
             raise UsageError(f"--egress-allow {cidr!r} is not a network", "give a CIDR like 10.0.0.0/8") from exc
     ruleset = load_rules(Path(p) for p in args.rules)
     return ruleset, DetectorConfig(egress_allowlist=tuple(args.egress_allow))
-
-
-class Reloader:
-    """SIGHUP reloads the rule files; if they are invalid, the current rules stay."""
-
-    def __init__(self, paths: list[str], aggregator: Aggregator, state: ApiState | None = None) -> None:
-        self.paths = paths
-        self.aggregator = aggregator
-        self.state = state
-        self.requested = False
-
-    def install(self) -> None:
-        signal.signal(signal.SIGHUP, self._request)
-
-    def _request(self, *_: object) -> None:
-        self.requested = True
-
-    def reload_if_requested(self) -> None:
-        if not self.requested or self.aggregator.detector is None:
-            return
-        self.requested = False
-        current = len(self.aggregator.detector.engine.ruleset.rules)
-        try:
-            ruleset = load_rules(Path(p) for p in self.paths)
-        except RuleError as exc:
-            print(f"gpusentry: rules not reloaded, keeping the current {current} rules: {exc}", file=sys.stderr)
-            if self.state is not None:
-                self.state.load_errors = [str(p) for p in exc.problems]
-            return
-        lock = self.state.lock if self.state is not None else contextlib.nullcontext()
-        with lock:
-            self.aggregator.detector.reload(ruleset)
-        if self.state is not None:
-            self.state.load_errors = []
-            self.state.rule_files = ruleset.files
-        print(f"gpusentry: rules reloaded: {len(ruleset.rules)} rules", file=sys.stderr)
 
 
 class StreamCut(GpusentryError):
@@ -123,7 +90,7 @@ class RunLog:
             broken = self.watchdog() if self.watchdog is not None else None
             if broken is not None:  # no half-alive agent: nobody could be told what it sees
                 self.failed(broken)
-                raise GpusentryError(broken, "the agent stops; start it again (a supervisor restarts it)")
+                raise RuntimeFailure(broken, "the agent stops; start it again (a supervisor restarts it)")
             self.journal.heartbeat(self.last_seen_ns)
         elif isinstance(event, ev.End):
             self.journal.end_run(self.last_seen_ns, event.reason or "the probe stopped")
@@ -153,26 +120,28 @@ def downtime_cause(previous: PreviousRun) -> str:
             f"last seen watching at {seen}")
 
 
-def consume(reader: FrameReader, out: TextIO | None, as_json: bool, show: bool = True,
-            aggregator: Aggregator | None = None, reloader: Reloader | None = None,
-            api: tuple[ApiState, Publisher] | None = None, run: RunLog | None = None) -> Aggregator:
-    """Run the aggregator over a frame stream, printing to `out` and publishing to the API.
-    With `run`, the stream is the live probe's: a cut stream raises StreamCut."""
+def consume(reader: FrameReader, printer: Printer | None = None, aggregator: Aggregator | None = None,
+            reloader: Reloader | None = None, api: tuple[ApiState, Publisher] | None = None,
+            run: RunLog | None = None, incidents: IncidentBook | None = None) -> Aggregator:
+    """Run the aggregator over a frame stream: each observation's alerts join their incidents,
+    are journaled and published (with `api`), then printed. With `run`, the stream is the live
+    probe's: a cut stream raises StreamCut."""
     aggregator = aggregator if aggregator is not None else Aggregator()
+    book = incidents if incidents is not None else IncidentBook(host=stream_host(reader.meta))
+    clock = convert.Clock(reader.meta.boot_to_wall_ns)
     lock = api[0].lock if api is not None else contextlib.nullcontext()
-    printer = Printer(out, as_json, show, reader.meta.boot_to_wall_ns) if out is not None else None
     try:
         for event in reader:
             if run is not None:
                 run.seen(event)
             with lock:
                 obs = aggregator.handle(event)
-            if api is not None:
-                api[1].publish(obs)
+            alerts = [convert.alert(a, clock) for a in obs.alerts]
+            touched = api[1].publish(obs, alerts, book) if api is not None else group(alerts, book)
             if reloader is not None:
                 reloader.reload_if_requested()
             if printer is not None:
-                printer.print(obs)
+                printer.print(obs, alerts, touched)
     except CaptureError as exc:
         if run is None:
             raise
@@ -182,24 +151,14 @@ def consume(reader: FrameReader, out: TextIO | None, as_json: bool, show: bool =
     return aggregator
 
 
-class Printer:
-    """Observations as lines on `out`: every event (`show`), or only alerts; text or JSON."""
+def group(alerts: list[pb.Alert], book: IncidentBook) -> list[pb.Incident]:
+    """Without the API (analyze): the alerts join their incidents, and nothing is journaled."""
+    return [book.render(incident_id) for incident_id in book.add_all(alerts)]
 
-    def __init__(self, out: TextIO, as_json: bool, show: bool, boot_to_wall_ns: int) -> None:
-        self.out, self.as_json, self.show, self.boot_to_wall_ns = out, as_json, show, boot_to_wall_ns
 
-    def print(self, obs: Observation) -> None:
-        if not self.show and not obs.alerts:
-            return
-        if self.show:
-            text = json_line(obs) if self.as_json else line(obs, self.boot_to_wall_ns)
-        elif self.as_json:
-            text = "\n".join(alert_json(a) for a in obs.alerts)
-        else:
-            text = "\n".join("\n".join(alert_lines(a, self.boot_to_wall_ns)) for a in obs.alerts)
-        if text is not None:
-            self.out.write(text + "\n")
-            self.out.flush()
+def stream_host(meta: StreamMeta) -> pb.Host:
+    """The host the stream was recorded on (a capture may be analysed anywhere)."""
+    return pb.Host(hostname=meta.hostname, machine_id=meta.machine_id)
 
 
 def endpoint_of(args: argparse.Namespace) -> Endpoint:
@@ -231,20 +190,22 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     except EmptyStream:
         return 0  # the probe failed to start and has said why
     aggregator = Aggregator(rules=ruleset, config=config)
+    book = IncidentBook(window_s=args.incident_window, host=stream_host(reader.meta))
     state = ApiState(aggregator, journal, Broker(max_subscribers=args.max_subscribers), reader.meta,
-                     rule_files=ruleset.files)
+                     rule_files=ruleset.files, incidents=book, config_file=config_file_of(args))
     publisher = Publisher(state)
     server = ApiServer(state, endpoint, args.max_subscribers)
     run = RunLog(journal, probe_pid, publisher.publish_gap, watchdog=server.failure)
     run.begin()  # journaled before the API serves: a resuming subscriber replays it
     server.start()
     print(f"gpusentry: API on {describe_endpoint(endpoint, server.port)}; journal {journal.path}", file=sys.stderr)
-    reloader = Reloader(args.rules, aggregator, state)
+    reloader = Reloader(args, aggregator, state)
     reloader.install()
     grace = 0.0  # failing: the agent must be gone within a second
     try:
-        consume(reader, None if args.quiet else sys.stdout, args.json, aggregator=aggregator, reloader=reloader,
-                api=(state, publisher), run=run)
+        printer = Printer(sys.stdout, args.output, args.json, reader.meta.boot_to_wall_ns, stream_host(reader.meta))
+        consume(reader, printer, aggregator=aggregator, reloader=reloader, api=(state, publisher), run=run,
+                incidents=book)
         grace = 1.0
     except GpusentryError:
         raise
@@ -255,6 +216,11 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         server.stop(grace)
         journal.close()
     return 0
+
+
+def config_file_of(args: argparse.Namespace) -> str:
+    settings = getattr(args, "settings", None)
+    return str(settings.file) if settings is not None and settings.loaded else ""
 
 
 def describe_endpoint(endpoint: Endpoint, port: int) -> str:
@@ -269,16 +235,25 @@ def describe_endpoint(endpoint: Endpoint, port: int) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """Alerts and incidents on stdout (JSON lines with --json); the summary on stderr, so that
+    stdout stays one format. With --fail-on, exit 4 when an alert reaches that severity."""
     ruleset, config = load_detection(args)
     src, reader = open_capture(args.file)
     with src:
-        aggregator = consume(reader, sys.stdout, args.json, show=args.events,
-                             aggregator=Aggregator(rules=ruleset, config=config))
-    print(summary(aggregator), file=sys.stdout)
+        printer = Printer(sys.stdout, args.output, args.json, reader.meta.boot_to_wall_ns, stream_host(reader.meta))
+        book = IncidentBook(window_s=args.incident_window, host=stream_host(reader.meta))
+        aggregator = consume(reader, printer, aggregator=Aggregator(rules=ruleset, config=config), incidents=book)
+    print(summary(aggregator, book), file=sys.stderr)
+    if args.fail_on is not None and book.highest_severity >= SEVERITY[args.fail_on]:
+        print(f"gpusentry: an alert reached --fail-on {args.fail_on}", file=sys.stderr)
+        return FAIL_ON_EXIT
     return 0
 
 
-def summary(aggregator: Aggregator) -> str:
+FAIL_ON_EXIT = 4  # analyze --fail-on: an alert reached the given severity (for CI pipelines)
+
+
+def summary(aggregator: Aggregator, book: IncidentBook | None = None) -> str:
     c = aggregator.counters
     events = ", ".join(f"{k}={v}" for k, v in sorted(c.events.items()))
     drops = {**{f"kernel.{k}": v for k, v in c.kernel_drops.items() if v},
@@ -294,6 +269,8 @@ def summary(aggregator: Aggregator) -> str:
         stats = aggregator.detector.engine.stats
         by_rule = ", ".join(f"{k}={v}" for k, v in sorted(stats.by_rule.items())) or "none"
         text += f"\nalerts: {stats.alerts} ({by_rule}); facts evaluated: {stats.facts}"
+    if book is not None:
+        text += f"\nincidents: {book.total}"
     return text
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class GpusentryError(Exception):
-    """A problem the user can fix. `str()` is the one line shown; `exit_code` the status."""
+    """A problem the user can fix before running again (a bad flag, file or setting, a missing
+    privilege or kernel feature). `str()` is the one line shown; `exit_code` the status."""
 
     exit_code = 2
 
@@ -19,3 +20,9 @@ class GpusentryError(Exception):
 
 class UsageError(GpusentryError):
     """Bad flags or configuration values."""
+
+
+class RuntimeFailure(GpusentryError):
+    """Something failed while running: a part of the agent died, the API server did not start."""
+
+    exit_code = 1

@@ -1,11 +1,14 @@
 """The journal: SQLite in WAL mode, where alerts are written before they are published.
 
-It keeps two kinds of record in one cursor sequence: alerts, and sensor gaps (windows in which
-the sensor was blind), so that a client reading it in cursor order sees blind time where it
-happened and never mistakes it for quiet time. Each record gets a cursor (SQLite's
-AUTOINCREMENT rowid: monotonic, never reused even after old records are deleted). A commit is
-durable once `append` or `append_gap` returns: WAL with synchronous=FULL survives a kill -9 and
-a power cut without losing a committed record or corrupting the file.
+It keeps three kinds of record in one cursor sequence: alerts, sensor gaps (windows in which
+the sensor was blind), and incident versions (each change to an incident is a new version), so
+that a client reading it in cursor order sees blind time where it happened and never mistakes
+it for quiet time, and sees each incident change right after the alerts that changed it (only
+an incident's latest version stays: replay gives each incident as it is now). Each
+record gets a cursor (SQLite's AUTOINCREMENT rowid: monotonic, never reused even after old
+records are deleted). A commit is durable once `append`, `append_gap` or `append_incident`
+returns: WAL with synchronous=FULL survives a kill -9 and a power cut without losing a committed
+record or corrupting the file.
 
 It also keeps the agent's runs (begin, heartbeats, clean end), so that the next run can tell
 how long nothing was watching. Retention by age and by count runs as records are added. A file
@@ -17,26 +20,41 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.errors import GpusentryError
 
-SCHEMA = 2
-ALERT, GAP = "alert", "sensor_gap"
+SCHEMA = 3
+ALERT, GAP, INCIDENT = "alert", "sensor_gap", "incident"
 MAX_CAUSE = 1024
 RUNS_KEPT = 100  # the previous run is all that is needed; a few more help a post-mortem
-_RECORDS = """
+# An incident's versions are found by its id (`incident`); `latest` marks the one version of
+# each incident that ListIncidents shows. Only that version is kept: a new version deletes the
+# ones it supersedes (the incident's own, and those of incidents merged into it), so that an
+# incident that goes on for days (a miner reconnecting to its pool raises an alert a minute)
+# costs the journal one version, not one per alert; its alerts are journaled one by one anyway.
+_INCIDENT_INDEXES = """
+CREATE INDEX records_by_incident ON records (incident) WHERE kind = 'incident';
+CREATE INDEX records_latest ON records (latest) WHERE latest = 1;
+"""
+_RECORDS = f"""
 CREATE TABLE records (
     cursor INTEGER PRIMARY KEY AUTOINCREMENT,
-    wall_ns INTEGER NOT NULL,  -- an alert's time, a gap's end: what retention by age compares
-    rule_id TEXT NOT NULL,     -- '' for a gap
-    severity INTEGER NOT NULL, -- 0 for a gap
-    body BLOB NOT NULL,        -- gpusentry.v1.Alert or SensorGap, serialized, without its cursor
-    kind TEXT NOT NULL DEFAULT 'alert'
+    wall_ns INTEGER NOT NULL,  -- an alert's time, a gap's end, an incident's last_seen: what retention compares
+    rule_id TEXT NOT NULL,     -- '' for a gap or an incident
+    severity INTEGER NOT NULL, -- 0 for a gap; an incident's highest
+    body BLOB NOT NULL,        -- gpusentry.v1.Alert, SensorGap or Incident, serialized, without its cursor
+    kind TEXT NOT NULL DEFAULT 'alert',
+    incident TEXT NOT NULL DEFAULT '',    -- an incident version's incident id
+    first_ns INTEGER NOT NULL DEFAULT 0,  -- an incident version's first_seen
+    latest INTEGER NOT NULL DEFAULT 0     -- 1 on the version of an incident that lists it
 );
 CREATE INDEX records_by_time ON records (wall_ns);
+{_INCIDENT_INDEXES}
 """
 _RUNS = """
 CREATE TABLE runs (
@@ -57,6 +75,14 @@ DROP INDEX IF EXISTS alerts_by_time;
 CREATE INDEX records_by_time ON records (wall_ns);
 {_RUNS}
 UPDATE meta SET value = '2' WHERE key = 'schema';
+"""
+# Schema 2 had no incidents: its records keep their cursors and bodies, and none is an incident.
+_UPGRADE_FROM_2 = f"""
+ALTER TABLE records ADD COLUMN incident TEXT NOT NULL DEFAULT '';
+ALTER TABLE records ADD COLUMN first_ns INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE records ADD COLUMN latest INTEGER NOT NULL DEFAULT 0;
+{_INCIDENT_INDEXES}
+UPDATE meta SET value = '3' WHERE key = 'schema';
 """
 
 
@@ -123,7 +149,9 @@ class Journal:
             self._transaction(f"CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);{_RECORDS}{_RUNS}"
                               f"INSERT INTO meta VALUES ('schema', '{SCHEMA}');")
         elif schema == 1:
-            self._transaction(_UPGRADE_FROM_1)
+            self._transaction(_UPGRADE_FROM_1 + _UPGRADE_FROM_2)
+        elif schema == 2:
+            self._transaction(_UPGRADE_FROM_2)
 
     def _schema(self) -> int | None:
         """The file's schema; None for a new (empty) file."""
@@ -168,14 +196,39 @@ class Journal:
         gap.cursor = self._insert(end_ns, "", 0, gap.SerializeToString(), GAP)
         return gap
 
-    def _insert(self, wall_ns: int, rule_id: str, severity: int, body: bytes, kind: str) -> int:
-        with self._lock:
-            row = self._db.execute("INSERT INTO records (wall_ns, rule_id, severity, body, kind) "
-                                   "VALUES (?, ?, ?, ?, ?)", (wall_ns, rule_id, severity, body, kind))
+    def append_incident(self, incident: pb.Incident, absorbed: Collection[str] = ()) -> int:
+        """Write a version of an incident durably; its cursor. It replaces the incident's
+        earlier version, and those of the incidents merged into it (`absorbed`)."""
+        return self._insert(incident.last_seen.ToNanoseconds(), "", int(incident.severity),
+                            incident.SerializeToString(), INCIDENT,
+                            _Version(incident.id, incident.first_seen.ToNanoseconds(), (incident.id, *absorbed)))
+
+    def _insert(self, wall_ns: int, rule_id: str, severity: int, body: bytes, kind: str,
+                version: _Version | None = None) -> int:
+        with self._lock, self._atomic():
+            if version is not None:
+                # one change with the insert: should the process die between them, no incident loses its listing
+                marks = ",".join("?" * len(version.supersedes))
+                self._db.execute(f"DELETE FROM records WHERE kind = 'incident' AND incident IN ({marks})",
+                                 version.supersedes)
+            incident, first_ns = (version.incident, version.first_ns) if version is not None else ("", 0)
+            row = self._db.execute("INSERT INTO records (wall_ns, rule_id, severity, body, kind, incident, first_ns, "
+                                   "latest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                   (wall_ns, rule_id, severity, body, kind, incident, first_ns, int(bool(incident))))
             cursor = int(row.lastrowid or 0)
             if cursor % 100 == 0:
                 self._retain()
         return cursor
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _retain(self) -> None:
         cutoff = time.time_ns() - self.retention.max_age_s * 1_000_000_000
@@ -199,49 +252,63 @@ class Journal:
 
     def count(self) -> int:
         """Alerts in the journal."""
-        return self._count(ALERT)
+        return self._count("kind = 'alert'")
 
     def gap_count(self) -> int:
         """Sensor-gap records in the journal."""
-        return self._count(GAP)
+        return self._count("kind = 'sensor_gap'")
 
-    def _count(self, kind: str) -> int:
+    def incident_count(self) -> int:
+        """Incidents in the journal (each once, whatever its versions; merged ones not at all)."""
+        return self._count("latest = 1")
+
+    def _count(self, where: str) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM records WHERE kind = ?", (kind,)).fetchone()[0])
+            return int(self._db.execute(f"SELECT count(*) FROM records WHERE {where}").fetchone()[0])
 
     def read(self, after: int = 0, limit: int = 100, rule_ids: list[str] | None = None, min_severity: int = 0,
              since_ns: int | None = None, until_ns: int | None = None, up_to: int = 0) -> list[pb.Alert]:
         """Alerts after a cursor, oldest first, filtered."""
-        records = self._select(after, limit, rule_ids, min_severity, since_ns, until_ns, up_to, gaps=False)
+        alerts = _AlertFilter(rule_ids, min_severity, since_ns, until_ns)
+        records = self._select(after, limit, alerts, up_to, others=())
         return [r for r in records if isinstance(r, pb.Alert)]
 
     def records(self, after: int = 0, limit: int = 100, rule_ids: list[str] | None = None, min_severity: int = 0,
-                since_ns: int | None = None, until_ns: int | None = None,
-                up_to: int = 0) -> list[pb.Alert | pb.SensorGap]:
-        """Alerts that pass the filters and every sensor gap, after a cursor, in cursor order.
+                since_ns: int | None = None, until_ns: int | None = None, up_to: int = 0,
+                incidents: bool = True) -> list[Record]:
+        """Alerts that pass the filters, every sensor gap, and (with `incidents`) every incident
+        version, after a cursor, in cursor order.
 
-        The filters are the alerts' own: a gap is blind time for every rule, so none hides it."""
-        return self._select(after, limit, rule_ids, min_severity, since_ns, until_ns, up_to, gaps=True)
+        The filters are the alerts' own: a gap is blind time for every rule, so none hides it,
+        and an incident's versions are for its reader to filter."""
+        alerts = _AlertFilter(rule_ids, min_severity, since_ns, until_ns)
+        return self._select(after, limit, alerts, up_to, others=(GAP, INCIDENT) if incidents else (GAP,))
 
-    def _select(self, after: int, limit: int, rule_ids: list[str] | None, min_severity: int, since_ns: int | None,
-                until_ns: int | None, up_to: int, gaps: bool) -> list[pb.Alert | pb.SensorGap]:
-        alert = "kind = 'alert' AND severity >= ?"
-        params: list[object] = [min_severity]
-        if rule_ids:
-            alert += f" AND rule_id IN ({','.join('?' * len(rule_ids))})"
-            params += rule_ids
-        if since_ns is not None:
-            alert += " AND wall_ns >= ?"
-            params.append(since_ns)
-        if until_ns is not None:
-            alert += " AND wall_ns < ?"
-            params.append(until_ns)
-        query = f"SELECT cursor, body, kind FROM records WHERE cursor > ? AND cursor <= ? AND ({alert}"
-        query += " OR kind = 'sensor_gap')" if gaps else ")"
-        query += " ORDER BY cursor LIMIT ?"
+    def _select(self, after: int, limit: int, alerts: _AlertFilter, up_to: int,
+                others: tuple[str, ...]) -> list[Record]:
+        where, params = alerts.sql()
+        where += "".join(f" OR kind = '{kind}'" for kind in others)  # module constants, never a caller's text
+        query = f"SELECT cursor, body, kind FROM records WHERE cursor > ? AND cursor <= ? AND ({where}) " \
+                "ORDER BY cursor LIMIT ?"
         with self._lock:
             rows = self._db.execute(query, [after, up_to or 2**63 - 1, *params, limit]).fetchall()
         return [_record(cursor, body, kind) for cursor, body, kind in rows]
+
+    def incidents(self, after: int = 0, limit: int = 100, min_severity: int = 0, since_ns: int | None = None,
+                  until_ns: int | None = None, incident_id: str | None = None) -> list[pb.Incident]:
+        """Incidents, each in its latest version, in the order of that version's cursor, after a
+        cursor: of at least this severity, last seen at or after `since_ns`, first seen before
+        `until_ns` (wall-clock nanoseconds)."""
+        where = "latest = 1 AND cursor > ? AND severity >= ?"
+        params: list[object] = [after, min_severity]
+        for clause, value in (("wall_ns >= ?", since_ns), ("first_ns < ?", until_ns), ("incident = ?", incident_id)):
+            if value is not None:
+                where += f" AND {clause}"
+                params.append(value)
+        with self._lock:
+            rows = self._db.execute(f"SELECT cursor, body FROM records WHERE {where} ORDER BY cursor LIMIT ?",
+                                    [*params, limit]).fetchall()
+        return [_incident(cursor, body) for cursor, body in rows]
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -292,7 +359,50 @@ class Journal:
         return self._run
 
 
-def _record(cursor: int, body: bytes, kind: str) -> pb.Alert | pb.SensorGap:
+Record = pb.Alert | pb.SensorGap | pb.Incident
+
+
+@dataclass(frozen=True)
+class _Version:
+    """What an incident version adds to its record: which incident, since when, and whose
+    earlier versions it supersedes (its own, and those of the incidents merged into it)."""
+
+    incident: str
+    first_ns: int
+    supersedes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _AlertFilter:
+    rule_ids: list[str] | None
+    min_severity: int
+    since_ns: int | None
+    until_ns: int | None
+
+    def sql(self) -> tuple[str, list[object]]:
+        where = "kind = 'alert' AND severity >= ?"
+        params: list[object] = [self.min_severity]
+        if self.rule_ids:
+            where += f" AND rule_id IN ({','.join('?' * len(self.rule_ids))})"
+            params += self.rule_ids
+        if self.since_ns is not None:
+            where += " AND wall_ns >= ?"
+            params.append(self.since_ns)
+        if self.until_ns is not None:
+            where += " AND wall_ns < ?"
+            params.append(self.until_ns)
+        return where, params
+
+
+def _record(cursor: int, body: bytes, kind: str) -> Record:
+    if kind == INCIDENT:
+        return _incident(cursor, body)
     record: pb.Alert | pb.SensorGap = pb.SensorGap.FromString(body) if kind == GAP else pb.Alert.FromString(body)
     record.cursor = cursor
     return record
+
+
+def _incident(cursor: int, body: bytes) -> pb.Incident:
+    incident: pb.Incident = pb.Incident.FromString(body)
+    incident.cursor = cursor
+    return incident

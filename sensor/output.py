@@ -1,21 +1,28 @@
-"""How `gpusentry run` and `analyze` print events: one compact line each, or JSON lines."""
+"""How `gpusentry run` and `analyze` print what they see: a compact line each for people, or
+one JSON Record a line (sensor/outward.py, the schema in docs/schema/) for machines."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import json
 import time
-from typing import Any
+from typing import TextIO
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Observation
 from sensor.aggregator.facts import ConnectFact, ExecFact, Fact, GpuCompute, GpuOpenFact
 from sensor.aggregator.process_table import Process
+from sensor.api import convert
+from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.gpu_classes import CONTROLS, class_name, command_name, device_name
-from sensor.rules.alert import Alert
+from sensor.outward import json_line
 
 MAX_SHOWN_ARG = 120
+# What each observation prints: incidents and alerts (the default), incidents only, every
+# event and fact as well, or nothing.
+OUTPUT_MODES = ("alerts", "incidents", "events", "none")
 
 
 def text(raw: bytes) -> str:
@@ -121,27 +128,25 @@ def fact_line(fact: Fact) -> str | None:
     return f"fact    {fact.KIND} pid={fact.process.pid} {text(fact.summary().encode())}"
 
 
-def line(obs: Observation, boot_to_wall_ns: int) -> str | None:
+def event_lines(obs: Observation, boot_to_wall_ns: int) -> list[str]:
+    """The event's line and a line for each fact worth one, each with its time."""
     stamp = wall_clock(obs.event.ts, boot_to_wall_ns)
-    lines = [describe(obs)] + [fact_line(f) for f in obs.facts]
-    shown = [f"{stamp} {body}" for body in lines if body is not None]
-    for alert in obs.alerts:
-        shown += alert_lines(alert, boot_to_wall_ns)
-    return "\n".join(shown) if shown else None
+    bodies = [describe(obs)] + [fact_line(f) for f in obs.facts]
+    return [f"{stamp} {body}" for body in bodies if body is not None]
 
 
-def alert_lines(alert: Alert, boot_to_wall_ns: int) -> list[str]:
+def alert_lines(alert: pb.Alert) -> list[str]:
     """The alert, then its chain: each step's fact and process, then who the processes are."""
-    stamp = wall_clock(alert.ts, boot_to_wall_ns)
     scope = f" [scope {alert.scope}: {alert.scope_key}]" if alert.scope != "fact" else ""
-    out = [f"{stamp} ALERT {alert.severity.upper()} {alert.rule_id}: {alert.title}{scope}"]
-    by_id = {p.exec_id: p for p in alert.processes}
+    out = [f"{stamp(alert.time)} ALERT {severity_name(alert.severity)} {alert.rule_id}: {alert.title}{scope}"]
+    by_id = {p.process.exec_id: p.process for p in alert.processes}
     for number, step in enumerate(alert.steps, start=1):
-        proc = by_id[step.exec_id]
-        out.append(f"    {number}. {wall_clock(step.ts, boot_to_wall_ns)} {step.fact:12} pid={proc.pid} "
+        proc = by_id.get(step.exec_id) or step.detail.process
+        out.append(f"    {number}. {stamp(step.time)} {step.fact:12} pid={proc.pid} "
                    f"{text(proc.exe.encode())}: {text(step.summary.encode())}")
-    for proc in alert.processes:
-        chain = " <- ".join(f"{a['pid']} {text(str(a['exe']).encode()) or '?'}" for a in proc.ancestors)
+    for entry in alert.processes:
+        proc = entry.process
+        chain = " <- ".join(f"{a.pid} {text(a.exe.encode()) or '?'}" for a in entry.ancestors)
         args = argv_text([a.encode() for a in proc.argv], len(proc.argv))
         out.append(f"    pid {proc.pid} uid={proc.uid} cgroup={proc.cgroup_id}: {args}")
         if chain:
@@ -149,26 +154,62 @@ def alert_lines(alert: Alert, boot_to_wall_ns: int) -> list[str]:
     return out
 
 
-def alert_json(alert: Alert) -> str:
-    return json.dumps({"kind": "alert", **alert.to_dict()}, ensure_ascii=False)
-
-
-def json_line(obs: Observation) -> str | None:
-    alerts = [alert_json(a) for a in obs.alerts]
-    if isinstance(obs.event, ev.PROBE_MADE):
-        return "\n".join(alerts) or None
-    out: dict[str, Any] = ev.to_json_dict(obs.event)
-    if obs.process is not None:
-        out["process"] = {"exec_id": obs.process.exec_id, "exe": text(obs.process.exe),
-                          "ppid": obs.process.ppid}
-    if obs.facts:
-        out["facts"] = [fact_json(f) for f in obs.facts]
-    return "\n".join([json.dumps(out, ensure_ascii=False), *alerts])
-
-
-def fact_json(fact: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": fact.KIND}
-    for f in dataclasses.fields(fact):
-        value = getattr(fact, f.name)
-        out[f.name] = str(value) if f.name == "process" else value
+def incident_lines(incident: pb.Incident) -> list[str]:
+    """The incident (this version of it): how bad, how many alerts, which rules, what joined them."""
+    count = f"{incident.alerts_total} alert{'s' if incident.alerts_total != 1 else ''}"
+    out = [f"{stamp(incident.last_seen)} INCIDENT {severity_name(incident.severity)} {incident.id[:8]} {count}: "
+           f"{text(incident.summary.encode())}"]
+    out.append(f"    rules: {', '.join(incident.rule_ids)}")
+    if incident.scope_keys:
+        out.append(f"    joined by: {', '.join(text(k.encode()) for k in incident.scope_keys)}")
     return out
+
+
+def stamp(when: Timestamp) -> str:
+    """A wall-clock time as the lines show it: local HH:MM:SS.mmm."""
+    return wall_clock(when.ToNanoseconds(), 0)
+
+
+def severity_name(severity: pb.Severity) -> str:
+    name: str = pb.Severity.Name(severity)
+    return name.removeprefix("SEVERITY_")
+
+
+class Printer:
+    """What `run` and `analyze` print for each observation, by output mode: incidents and
+    alerts (`alerts`), incidents only, every event and fact with the alerts and incidents
+    (`events`), or nothing. Text lines for people, or one JSON Record a line (sensor.outward)."""
+
+    def __init__(self, out: TextIO, mode: str, as_json: bool, boot_to_wall_ns: int,
+                 host: pb.Host | None = None) -> None:
+        if mode not in OUTPUT_MODES:
+            raise ValueError(f"output mode {mode!r} is not one of {', '.join(OUTPUT_MODES)}")
+        self.out, self.mode, self.as_json, self.host = out, mode, as_json, host
+        self.boot_to_wall_ns = boot_to_wall_ns
+        self.clock = convert.Clock(boot_to_wall_ns)
+
+    def print(self, obs: Observation, alerts: list[pb.Alert], incidents: list[pb.Incident]) -> None:
+        """`alerts`: this observation's alerts, converted (cursor, id and incident id set);
+        `incidents`: the incident versions they made."""
+        if self.mode == "none":
+            return
+        lines = self._json(obs, alerts, incidents) if self.as_json else self._text(obs, alerts, incidents)
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+
+    def _json(self, obs: Observation, alerts: list[pb.Alert], incidents: list[pb.Incident]) -> list[str]:
+        items: list[Message] = []
+        if self.mode == "events":
+            items += [*convert.events(obs, self.clock), *convert.facts(obs, self.clock)]
+        if self.mode in ("events", "alerts"):
+            items += alerts
+        items += incidents
+        return [json_line(item, self.host) for item in items]
+
+    def _text(self, obs: Observation, alerts: list[pb.Alert], incidents: list[pb.Incident]) -> list[str]:
+        lines = event_lines(obs, self.boot_to_wall_ns) if self.mode == "events" else []
+        if self.mode in ("events", "alerts"):
+            lines += [line for alert in alerts for line in alert_lines(alert)]
+        lines += [line for incident in incidents for line in incident_lines(incident)]
+        return lines

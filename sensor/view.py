@@ -1,8 +1,10 @@
-"""The live view: a gRPC client that shows alerts, GPU activity, events and drops.
+"""The live view: a gRPC client that shows incidents first, then alerts, GPU activity, events
+and drops.
 
-It never talks to BPF: it subscribes to the agent's API like any client. The screen is one
-pure function, `render(snapshot)`, of a small snapshot that `apply` updates from the stream;
-both are tested with a recording console.
+It never talks to BPF: it subscribes to the agent's API like any client. What it shows about
+GPU compute comes from the aggregator's gpu_compute facts, never re-derived from raw events.
+The screen is one pure function, `render(snapshot)`, of a small snapshot that `apply` updates
+from the stream; both are tested with a recording console.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rich.text import Text
 from sensor.api.client import sensor_stub
 from sensor.api.v1 import gpusentry_pb2 as pb
 
-SEVERITY_STYLE = {pb.SEVERITY_CRITICAL: "bold white on red", pb.SEVERITY_HIGH: "bold red",
+SEVERITY_STYLE: dict[int, str] = {pb.SEVERITY_CRITICAL: "bold white on red", pb.SEVERITY_HIGH: "bold red",
                   pb.SEVERITY_MEDIUM: "yellow", pb.SEVERITY_LOW: "cyan", pb.SEVERITY_INFO: "dim"}
 KIND_NAMES = {k: pb.EventKind.Name(k).removeprefix("EVENT_KIND_").lower() for k in pb.EventKind.values()}
 
@@ -40,6 +42,7 @@ class GpuRow:
 class Snapshot:
     endpoint: str
     status: pb.Status | None = None
+    incidents: dict[str, pb.Incident] = field(default_factory=dict)  # by id, the latest version of each
     alerts: deque[pb.Alert] = field(default_factory=lambda: deque(maxlen=8))
     sensor_gaps: deque[pb.SensorGap] = field(default_factory=lambda: deque(maxlen=4))
     last_cursor: int = 0  # of the last journaled record received: where a new subscription resumes
@@ -58,30 +61,50 @@ def apply(snapshot: Snapshot, response: pb.SubscribeResponse, now: float | None 
     if item == "subscribed":
         return  # says where the stream starts: nothing to show
     snapshot.received += 1
-    if item == "alert":
+    if item == "incident":
+        _apply_incident(snapshot, response.incident)
+    elif item == "alert":
         snapshot.alerts.appendleft(response.alert)
         snapshot.last_cursor = max(snapshot.last_cursor, response.alert.cursor)
     elif item == "sensor_gap":
         snapshot.sensor_gaps.appendleft(response.sensor_gap)
         snapshot.last_cursor = max(snapshot.last_cursor, response.sensor_gap.cursor)
     elif item == "gap":
+        gap = response.gap
         snapshot.gaps += 1
-        snapshot.missed += response.gap.missed_events + response.gap.missed_alerts
+        snapshot.missed += gap.missed_events + gap.missed_alerts + gap.missed_incidents + gap.missed_facts
     elif item == "events":
         for event in response.events.events:
             _apply_event(snapshot, event, now)
+    elif item == "facts":
+        for fact in response.facts.facts:
+            _apply_fact(snapshot, fact, now)
+
+
+MAX_INCIDENTS = 64  # kept in memory; the screen shows the most recent few
+
+
+def _apply_incident(snapshot: Snapshot, incident: pb.Incident) -> None:
+    snapshot.incidents.pop(incident.id, None)  # re-inserted: the dict's order is the latest update last
+    snapshot.incidents[incident.id] = incident
+    snapshot.last_cursor = max(snapshot.last_cursor, incident.cursor)
+    while len(snapshot.incidents) > MAX_INCIDENTS:
+        del snapshot.incidents[next(iter(snapshot.incidents))]
 
 
 def _apply_event(snapshot: Snapshot, event: pb.Event, now: float) -> None:
-    detail = event.WhichOneof("detail")
-    if detail == "gpu_activity":
+    if event.WhichOneof("detail") == "gpu_activity":
         row = snapshot.gpu.setdefault(event.process.exec_id, GpuRow(event.process, event.gpu_activity))
         row.activity, row.seen = event.gpu_activity, now
-    elif detail == "gpu_object" and event.gpu_object.role == "compute" and event.gpu_object.reason == "alloc":
-        row = snapshot.gpu.setdefault(event.process.exec_id, GpuRow(event.process, pb.GpuActivity()))
-        row.compute, row.seen = True, now
-    if detail != "gpu_activity":
+    else:
         snapshot.events.appendleft(event)
+
+
+def _apply_fact(snapshot: Snapshot, fact: pb.Fact, now: float) -> None:
+    """GPU compute as the aggregator decided it (its gpu_compute fact)."""
+    if fact.kind == pb.FACT_KIND_GPU_COMPUTE:
+        row = snapshot.gpu.setdefault(fact.process.exec_id, GpuRow(fact.process, pb.GpuActivity()))
+        row.compute, row.seen = True, now
 
 
 def _time(stamp: object) -> str:
@@ -98,7 +121,9 @@ def _header(snapshot: Snapshot) -> RenderableType:
         return line
     line.append(f"kernel {status.kernel}  up {int(status.uptime_s)}s  ")
     total = sum(status.events_by_kind.values())
-    line.append(f"events {total}  alerts {status.journal_alerts}  ")
+    if status.host.hostname:
+        line.append(f"host {status.host.hostname}  ")
+    line.append(f"events {total}  incidents {status.incidents}  alerts {status.journal_alerts}  ")
     if status.sensor_gaps:
         line.append(f"blind windows {status.sensor_gaps}  ", style="bold red")
     line.append(f"subscribers {status.subscribers}  ")
@@ -112,15 +137,33 @@ def _header(snapshot: Snapshot) -> RenderableType:
     return line
 
 
+def _severity(value: int) -> Text:
+    return Text(pb.Severity.Name(value).removeprefix("SEVERITY_"), style=SEVERITY_STYLE.get(value, ""))
+
+
+def _incidents(snapshot: Snapshot) -> RenderableType:
+    """The most recently updated incidents first: what an operator looks at before anything else.
+    Each is a line (when, severity, id, its alerts' rules) and its summary, wrapped beneath: on
+    a narrow terminal a table would squeeze the summary into a column of single letters."""
+    shown: list[RenderableType] = []
+    for incident in list(reversed(snapshot.incidents.values()))[:4]:
+        line = Text(f"{_time(incident.last_seen)}  ")
+        line.append_text(_severity(incident.severity))
+        line.append(f"  {incident.id[:8]}  {incident.alerts_total} alert{'s' if incident.alerts_total != 1 else ''}: ",
+                    style="bold")
+        line.append(", ".join(incident.rule_ids))
+        shown += [line, Text(f"    {incident.summary}")]
+    body = Group(*shown) if shown else Text("no incidents", style="dim")
+    return Panel(body, title="incidents", border_style="bold red")
+
+
 def _alerts(snapshot: Snapshot) -> RenderableType:
     table = Table(expand=True, box=None, show_header=True, header_style="bold")
     for column in ("time", "severity", "rule", "chain"):
         table.add_column(column, overflow="fold", ratio=4 if column == "chain" else None)
     for alert in snapshot.alerts:
         chain = " → ".join(f"{s.fact}: {s.summary}" for s in alert.steps)
-        severity = pb.Severity.Name(alert.severity).removeprefix("SEVERITY_")
-        table.add_row(_time(alert.time), Text(severity, style=SEVERITY_STYLE.get(alert.severity, "")),
-                      alert.rule_id, chain)
+        table.add_row(_time(alert.time), _severity(alert.severity), alert.rule_id, chain)
     # Blind windows go above the alerts: no alert in such a window means nothing was watching.
     blind = [Text(f"SENSOR BLIND {_time(g.start)}–{_time(g.end)}: {g.cause}", style="bold white on magenta")
              for g in snapshot.sensor_gaps]
@@ -165,15 +208,15 @@ def _detail(event: pb.Event) -> str:
         case "gpu_object":
             g = event.gpu_object
             return f"{g.command} {g.role} {g.class_id:#x} {g.architecture}".strip()
-        case "tunnel":
-            return f"{event.tunnel.tool} {'/'.join(event.tunnel.directions)} {', '.join(event.tunnel.forwards)}"
-        case "egress":
-            return f"{event.egress.address}:{event.egress.port}"
+        case "accept":
+            return f"from {event.accept.address}:{event.accept.port}"
+        case "fork":
+            return f"child {event.fork.child_pid}"
     return ""
 
 
 def render(snapshot: Snapshot) -> RenderableType:
-    return Group(_header(snapshot), _alerts(snapshot), _gpu(snapshot), _events(snapshot))
+    return Group(_header(snapshot), _incidents(snapshot), _alerts(snapshot), _gpu(snapshot), _events(snapshot))
 
 
 class Watcher:
@@ -188,7 +231,9 @@ class Watcher:
     def _subscribe(self) -> None:
         while not self.stop.is_set():
             try:
-                request = pb.SubscribeRequest(events=True, alerts=True, since_cursor=self.snapshot.last_cursor)
+                request = pb.SubscribeRequest(events=True, alerts=True, incidents=True, facts=True,
+                                              fact_kinds=[pb.FACT_KIND_GPU_COMPUTE],
+                                              since_cursor=self.snapshot.last_cursor)
                 for response in self.stub.Subscribe(request):
                     with self.lock:
                         apply(self.snapshot, response)

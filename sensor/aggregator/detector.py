@@ -47,7 +47,8 @@ class Detector:
     def __init__(self, table: ProcessTable, ruleset: RuleSet, config: DetectorConfig | None = None) -> None:
         config = config or DetectorConfig()
         self.table = table
-        self.egress = EgressPolicy(list(config.egress_allowlist))
+        self.egress_flags = config.egress_allowlist  # --egress-allow: joined with the rules' allowed_egress list
+        self.egress = EgressPolicy(list(ruleset.egress_allowlist(self.egress_flags)))
         self.miner = MinerClassifier(ruleset.lists)
         self.scan = ScanDetector(config.scan_threshold, config.scan_window_s)
         self.taint = TunnelTaint()
@@ -56,7 +57,9 @@ class Detector:
 
     def reload(self, ruleset: RuleSet) -> None:
         """New rules (SIGHUP): open sequences of unchanged rules go on (RuleEngine.load); lineage
-        roots are recomputed, as a rule's lineage boundary may have changed."""
+        roots are recomputed, as a rule's lineage boundary may have changed; the egress allowlist
+        follows the rules' allowed_egress list."""
+        self.egress = EgressPolicy(list(ruleset.egress_allowlist(self.egress_flags)))
         self.miner = MinerClassifier(ruleset.lists)
         self.engine.load(ruleset)
         self._lineage.clear()

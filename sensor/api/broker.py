@@ -1,11 +1,11 @@
 """Fan-out from the aggregator to subscribers, without ever slowing the aggregator.
 
-The aggregator appends items (events, and journaled records: alerts and sensor gaps, already
-converted) to one bounded ring and never waits. Each subscriber reads the ring at its own
-position: its queue is the part of the ring it has not read yet, bounded by the ring's size. A
-subscriber that falls further behind than the ring holds has lost items: it gets a Gap saying
-how many events, alerts and sensor gaps were published while it was behind, then its missed
-records again from the journal, then the live stream from the oldest item still held.
+The aggregator appends items (events and facts, and journaled records: alerts, sensor gaps and
+incident versions, already converted) to one bounded ring and never waits. Each subscriber
+reads the ring at its own position: its queue is the part of the ring it has not read yet,
+bounded by the ring's size. A subscriber that falls further behind than the ring holds has lost
+items: it gets a Gap saying how many of each kind were published while it was behind, then its
+missed records again from the journal, then the live stream from the oldest item still held.
 Publishing wakes the server's event loop at most once per batch.
 
 Journaled records reach the ring in cursor order (one thread journals and publishes them), so
@@ -16,39 +16,70 @@ cursor published then.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sensor.api.filters import Filter
 from sensor.api.v1 import gpusentry_pb2 as pb
 
 
+class Tally(NamedTuple):
+    """Items of each counted kind published before some point; events are the rest."""
+
+    alerts: int = 0
+    sensor_gaps: int = 0
+    incidents: int = 0
+    facts: int = 0
+
+    def after(self, item: Item) -> Tally:
+        return Tally(self.alerts + (item.alert is not None), self.sensor_gaps + (item.sensor_gap is not None),
+                     self.incidents + (item.incident is not None), self.facts + (item.fact is not None))
+
+    def since(self, earlier: Tally) -> Tally:
+        return Tally(*(now - then for now, then in zip(self, earlier, strict=True)))
+
+
+NOTHING = Tally()
+
+
 @dataclass(frozen=True)
 class Item:
-    seq: int
-    alerts_before: int  # alerts published before this item: turns a lost range into counts
     event: pb.Event | None = None
     alert: pb.Alert | None = None
     sensor_gap: pb.SensorGap | None = None
-    # what filters look at
+    incident: pb.Incident | None = None
+    fact: pb.Fact | None = None
+    # what filters look at (events and facts)
     exec_id: str = ""
     exe: str = ""
     lineage: frozenset[str] = frozenset()  # the process's key and its ancestors' ("pid:start_ns")
     cgroup_id: int = 0
-    gaps_before: int = 0  # sensor gaps published before this item
+    # set by the broker
+    seq: int = 0
+    before: Tally = NOTHING  # what was published before this item
+
+    @property
+    def record(self) -> pb.Alert | pb.SensorGap | pb.Incident | None:
+        """The journaled record it carries (an alert, a sensor gap, an incident version), if any."""
+        return self.alert or self.sensor_gap or self.incident
 
     @property
     def cursor(self) -> int:
-        """The journal cursor of an alert or a sensor gap; 0 for an event (not journaled)."""
-        record = self.alert or self.sensor_gap
+        """The journal cursor of its record; 0 for an event or a fact (not journaled)."""
+        record = self.record
         return record.cursor if record is not None else 0
 
     def matches(self, wanted: Filter) -> bool:
-        if self.alert is not None:
-            return alert_matches(self.alert, wanted)
-        if self.sensor_gap is not None:
-            return wanted.alerts  # blind time concerns every rule, severity and process
+        record = self.record
+        if record is not None:
+            return record_matches(record, wanted)
+        if self.fact is not None:
+            return wanted.facts and (not wanted.fact_kinds or self.fact.kind in wanted.fact_kinds) and \
+                self._process_matches(wanted)
         if self.event is None or not wanted.events or (wanted.kinds and self.event.kind not in wanted.kinds):
             return False
         return self._process_matches(wanted)
@@ -63,13 +94,32 @@ class Item:
         return not wanted.cgroup_ids or self.cgroup_id in wanted.cgroup_ids
 
 
+def record_matches(record: pb.Alert | pb.SensorGap | pb.Incident, wanted: Filter) -> bool:
+    """Whether a journaled record, live or replayed, is one the subscriber asked for."""
+    if isinstance(record, pb.Alert):
+        return alert_matches(record, wanted)
+    if isinstance(record, pb.Incident):
+        return incident_matches(record, wanted)
+    return wanted.journaled  # a sensor gap: blind time concerns every rule, severity, process and incident
+
+
 def alert_matches(alert: pb.Alert, wanted: Filter) -> bool:
     """An alert matches a process filter when any of its processes does."""
     if not wanted.alerts or (wanted.rule_ids and alert.rule_id not in wanted.rule_ids):
         return False
-    if alert.severity < wanted.min_severity:
+    return alert.severity >= wanted.min_severity and processes_match(alert.processes, wanted)
+
+
+def incident_matches(incident: pb.Incident, wanted: Filter) -> bool:
+    """An incident matches the alert filters when any of its rules does, its severity (the
+    highest of its alerts) does, and any of its processes does."""
+    if not wanted.incidents or (wanted.rule_ids and wanted.rule_ids.isdisjoint(incident.rule_ids)):
         return False
-    processes = [p.process for p in alert.processes]
+    return incident.severity >= wanted.min_severity and processes_match(incident.processes, wanted)
+
+
+def processes_match(involved: Sequence[pb.AlertProcess], wanted: Filter) -> bool:
+    processes = [p.process for p in involved]
     if wanted.exec_id and all(p.exec_id != wanted.exec_id for p in processes):
         return False
     if wanted.binary and all(p.exe != wanted.binary and p.exe.rsplit("/", 1)[-1] != wanted.binary
@@ -78,7 +128,7 @@ def alert_matches(alert: pb.Alert, wanted: Filter) -> bool:
     if wanted.ancestor and all(
             wanted.ancestor != p.process.exec_id.rsplit(":", 1)[0]
             and all(wanted.ancestor != a.exec_id.rsplit(":", 1)[0] for a in p.ancestors)
-            for p in alert.processes):
+            for p in involved):
         return False
     return not wanted.cgroup_ids or any(p.cgroup_id in wanted.cgroup_ids for p in processes)
 
@@ -88,16 +138,21 @@ class Subscription:
     id: int
     filter: Filter
     position: int  # the next sequence number to read
-    alerts_before: int  # alerts published before `position`
-    gaps_before: int  # sensor gaps published before `position`
+    before: Tally  # what was published before `position`
     wakeup: asyncio.Event
     # Every journaled record up to this cursor was delivered, filtered out, or came before the
     # subscription; live records at or below it are skipped, and replays start after it.
     last_cursor: int = 0
     delivered: int = 0
     missed_events: int = 0
-    missed_alerts: int = 0
+    missed_alerts: int = 0  # alerts and sensor gaps
+    missed_incidents: int = 0
+    missed_facts: int = 0
     gaps: int = 0
+
+    @property
+    def missed(self) -> int:
+        return self.missed_events + self.missed_alerts + self.missed_incidents + self.missed_facts
 
 
 @dataclass
@@ -107,6 +162,8 @@ class Behind:
     missed_events: int
     missed_alerts: int
     missed_sensor_gaps: int
+    missed_incidents: int = 0
+    missed_facts: int = 0
 
 
 @dataclass
@@ -114,6 +171,8 @@ class BrokerStats:
     published_events: int = 0
     published_alerts: int = 0
     published_sensor_gaps: int = 0
+    published_incidents: int = 0
+    published_facts: int = 0
     subscribers: int = 0
     refused: int = 0  # subscriptions refused at the limit
     missed: dict[str, int] = field(default_factory=dict)  # by subscriber id: items lost to gaps
@@ -129,8 +188,7 @@ class Broker:
         self.max_subscribers = max_subscribers
         self._ring: deque[Item] = deque(maxlen=capacity)
         self._next_seq = 0
-        self._alerts = 0
-        self._gaps = 0
+        self._published = NOTHING  # everything published so far
         self._last_cursor = 0  # of the last journaled record published
         self._lock = threading.Lock()
         self._subscriptions: dict[int, Subscription] = {}
@@ -152,13 +210,18 @@ class Broker:
         return any(s.filter.events for s in list(self._subscriptions.values()))
 
     @property
+    def wants_facts(self) -> bool:
+        return any(s.filter.facts for s in list(self._subscriptions.values()))
+
+    @property
     def wants_lineage(self) -> bool:
         return any(s.filter.needs_lineage for s in list(self._subscriptions.values()))
 
     # -- the aggregator's side ------------------------------------------------------------
 
     def publish(self, items: list[Item]) -> None:
-        """Append items (events, alerts, sensor gaps) with their filter keys; never blocks on subscribers.
+        """Append items (events, facts, alerts, sensor gaps, incidents) with their filter keys;
+        never blocks on subscribers.
 
         Journaled records must come in cursor order: a subscriber that passed cursor N skips any
         record at or below it, so one that came late would be lost to it (ValueError instead)."""
@@ -167,9 +230,9 @@ class Broker:
         with self._lock:
             self._last_cursor = self._in_order(items)
             for item in items:
-                self._ring.append(Item(self._next_seq, self._alerts, item.event, item.alert, item.sensor_gap,
-                                       item.exec_id, item.exe, item.lineage, item.cgroup_id, self._gaps))
+                self._ring.append(dataclasses.replace(item, seq=self._next_seq, before=self._published))
                 self._next_seq += 1
+                self._published = self._published.after(item)
                 self._count(item)
             wake = not self._wake_pending and self._loop is not None and bool(self._subscriptions)
             self._wake_pending = self._wake_pending or wake
@@ -187,14 +250,17 @@ class Broker:
         return last
 
     def _count(self, item: Item) -> None:
+        stats = self.stats
         if item.alert is not None:
-            self._alerts += 1
-            self.stats.published_alerts += 1
+            stats.published_alerts += 1
         elif item.sensor_gap is not None:
-            self._gaps += 1
-            self.stats.published_sensor_gaps += 1
+            stats.published_sensor_gaps += 1
+        elif item.incident is not None:
+            stats.published_incidents += 1
+        elif item.fact is not None:
+            stats.published_facts += 1
         else:
-            self.stats.published_events += 1
+            stats.published_events += 1
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -211,7 +277,7 @@ class Broker:
                 self.stats.refused += 1
                 raise TooManySubscribers(f"the sensor already has {self.max_subscribers} subscribers")
             self._ids += 1
-            subscription = Subscription(self._ids, wanted, self._next_seq, self._alerts, self._gaps, asyncio.Event(),
+            subscription = Subscription(self._ids, wanted, self._next_seq, self._published, asyncio.Event(),
                                         last_cursor=self._last_cursor)
             self._subscriptions[subscription.id] = subscription
             self.stats.subscribers = len(self._subscriptions)
@@ -234,26 +300,23 @@ class Broker:
             if items:
                 last = items[-1]
                 subscription.position = last.seq + 1
-                subscription.alerts_before = last.alerts_before + (1 if last.alert is not None else 0)
-                subscription.gaps_before = last.gaps_before + (1 if last.sensor_gap is not None else 0)
+                subscription.before = last.before.after(last)
             else:
                 subscription.wakeup.clear()
         return behind, items
 
     def _fell_behind(self, subscription: Subscription, oldest: int) -> Behind:
-        first = self._ring[0] if self._ring else None
-        alerts_at_oldest = first.alerts_before if first else self._alerts
-        gaps_at_oldest = first.gaps_before if first else self._gaps
-        lost = oldest - subscription.position
-        lost_alerts = alerts_at_oldest - subscription.alerts_before
-        lost_gaps = gaps_at_oldest - subscription.gaps_before
-        behind = Behind(lost - lost_alerts - lost_gaps, lost_alerts, lost_gaps)
-        subscription.position, subscription.alerts_before = oldest, alerts_at_oldest
-        subscription.gaps_before = gaps_at_oldest
+        at_oldest = self._ring[0].before if self._ring else self._published
+        lost = at_oldest.since(subscription.before)
+        events = oldest - subscription.position - sum(lost)
+        behind = Behind(events, lost.alerts, lost.sensor_gaps, lost.incidents, lost.facts)
+        subscription.position, subscription.before = oldest, at_oldest
         subscription.gaps += 1
-        subscription.missed_events += behind.missed_events
-        subscription.missed_alerts += behind.missed_alerts + behind.missed_sensor_gaps
-        self.stats.missed[str(subscription.id)] = subscription.missed_events + subscription.missed_alerts
+        subscription.missed_events += events
+        subscription.missed_alerts += lost.alerts + lost.sensor_gaps
+        subscription.missed_incidents += lost.incidents
+        subscription.missed_facts += lost.facts
+        self.stats.missed[str(subscription.id)] = subscription.missed
         return behind
 
     def subscriptions(self) -> list[Subscription]:

@@ -31,6 +31,7 @@ TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
 INT64 = (-(2**63), 2**63 - 1)
 # [0-9], not \d (which takes any Unicode digit); fullmatch, not $ (which takes a final newline)
 EXEC_ID = re.compile(r"([0-9]{1,7}):([0-9]{1,20}):([0-9]{1,10})", re.ASCII)
+INCIDENT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE)
 
 Request = TypeVar("Request", bound=Message)
 
@@ -66,10 +67,18 @@ class Filter:
     ancestor: str  # "pid:start_ns": a process (any of its exec images) and its descendants
     cgroup_ids: frozenset[int]
     since_cursor: int | None
+    incidents: bool = False
+    facts: bool = False
+    fact_kinds: frozenset[int] = frozenset()  # empty: all
 
     @property
     def needs_lineage(self) -> bool:
         return bool(self.ancestor)
+
+    @property
+    def journaled(self) -> bool:
+        """Whether it wants journaled records (alerts, incidents, and the sensor gaps with them)."""
+        return self.alerts or self.incidents
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,18 @@ class AlertPage:
     min_severity: int
     since_ns: int | None
     until_ns: int | None
+
+
+@dataclass(frozen=True)
+class IncidentPage:
+    """A ListIncidents request, checked; times are wall-clock nanoseconds, None when not given."""
+
+    size: int
+    after_cursor: int
+    min_severity: int
+    since_ns: int | None  # last seen at or after
+    until_ns: int | None  # first seen before
+    incident_id: str | None
 
 
 def shown(value: str) -> str:
@@ -165,6 +186,36 @@ def _severity(value: int) -> int:
     return value
 
 
+def _kinds(values: Collection[int], field: str, known: Collection[int], what: str) -> frozenset[int]:
+    _count(field, values)
+    for index, kind in enumerate(values):
+        if kind == 0 or kind not in known:
+            raise InvalidRequest(f"{field}[{index}]: {kind} is not {what}")
+    return frozenset(values)
+
+
+def _page_size(value: int) -> int:
+    size = value or DEFAULT_PAGE
+    if size > MAX_PAGE:
+        raise InvalidRequest(f"page_size: at most {MAX_PAGE}, not {size}")
+    return size
+
+
+def _after_cursor(value: int, last_cursor: int) -> int:
+    after = _cursor(value, "after_cursor")
+    if after > last_cursor:
+        raise OutOfRange(f"after_cursor: {after} is past the journal's end ({last_cursor}); if the journal was "
+                         "replaced, page it again from 0")
+    return after
+
+
+def _incident_id(value: str) -> str:
+    if INCIDENT_ID.fullmatch(value) is None:
+        raise InvalidRequest(f"id: {shown(value)} is not an incident id (a UUID, "
+                             "e.g. 0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e)")
+    return value.lower()
+
+
 def _cursor(value: int, field: str) -> int:
     if value > MAX_CURSOR:
         raise InvalidRequest(f"{field}: {value} is past the largest cursor (2^63-1)")
@@ -194,17 +245,15 @@ def subscription(request: pb.SubscribeRequest | Malformed, known_rules: Collecti
 
 
 def parse(request: pb.SubscribeRequest, known_rules: Collection[str]) -> Filter:
-    if not request.events and not request.alerts:
-        raise InvalidRequest("events, alerts: subscribe to events, alerts or both (set one to true)")
-    _count("event_kinds", request.event_kinds)
-    _count("cgroup_ids", request.cgroup_ids)
-    kinds = set()
-    for index, kind in enumerate(request.event_kinds):
-        if kind == pb.EVENT_KIND_UNSPECIFIED or kind not in pb.EventKind.values():
-            raise InvalidRequest(f"event_kinds[{index}]: {kind} is not an event kind")
-        kinds.add(kind)
+    if not (request.events or request.alerts or request.incidents or request.facts):
+        raise InvalidRequest("events, alerts, incidents, facts: subscribe to at least one of them (set it to true)")
+    kinds = _kinds(request.event_kinds, "event_kinds", pb.EventKind.values(), "an event kind")
     if kinds and not request.events:
         raise InvalidRequest("event_kinds: set events to true to receive events")
+    fact_kinds = _kinds(request.fact_kinds, "fact_kinds", pb.FactKind.values(), "a fact kind")
+    if fact_kinds and not request.facts:
+        raise InvalidRequest("fact_kinds: set facts to true to receive facts")
+    _count("cgroup_ids", request.cgroup_ids)
     rule_ids = _rule_ids(request.rule_ids, known_rules)
     min_severity = _severity(request.min_severity)
     process = request.process
@@ -213,25 +262,21 @@ def parse(request: pb.SubscribeRequest, known_rules: Collection[str]) -> Filter:
     exec_id = _exec_id(process.exec_id, "process.exec_id") if process.exec_id else ""
     ancestor = _exec_id(process.ancestor_exec_id, "process.ancestor_exec_id") if process.ancestor_exec_id else ""
     since = _cursor(request.since_cursor, "since_cursor") if request.HasField("since_cursor") else None
-    if since is not None and not request.alerts:
-        raise InvalidRequest("since_cursor: it replays alerts; set alerts to true")
+    if since is not None and not (request.alerts or request.incidents):
+        raise InvalidRequest("since_cursor: it replays journaled alerts and incidents; set alerts or incidents "
+                             "to true")
     return Filter(
-        events=request.events, alerts=request.alerts, kinds=frozenset(kinds), rule_ids=frozenset(rule_ids),
+        events=request.events, alerts=request.alerts, kinds=kinds, rule_ids=frozenset(rule_ids),
         min_severity=min_severity, exec_id=exec_id, binary=process.binary,
         ancestor=process_key(ancestor) if ancestor else "", cgroup_ids=frozenset(request.cgroup_ids),
-        since_cursor=since)
+        since_cursor=since, incidents=request.incidents, facts=request.facts, fact_kinds=fact_kinds)
 
 
 def alert_page(request: pb.ListAlertsRequest | Malformed, known_rules: Collection[str],
                last_cursor: int) -> AlertPage:
     checked: pb.ListAlertsRequest = whole(request)
-    size = checked.page_size or DEFAULT_PAGE
-    if size > MAX_PAGE:
-        raise InvalidRequest(f"page_size: at most {MAX_PAGE}, not {size}")
-    after = _cursor(checked.after_cursor, "after_cursor")
-    if after > last_cursor:
-        raise OutOfRange(f"after_cursor: {after} is past the journal's end ({last_cursor}); if the journal was "
-                         "replaced, page it again from 0")
+    size = _page_size(checked.page_size)
+    after = _after_cursor(checked.after_cursor, last_cursor)
     since = _time_ns(checked.since, "since") if checked.HasField("since") else None
     until = _time_ns(checked.until, "until") if checked.HasField("until") else None
     if since is not None and until is not None and since > until:
@@ -239,6 +284,19 @@ def alert_page(request: pb.ListAlertsRequest | Malformed, known_rules: Collectio
                              f"({checked.until.ToJsonString()})")
     return AlertPage(size=size, after_cursor=after, rule_ids=_rule_ids(checked.rule_ids, known_rules),
                      min_severity=_severity(checked.min_severity), since_ns=since, until_ns=until)
+
+
+def incident_page(request: pb.ListIncidentsRequest | Malformed, last_cursor: int) -> IncidentPage:
+    """Unlike an alert page's, `since` may be after `until`: an incident is an interval, and one
+    first seen before `until` may well be last seen after a later `since` (it spans both)."""
+    checked: pb.ListIncidentsRequest = whole(request)
+    size = _page_size(checked.page_size)
+    after = _after_cursor(checked.after_cursor, last_cursor)
+    return IncidentPage(
+        size=size, after_cursor=after, min_severity=_severity(checked.min_severity),
+        since_ns=_time_ns(checked.since, "since") if checked.HasField("since") else None,
+        until_ns=_time_ns(checked.until, "until") if checked.HasField("until") else None,
+        incident_id=_incident_id(checked.id) if checked.id else None)
 
 
 def process_lookup(request: pb.GetProcessRequest | Malformed) -> tuple[str, str | int]:

@@ -1,8 +1,9 @@
-"""The aggregator's side of the API: journal each alert, then publish alerts, sensor gaps and events.
+"""The aggregator's side of the API: group alerts into incidents, journal them, then publish
+alerts, incident versions, sensor gaps, events and facts.
 
 Runs in the aggregator's thread. An alert is committed to the journal before anyone can see
-it; so is a sensor gap (its caller journals it). Events are converted only while some
-subscriber wants events.
+it; so is each incident version, right after the alerts that changed it, and a sensor gap (its
+caller journals it). Events and facts are converted only while some subscriber wants them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sensor.api import convert
 from sensor.api.broker import Item
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
+from sensor.incidents import IncidentBook
 
 
 class Publisher:
@@ -21,38 +23,69 @@ class Publisher:
         self.state = state
         self.clock = state.clock
 
-    def publish(self, obs: Observation) -> None:
-        state = self.state
+    def publish(self, obs: Observation, alerts: list[pb.Alert], book: IncidentBook) -> list[pb.Incident]:
+        """Journal and publish one observation's alerts (converted: convert.alert) and the
+        incidents they join; the incidents' new versions, one per incident touched.
+
+        The alerts join their incidents before anything is journaled, so that an alert another
+        alert of the same observation merged elsewhere is journaled with the incident it ends
+        up in, and an incident that lived only for a moment is never journaled."""
+        touched = book.add_all(alerts)
+        journal = self.state.journal
         items = []
-        for alert in obs.alerts:
-            message = convert.alert(alert, self.clock)
-            message.cursor = state.journal.append(message)  # durable before it is published
-            items.append(Item(0, 0, alert=message))
-        broker = state.broker
+        for alert in alerts:
+            alert.cursor = journal.append(alert)  # durable before it is published
+            items.append(Item(alert=_copy(alert)))
+        versions = []
+        for incident_id in touched:
+            version = book.render(incident_id)  # after its alerts got their cursors
+            version.cursor = journal.append_incident(version, book.take_absorbed(incident_id))
+            versions.append(version)
+            items.append(Item(incident=version))
+        broker = self.state.broker
         if broker.wants_events:
             items += self._events(obs, broker.wants_lineage)
+        if broker.wants_facts:
+            items += self._facts(obs, broker.wants_lineage)
         broker.publish(items)
+        return versions
 
     def publish_gap(self, gap: pb.SensorGap) -> None:
         """Hand a sensor gap just journaled (Journal.append_gap) to live subscribers.
 
         Call it from the thread that publishes alerts, right after journaling it: subscribers
         rely on journaled records arriving in cursor order."""
-        self.state.broker.publish([Item(0, 0, sensor_gap=gap)])
+        self.state.broker.publish([Item(sensor_gap=gap)])
 
     def _events(self, obs: Observation, lineage: bool) -> list[Item]:
         if isinstance(obs.event, ev.GpuCounters):
             with self.state.lock:
                 messages = list(convert.gpu_activity(self.state.aggregator.gpu, self.state.aggregator.table,
                                                      obs.event, self.clock))
-            return [Item(0, 0, event=m, exec_id=m.process.exec_id, exe=m.process.exe) for m in messages]
+            return [Item(event=m, exec_id=m.process.exec_id, exe=m.process.exe) for m in messages]
         if obs.process is None:
             return []
         keys = self._lineage(obs.process) if lineage else frozenset()
-        return [Item(0, 0, event=message, exec_id=obs.process.exec_id, exe=message.process.exe, lineage=keys,
+        return [Item(event=message, exec_id=obs.process.exec_id, exe=message.process.exe, lineage=keys,
                      cgroup_id=obs.process.cgroup_id) for message in convert.events(obs, self.clock)]
+
+    def _facts(self, obs: Observation, lineage: bool) -> list[Item]:
+        proc = obs.process
+        keys = self._lineage(proc) if lineage and proc is not None else frozenset()
+        cgroup_id = proc.cgroup_id if proc is not None else 0
+        return [Item(fact=message, exec_id=message.process.exec_id, exe=message.process.exe, lineage=keys,
+                     cgroup_id=cgroup_id) for message in convert.facts(obs, self.clock)]
 
     def _lineage(self, proc: Process) -> frozenset[str]:
         with self.state.lock:
             ancestors = self.state.aggregator.table.ancestors(proc.key)
         return frozenset(f"{p.pid}:{p.start_ns}" for p in [proc, *ancestors])
+
+
+def _copy(alert: pb.Alert) -> pb.Alert:
+    """The alert as journaled, for subscribers: the incident book keeps the original and may
+    change its incident_id later (a merge), which must not reach a message another thread is
+    sending."""
+    copy = pb.Alert()
+    copy.CopyFrom(alert)
+    return copy

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from sensor.api.service import SensorService, add_sensor_service
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
-from sensor.errors import GpusentryError, UsageError
+from sensor.errors import GpusentryError, RuntimeFailure, UsageError
 
 DEFAULT_SOCKET = Path("/run/gpusentry/sensor.sock")
 SERVICE = pb.DESCRIPTOR.services_by_name["Sensor"].full_name
@@ -132,7 +132,7 @@ class ApiServer:
         if self._failure is not None:
             raise self._failure
         if not self._started.is_set():
-            raise GpusentryError("the API server did not start in 30 seconds")
+            raise RuntimeFailure("the API server did not start in 30 seconds")
 
     def failure(self) -> str | None:
         """Why the server stopped serving, if it stopped without being asked to."""

@@ -1,4 +1,4 @@
-"""The gpusentry.v1.Sensor service: subscriptions, alert pages, processes and status.
+"""The gpusentry.v1.Sensor service: subscriptions, alert and incident pages, processes and status.
 
 Requests are checked before anything else happens (sensor/api/filters.py): a bad field is
 INVALID_ARGUMENT naming it, and bytes that are not a request at all are INVALID_ARGUMENT too,
@@ -21,12 +21,13 @@ from google.protobuf.message_factory import GetMessageClass
 from sensor import events as ev
 from sensor.aggregator.process_table import Process
 from sensor.api import convert
-from sensor.api.broker import Behind, Item, Subscription, TooManySubscribers, alert_matches
+from sensor.api.broker import Behind, Item, Subscription, TooManySubscribers, record_matches
 from sensor.api.filters import (
     Filter,
     InvalidRequest,
     Malformed,
     alert_page,
+    incident_page,
     process_lookup,
     status_request,
     subscription,
@@ -34,6 +35,9 @@ from sensor.api.filters import (
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.api.v1 import gpusentry_pb2_grpc as pb_grpc
+from sensor.journal import Record
+from sensor.outward import this_host
+from sensor.rules.status import rule_statuses
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Sensor"]
 REPLAY_PAGE = 500
@@ -87,8 +91,8 @@ class SensorService(pb_grpc.SensorServicer):
 
     async def _replay(self, subscriber: Subscription, wanted: Filter) -> AsyncIterator[pb.SubscribeResponse]:
         """Journaled records after the subscriber's last one, up to the journal's end now."""
-        if not wanted.alerts:
-            return  # only alerts and sensor gaps are journaled
+        if not wanted.journaled:
+            return  # only alerts, incidents and sensor gaps are journaled
         journal = self.state.journal
         end = await asyncio.to_thread(journal.last_cursor)
         while subscriber.last_cursor < end:
@@ -97,12 +101,9 @@ class SensorService(pb_grpc.SensorServicer):
                 break
             for record in page:
                 subscriber.last_cursor = record.cursor
-                if isinstance(record, pb.SensorGap):
+                if record_matches(record, wanted):
                     subscriber.delivered += 1
-                    yield pb.SubscribeResponse(sensor_gap=record)
-                elif alert_matches(record, wanted):
-                    subscriber.delivered += 1
-                    yield pb.SubscribeResponse(alert=record)
+                    yield _response(record)
 
     # -- ListAlerts -----------------------------------------------------------------------
 
@@ -114,12 +115,27 @@ class SensorService(pb_grpc.SensorServicer):
         except InvalidRequest as exc:
             await _refuse(context, exc)
         records = await asyncio.to_thread(journal.records, page.after_cursor, page.size, page.rule_ids,
-                                          page.min_severity, page.since_ns, page.until_ns)
+                                          page.min_severity, page.since_ns, page.until_ns, incidents=False)
         # the page ends at its last record when it is full: gaps and alerts after it come next time
         next_cursor = records[-1].cursor if len(records) == page.size else 0
         return pb.ListAlertsResponse(alerts=[r for r in records if isinstance(r, pb.Alert)],
                                      sensor_gaps=[r for r in records if isinstance(r, pb.SensorGap)],
                                      next_cursor=next_cursor)
+
+    # -- ListIncidents --------------------------------------------------------------------
+
+    async def ListIncidents(self, request: pb.ListIncidentsRequest | Malformed,
+                            context: grpc.aio.ServicerContext) -> pb.ListIncidentsResponse:
+        journal = self.state.journal
+        try:
+            page = incident_page(request, await asyncio.to_thread(journal.last_cursor))
+        except InvalidRequest as exc:
+            await _refuse(context, exc)
+        incidents = await asyncio.to_thread(journal.incidents, page.after_cursor, page.size, page.min_severity,
+                                            page.since_ns, page.until_ns, page.incident_id)
+        # as for alerts: a full page ends at its last incident, and the next page starts after it
+        next_cursor = incidents[-1].cursor if len(incidents) == page.size else 0
+        return pb.ListIncidentsResponse(incidents=incidents, next_cursor=next_cursor)
 
     # -- GetProcess -----------------------------------------------------------------------
 
@@ -161,6 +177,7 @@ class SensorService(pb_grpc.SensorServicer):
             status = status_of(state)
         status.journal_alerts = await asyncio.to_thread(state.journal.count)
         status.sensor_gaps = await asyncio.to_thread(state.journal.gap_count)
+        status.incidents = await asyncio.to_thread(state.journal.incident_count)
         status.last_cursor = await asyncio.to_thread(state.journal.last_cursor)
         return status
 
@@ -195,8 +212,8 @@ def _start(subscriber: Subscription, wanted: Filter, journal_end: int) -> pb.Sub
 
 
 def _deliver(items: list[Item], subscriber: Subscription, wanted: Filter) -> Iterator[pb.SubscribeResponse]:
-    """Live items as responses: events batched, journaled records each on their own, in order."""
-    batch: list[pb.Event] = []
+    """Live items as responses: events and facts batched, journaled records each on their own, in order."""
+    batch = _Batch()
     for item in items:
         if item.cursor:
             if item.cursor <= subscriber.last_cursor:
@@ -205,26 +222,58 @@ def _deliver(items: list[Item], subscriber: Subscription, wanted: Filter) -> Ite
         if not item.matches(wanted):
             continue
         subscriber.delivered += 1
-        if item.event is not None:
-            batch.append(item.event)
-            if len(batch) == EVENTS_PER_MESSAGE:
-                yield pb.SubscribeResponse(events=pb.Events(events=batch))
-                batch = []
+        record = item.record
+        if record is None:
+            yield from batch.add(item)
             continue
-        if batch:  # events before the record go first: order is kept
-            yield pb.SubscribeResponse(events=pb.Events(events=batch))
-            batch = []
-        yield pb.SubscribeResponse(alert=item.alert) if item.alert is not None else \
-            pb.SubscribeResponse(sensor_gap=item.sensor_gap)
-    if batch:
-        yield pb.SubscribeResponse(events=pb.Events(events=batch))
+        yield from batch.flush()  # what came before the record goes first: order is kept
+        yield _response(record)
+    yield from batch.flush()
+
+
+class _Batch:
+    """Consecutive events, or consecutive facts, as one message each: one message per item would
+    cap a stream at a few thousand a second."""
+
+    def __init__(self) -> None:
+        self.events: list[pb.Event] = []
+        self.facts: list[pb.Fact] = []
+
+    def add(self, item: Item) -> Iterator[pb.SubscribeResponse]:
+        if item.event is not None:
+            if self.facts:
+                yield from self.flush()
+            self.events.append(item.event)
+        elif item.fact is not None:
+            if self.events:
+                yield from self.flush()
+            self.facts.append(item.fact)
+        if len(self.events) + len(self.facts) == EVENTS_PER_MESSAGE:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[pb.SubscribeResponse]:
+        if self.events:
+            yield pb.SubscribeResponse(events=pb.Events(events=self.events))
+        if self.facts:
+            yield pb.SubscribeResponse(facts=pb.Facts(facts=self.facts))
+        self.events, self.facts = [], []
+
+
+def _response(record: Record) -> pb.SubscribeResponse:
+    if isinstance(record, pb.Alert):
+        return pb.SubscribeResponse(alert=record)
+    if isinstance(record, pb.Incident):
+        return pb.SubscribeResponse(incident=record)
+    return pb.SubscribeResponse(sensor_gap=record)
 
 
 def _gap(behind: Behind, subscriber: Subscription) -> pb.SubscribeResponse:
     return pb.SubscribeResponse(gap=pb.Gap(
         missed_events=behind.missed_events, missed_alerts=behind.missed_alerts,
-        missed_sensor_gaps=behind.missed_sensor_gaps, resume_cursor=subscriber.last_cursor,
-        reason="this subscriber fell behind the sensor; missed alerts and sensor gaps follow from the journal"))
+        missed_sensor_gaps=behind.missed_sensor_gaps, missed_incidents=behind.missed_incidents,
+        missed_facts=behind.missed_facts, resume_cursor=subscriber.last_cursor,
+        reason="this subscriber fell behind the sensor; missed alerts, incidents and sensor gaps follow from the "
+               "journal"))
 
 
 # -- registration ---------------------------------------------------------------------------
@@ -277,6 +326,8 @@ def status_of(state: ApiState) -> pb.Status:
     sessions = list(aggregator.gpu)
     drops.append(pb.DropCounter(hop="aggregator", what="GPU objects not kept (per-process cap)",
                                 count=sum(s.objects_dropped for s in sessions)))
+    drops.append(pb.DropCounter(hop="aggregator", what="incidents closed early at the cap on open incidents",
+                                count=state.incidents.stats.evicted))
     drops.append(pb.DropCounter(hop="kernel", what="GPU records held back by a process's budget (still counted)",
                                 count=sum(c.suppressed for s in sessions for c in s.counts.values())))
     detector = aggregator.detector
@@ -289,8 +340,7 @@ def status_of(state: ApiState) -> pb.Status:
                                     "(changed or removed rules)", count=engine.stats.partials_discarded))
         drops.append(pb.DropCounter(hop="rules", what="tunnel taint entries dropped at the cap",
                                     count=detector.taint.stats.dropped))
-        rules.rules.extend(pb.RuleStatus(id=r.id, severity=convert.SEVERITY[r.severity.label],
-                                         alerts=engine.stats.by_rule.get(r.id, 0)) for r in engine.ruleset.rules)
+        rules.rules.extend(rule_statuses(engine))
     broker = state.broker
     drops += [pb.DropCounter(hop="subscribers", what=f"subscriber {sid}: items missed", count=n)
               for sid, n in sorted(broker.stats.missed.items())]
@@ -300,5 +350,6 @@ def status_of(state: ApiState) -> pb.Status:
     return pb.Status(
         started=started, uptime_s=(time.time_ns() - state.started_ns) / 1e9, kernel=state.meta.kernel,
         kernel_features={k: str(v) for k, v in features.items()}, events_by_kind=dict(counters.events),
-        drops=drops, rules=rules, subscribers=broker.stats.subscribers)
+        drops=drops, rules=rules, subscribers=broker.stats.subscribers, host=this_host(),
+        config_file=state.config_file)
 

@@ -1,5 +1,5 @@
-"""What the API serves: the aggregator's state, the journal and the broker, and the lock the
-aggregator holds while it changes that state."""
+"""What the API serves: the aggregator's state, the journal, the broker, the open incidents,
+and the lock the aggregator holds while it changes that state."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sensor.aggregator.aggregator import Aggregator
 from sensor.api.broker import Broker
 from sensor.api.convert import Clock
 from sensor.capture import StreamMeta
+from sensor.incidents import IncidentBook
 from sensor.journal import Journal
 
 
@@ -24,6 +25,8 @@ class ApiState:
     started_ns: int = field(default_factory=time.time_ns)
     rule_files: list[str] = field(default_factory=list)
     load_errors: list[str] = field(default_factory=list)  # from the last reload that failed
+    incidents: IncidentBook = field(default_factory=IncidentBook)  # the publisher's: alerts join them there
+    config_file: str = ""  # the configuration file in effect, if one was read
 
     def __post_init__(self) -> None:
         # What the journal held before this API existed was never published to subscribers:

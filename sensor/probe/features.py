@@ -33,6 +33,10 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
+# The bpf() syscall's number, which differs by architecture (arch/x86/entry/syscalls/
+# syscall_64.tbl; include/uapi/asm-generic/unistd.h, which arm64 uses).
+BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}
+
 
 @dataclass(frozen=True)
 class Check:
@@ -41,6 +45,7 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = True
+    skipped: bool = False  # not run here: `detail` says why
 
 
 def effective_caps() -> int:
@@ -158,15 +163,25 @@ def check_bcc() -> Check:
     return Check("bcc", True, f"bcc {getattr(bcc, '__version__', '?')}")
 
 
-def check_ringbuf() -> Check:
+def bpf_syscall(machine: str | None = None) -> int | None:
+    """The bpf() syscall number on this machine's architecture (`machine`), or None when unknown."""
+    return BPF_SYSCALL.get(machine if machine is not None else platform.machine())
+
+
+def check_ringbuf(machine: str | None = None) -> Check:
     """Create a BPF ring buffer map with the raw bpf() syscall (kernel 5.8+)."""
     import ctypes
 
+    machine = machine if machine is not None else platform.machine()
+    sys_bpf = bpf_syscall(machine)
+    if sys_bpf is None:
+        return Check("ring buffer", False, f"unknown architecture {machine!r}: the bpf() syscall check is skipped "
+                     f"(its number is known for {', '.join(BPF_SYSCALL)})", required=False, skipped=True)
     libc = ctypes.CDLL(None, use_errno=True)
-    BPF_MAP_CREATE, BPF_MAP_TYPE_RINGBUF, SYS_BPF = 0, 27, 321
+    BPF_MAP_CREATE, BPF_MAP_TYPE_RINGBUF = 0, 27
     attr = (ctypes.c_uint32 * 32)()
     attr[0], attr[1], attr[2], attr[3] = BPF_MAP_TYPE_RINGBUF, 0, 0, 4096
-    fd = libc.syscall(SYS_BPF, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
+    fd = libc.syscall(sys_bpf, BPF_MAP_CREATE, ctypes.byref(attr), ctypes.sizeof(attr))
     if fd < 0:
         err = ctypes.get_errno()
         return Check("ring buffer", False, f"cannot create a BPF ring buffer: {os.strerror(err)}",

@@ -7,6 +7,12 @@ on; the last step raises the alert and closes it. Partials expire with their win
 capped per rule (the oldest goes first, counted). A single-fact rule raises at most one
 alert per process and fact summary a minute, the rest counted as suppressed.
 
+A disabled rule is not indexed, so it costs nothing. A match that one of the rule's exceptions
+covers raises no alert and is counted per rule and per exception (the first that holds); for
+a single-fact rule this comes before the once-a-minute dedup, so an excepted fact does not
+hide a real one that follows. A sequence's exceptions are judged when its last step matches,
+on every step's fact and its process as they are then.
+
 A reload (SIGHUP) must not open a blind window between two steps: the open partial matches of
 a sequence whose steps (facts and conditions) and scopes (and lineage boundary) are unchanged
 go on under the new rule and its window; those of a rule that was changed or removed are
@@ -50,6 +56,15 @@ class EngineStats:
     partials_dropped: int = 0  # at the per-rule cap
     partials_discarded: int = 0  # of rules that a reload changed or removed
     by_rule: dict[str, int] = field(default_factory=dict)  # alerts per rule
+    excepted: int = 0  # matches an exception kept from alerting
+    excepted_by_rule: dict[str, int] = field(default_factory=dict)
+    excepted_by_exception: dict[str, dict[str, int]] = field(default_factory=dict)  # rule -> exception -> count
+
+    def count_exception(self, rule_id: str, name: str) -> None:
+        self.excepted += 1
+        self.excepted_by_rule[rule_id] = self.excepted_by_rule.get(rule_id, 0) + 1
+        by_name = self.excepted_by_exception.setdefault(rule_id, {})
+        by_name[name] = by_name.get(name, 0) + 1
 
 
 @dataclass
@@ -78,7 +93,7 @@ class RuleEngine:
         """Use these rules from now on (a reload): open partial matches of unchanged sequences go on."""
         self._single: dict[str, list[Rule]] = {}
         self._steps: dict[str, list[tuple[Rule, int]]] = {}  # fact kind -> (sequence rule, step index)
-        for rule in ruleset.rules:
+        for rule in ruleset.enabled_rules:
             if rule.sequence:
                 for index, step in enumerate(rule.steps):
                     self._steps.setdefault(step.fact, []).append((rule, index))
@@ -90,7 +105,7 @@ class RuleEngine:
     def _carry_partials(self, ruleset: RuleSet) -> None:
         previous = {rule.id: rule for rule in self.ruleset.rules}
         old, self._partials = self._partials, {}
-        for rule in (r for r in ruleset.rules if r.sequence):
+        for rule in (r for r in ruleset.enabled_rules if r.sequence):
             partials = old.pop(rule.id, OrderedDict())
             before = previous.get(rule.id)
             if before is not None and same_sequence(before, rule):
@@ -122,7 +137,7 @@ class RuleEngine:
 
     def _single_rule(self, rule: Rule, fact: Fact, process: Process, values: dict[str, Any]) -> Alert | None:
         self.stats.evaluations += 1
-        if not rule.steps[0].matches(values):
+        if not rule.steps[0].matches(values) or self._excepted(rule, [values]):
             return None
         key = (rule.id, process.key, fact.summary())
         last = self._recent.get(key)
@@ -161,12 +176,18 @@ class RuleEngine:
                 continue
             self._close(rule, identity)
             advanced = _Partial(rule, index + 1, partial.first_ts, fact.ts, shared, [*partial.steps, (fact, process)])
-            if advanced.next_step == len(rule.steps):
-                kind, keys = next(iter(shared.items()))
-                alerts.append(self._alert(rule, advanced.steps, kind, sorted(keys)[0]))
-            else:
+            if advanced.next_step < len(rule.steps):
                 self._keep(rule, advanced)
+            elif alert := self._complete(rule, advanced, values):
+                alerts.append(alert)
         return alerts
+
+    def _complete(self, rule: Rule, done: _Partial, values: dict[str, Any]) -> Alert | None:
+        """The last step matched: an alert, unless one of the rule's exceptions covers the match."""
+        if rule.exceptions and self._excepted(rule, [*self._step_values(done.steps[:-1]), values]):
+            return None
+        kind, keys = next(iter(done.scopes.items()))
+        return self._alert(rule, done.steps, kind, sorted(keys)[0])
 
     def _open(self, rule: Rule, fact: Fact, process: Process) -> None:
         scopes = {kind: self.context.scope_keys(process, kind, rule) for kind in rule.scopes}
@@ -211,6 +232,19 @@ class RuleEngine:
             for identity, partial in list(partials.items()):
                 if now_ns - partial.first_ts > rule.window_ns:
                     self._close(rule, identity, expired=True)
+
+    # -- exceptions -----------------------------------------------------------------------
+
+    def _excepted(self, rule: Rule, step_values: list[dict[str, Any]]) -> bool:
+        """Whether one of the rule's exceptions covers this match (counted if so)."""
+        for exemption in rule.exceptions:
+            if exemption.holds(step_values):
+                self.stats.count_exception(rule.id, exemption.name)
+                return True
+        return False
+
+    def _step_values(self, steps: list[tuple[Fact, Process]]) -> list[dict[str, Any]]:
+        return [{**fact.fields(), **self.context.process_values(process)} for fact, process in steps]
 
     # -- alerts ---------------------------------------------------------------------------
 

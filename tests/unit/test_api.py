@@ -1,6 +1,10 @@
 """The gRPC API over real gRPC, with an in-process server fed constructed events: filters,
-invalid and malformed requests, resume from the journal, sensor gaps, slow subscribers, TLS
-and mTLS, limits, health and reflection, processes, alert pages and status."""
+invalid and malformed requests, resume from the journal, sensor gaps, incidents and facts, slow
+subscribers, TLS and mTLS, limits, health and reflection, processes, alert and incident pages
+and status.
+
+Every alert is followed in the journal by a version of its incident, in the same cursor
+sequence: an alert at cursor N has its incident at N + 1."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.detector import DetectorConfig
+from sensor.api import convert
 from sensor.api.broker import Broker
 from sensor.api.client import sensor_stub
 from sensor.api.publish import Publisher
@@ -31,6 +36,7 @@ from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.capture import StreamMeta
 from sensor.errors import UsageError
 from sensor.journal import Journal
+from sensor.outward import this_host
 from sensor.rules.loader import load_rules
 
 SEC = 1_000_000_000
@@ -69,10 +75,12 @@ class Harness:
     started: dict[int, int] | None = None
 
     def feed(self, *events: ev.Event) -> None:
+        """Events through the aggregator and the publisher, as the agent does it."""
         for event in events:
             with self.state.lock:
                 obs = self.state.aggregator.handle(event)
-            self.publisher.publish(obs)
+            alerts = [convert.alert(a, self.state.clock) for a in obs.alerts]
+            self.publisher.publish(obs, alerts, self.state.incidents)
 
     def tick(self) -> int:
         self.ts += SEC // 10
@@ -124,12 +132,14 @@ def api(tmp_path: Path) -> Iterator[Harness]:
 
 @dataclass
 class Flat:
-    """One item of a stream: an event (unbatched), an alert, a gap, a sensor gap or the
-    subscription's first message; the others empty."""
+    """One item of a stream: an event or a fact (unbatched), an alert, an incident, a gap, a
+    sensor gap or the subscription's first message; the others empty."""
 
     kind: str
     event: pb.Event = field(default_factory=pb.Event)
+    fact: pb.Fact = field(default_factory=pb.Fact)
     alert: pb.Alert = field(default_factory=pb.Alert)
+    incident: pb.Incident = field(default_factory=pb.Incident)
     gap: pb.Gap = field(default_factory=pb.Gap)
     sensor_gap: pb.SensorGap = field(default_factory=pb.SensorGap)
     subscribed: pb.Subscribed = field(default_factory=pb.Subscribed)
@@ -143,8 +153,12 @@ def flatten(response: pb.SubscribeResponse) -> list[Flat]:
     match item:
         case "events":
             return [Flat("event", event=e) for e in response.events.events]
+        case "facts":
+            return [Flat("fact", fact=f) for f in response.facts.facts]
         case "alert":
             return [Flat("alert", alert=response.alert)]
+        case "incident":
+            return [Flat("incident", incident=response.incident)]
         case "gap":
             return [Flat("gap", gap=response.gap)]
         case "sensor_gap":
@@ -229,7 +243,7 @@ def test_alerts_by_rule_and_severity(api: Harness) -> None:
             by_rule.until(lambda i: i.alert.rule_id == "marker")] == [("marker", 13)]
     assert [(i.alert.rule_id, i.alert.severity, i.alert.cursor) for i in
             by_severity.until(lambda i: i.alert.processes[0].process.pid == 14)] == [
-        ("loud-marker", pb.SEVERITY_CRITICAL, 1), ("loud-marker", pb.SEVERITY_CRITICAL, 3)]
+        ("loud-marker", pb.SEVERITY_CRITICAL, 1), ("loud-marker", pb.SEVERITY_CRITICAL, 5)]
 
 
 def test_process_filters(api: Harness) -> None:
@@ -256,12 +270,17 @@ def test_process_filters(api: Harness) -> None:
 
 
 @pytest.mark.parametrize(("request_", "message"), [
-    (pb.SubscribeRequest(), "events, alerts: subscribe to events, alerts or both"),
+    (pb.SubscribeRequest(), "events, alerts, incidents, facts: subscribe to at least one of them"),
     (pb.SubscribeRequest(events=True, event_kinds=[undefined(99)]), "event_kinds[0]: 99 is not an event kind"),
     (pb.SubscribeRequest(alerts=True, event_kinds=[pb.EVENT_KIND_EXEC]), "event_kinds: set events to true"),
     (pb.SubscribeRequest(alerts=True, rule_ids=["nope"]), "rule_ids[0]: no rule 'nope'"),
     (pb.SubscribeRequest(alerts=True, min_severity=undefined(42)), "min_severity: 42 is not a severity"),
-    (pb.SubscribeRequest(events=True, since_cursor=3), "since_cursor: it replays alerts; set alerts to true"),
+    (pb.SubscribeRequest(events=True, since_cursor=3),
+     "since_cursor: it replays journaled alerts and incidents; set alerts or incidents to true"),
+    (pb.SubscribeRequest(facts=True, fact_kinds=[undefined(42)]), "fact_kinds[0]: 42 is not a fact kind"),
+    (pb.SubscribeRequest(facts=True, fact_kinds=[pb.FACT_KIND_UNSPECIFIED]), "fact_kinds[0]: 0 is not a fact kind"),
+    (pb.SubscribeRequest(alerts=True, fact_kinds=[pb.FACT_KIND_TUNNEL]), "fact_kinds: set facts to true"),
+    (pb.SubscribeRequest(facts=True, fact_kinds=[pb.FACT_KIND_TUNNEL] * 65), "fact_kinds: at most 64 values"),
     (pb.SubscribeRequest(events=True, process=pb.ProcessFilter(exec_id="12")), "process.exec_id: '12' is not"),
     (pb.SubscribeRequest(events=True, cgroup_ids=list(range(65))), "cgroup_ids: at most 64 values, not 65"),
     (pb.SubscribeRequest(events=True, event_kinds=[undefined(-1)]), "event_kinds[0]: -1 is not an event kind"),
@@ -301,7 +320,7 @@ def stamp(seconds: int, nanos: int = 0) -> Timestamp:
     (pb.ListAlertsRequest(after_cursor=2**63), grpc.StatusCode.INVALID_ARGUMENT,
      "after_cursor: 9223372036854775808 is past the largest cursor (2^63-1)"),
     (pb.ListAlertsRequest(after_cursor=2**63 - 1), grpc.StatusCode.OUT_OF_RANGE,
-     "after_cursor: 9223372036854775807 is past the journal's end (1); if the journal was replaced, page it "
+     "after_cursor: 9223372036854775807 is past the journal's end (2); if the journal was replaced, page it "
      "again from 0"),
     (pb.ListAlertsRequest(page_size=2**32 - 1), grpc.StatusCode.INVALID_ARGUMENT,
      "page_size: at most 1000, not 4294967295"),
@@ -330,7 +349,7 @@ def stamp(seconds: int, nanos: int = 0) -> Timestamp:
 ])
 def test_bad_alert_pages_are_refused(api: Harness, request_: pb.ListAlertsRequest, code: grpc.StatusCode,
                                      message: str) -> None:
-    api.spawn(10, 11, "/bin/marker")  # the journal ends at cursor 1
+    api.spawn(10, 11, "/bin/marker")  # the journal ends at cursor 2: the alert, then its incident
     with pytest.raises(grpc.RpcError) as info:
         sensor_stub(api.channel()).ListAlerts(request_)
     assert info.value.code() == code
@@ -404,6 +423,8 @@ def raw_call(api: Harness, method: str, data: bytes) -> grpc.RpcError:
     ("ListAlerts", b"\x2a\x02" + unknown_field(3), "since: field number 3 is not a field of google.protobuf.Timestamp"),
     ("GetProcess", pb.GetProcessRequest(pid=1).SerializeToString() + unknown_field(3),
      "request: field number 3 is not a field of gpusentry.v1.GetProcessRequest"),
+    ("ListIncidents", pb.ListIncidentsRequest(page_size=5).SerializeToString() + unknown_field(7),
+     "request: field number 7 is not a field of gpusentry.v1.ListIncidentsRequest"),
 ])
 def test_a_field_this_server_does_not_know_is_refused(api: Harness, method: str, data: bytes, message: str) -> None:
     error = raw_call(api, method, data)
@@ -414,7 +435,8 @@ def test_a_field_this_server_does_not_know_is_refused(api: Harness, method: str,
 def _damaged() -> list[tuple[str, str, bytes]]:
     """(method, request type, bytes that are not that request) for every method."""
     methods = {"Subscribe": ("SubscribeRequest", 4), "ListAlerts": ("ListAlertsRequest", 3),
-               "GetProcess": ("GetProcessRequest", 1), "GetStatus": ("GetStatusRequest", None)}
+               "GetProcess": ("GetProcessRequest", 1), "GetStatus": ("GetStatusRequest", None),
+               "ListIncidents": ("ListIncidentsRequest", 6)}
     cases = []
     for method, (message_type, string_field) in methods.items():
         cases += [(method, message_type, b"\xff\xff\xff"),  # a tag with no end
@@ -435,15 +457,15 @@ def test_bytes_that_are_no_request_are_invalid_argument(api: Harness, method: st
 
 def test_every_stream_begins_with_subscribed(api: Harness) -> None:
     stub = sensor_stub(api.channel())
-    api.spawn(10, 11, "/bin/marker")
-    api.spawn(10, 12, "/bin/marker")
+    api.spawn(10, 11, "/bin/marker")  # alert 1, incident 2
+    api.spawn(10, 12, "/bin/marker")  # alert 3, incident 4
     live = Reader(stub, pb.SubscribeRequest(events=True))
     resumed = Reader(stub, pb.SubscribeRequest(alerts=True, since_cursor=1))
     wait_subscribers(api, 2)
-    api.spawn(10, 13, "/bin/marker")
-    assert [i.alert.cursor for i in resumed.until(lambda i: i.alert.cursor == 3)] == [2, 3]
-    assert live.subscribed == pb.Subscribed(journal_last_cursor=2)
-    assert resumed.subscribed == pb.Subscribed(journal_last_cursor=2, replay_after_cursor=1)
+    api.spawn(10, 13, "/bin/marker")  # alert 5
+    assert [i.alert.cursor for i in resumed.until(lambda i: i.alert.cursor == 5)] == [3, 5]
+    assert live.subscribed == pb.Subscribed(journal_last_cursor=4)
+    assert resumed.subscribed == pb.Subscribed(journal_last_cursor=4, replay_after_cursor=1)
     for reader in (live, resumed):
         reader.close()
 
@@ -457,11 +479,11 @@ def test_a_cursor_past_the_journals_end_resumes_from_now(api: Harness) -> None:
     wait_subscribers(api, 2)
     api.spawn(10, 12, "/bin/marker", "live")
     assert [(i.alert.cursor, i.alert.processes[0].process.pid)
-            for i in stale.until(lambda i: i.alert.cursor == 2)] == [(2, 12)]
-    assert [i.alert.cursor for i in other.until(lambda i: i.alert.cursor == 2)] == [2]
+            for i in stale.until(lambda i: i.alert.cursor == 3)] == [(3, 12)]
+    assert [i.alert.cursor for i in other.until(lambda i: i.alert.cursor == 3)] == [3]
     assert stale.subscribed == pb.Subscribed(
-        journal_last_cursor=1, replay_after_cursor=1,
-        note="since_cursor: 1000000 is past the journal's end (1): this journal is not the one that cursor came from "
+        journal_last_cursor=2, replay_after_cursor=2,
+        note="since_cursor: 1000000 is past the journal's end (2): this journal is not the one that cursor came from "
              "(was it replaced?); the stream continues from now")
     for reader in (stale, other):
         reader.close()
@@ -484,7 +506,7 @@ def test_resume_replays_missed_alerts_in_order_once(api: Harness) -> None:
     api.spawn(10, 35, "/bin/marker", "live")
     got = again.until(lambda i: i.alert.processes[0].process.pid == 35)
     assert [(i.alert.cursor, i.alert.processes[0].process.pid) for i in got] == [
-        (cursor + 1, 32), (cursor + 2, 33), (cursor + 3, 34), (cursor + 4, 35)]
+        (cursor + 2, 32), (cursor + 4, 33), (cursor + 6, 34), (cursor + 8, 35)]  # each after its incident
 
 
 def test_sensor_gaps_reach_every_alert_subscriber_in_cursor_order(api: Harness) -> None:
@@ -497,20 +519,20 @@ def test_sensor_gaps_reach_every_alert_subscriber_in_cursor_order(api: Harness) 
     }
     events_only = Reader(stub, pb.SubscribeRequest(events=True, event_kinds=[pb.EVENT_KIND_EXEC]))
     wait_subscribers(api, 5)
-    api.spawn(10, 11, "/bin/marker")
+    api.spawn(10, 11, "/bin/marker")  # alert 1, incident 2
     gap = api.blind("the probe (pid 4242) died: its frame stream ended without the probe's final frame")
-    api.spawn(10, 12, "/bin/loud")
-    assert (gap.cursor, gap.end.ToNanoseconds() - gap.start.ToNanoseconds()) == (2, SEC // 10)
+    api.spawn(10, 12, "/bin/loud")  # alert 4, incident 5
+    assert (gap.cursor, gap.end.ToNanoseconds() - gap.start.ToNanoseconds()) == (3, SEC // 10)
 
     def records(items: list[Flat]) -> list[tuple[str, int]]:
         return [(i.kind, i.alert.cursor or i.sensor_gap.cursor) for i in items if i.kind != "event"]
 
-    assert records(subscribers["all"].until(lambda i: i.alert.cursor == 3)) == [
-        ("alert", 1), ("sensor_gap", 2), ("alert", 3)]
-    assert records(subscribers["one rule"].until(lambda i: i.alert.cursor == 3)) == [
-        ("sensor_gap", 2), ("alert", 3)]
-    assert records(subscribers["high"].until(lambda i: i.alert.cursor == 3)) == [("sensor_gap", 2), ("alert", 3)]
-    assert records(subscribers["one binary"].until(lambda i: i.kind == "sensor_gap")) == [("sensor_gap", 2)]
+    assert records(subscribers["all"].until(lambda i: i.alert.cursor == 4)) == [
+        ("alert", 1), ("sensor_gap", 3), ("alert", 4)]
+    assert records(subscribers["one rule"].until(lambda i: i.alert.cursor == 4)) == [
+        ("sensor_gap", 3), ("alert", 4)]
+    assert records(subscribers["high"].until(lambda i: i.alert.cursor == 4)) == [("sensor_gap", 3), ("alert", 4)]
+    assert records(subscribers["one binary"].until(lambda i: i.kind == "sensor_gap")) == [("sensor_gap", 3)]
     received = subscribers["all"].items[1].sensor_gap
     assert received == gap and received.cause == gap.cause
     argv = [exec_argv(i) for i in events_only.until(lambda i: exec_argv(i) == ["/bin/loud"])]
@@ -529,18 +551,18 @@ def test_sensor_gaps_are_replayed_with_alerts_from_the_journal(api: Harness) -> 
     later = api.blind("the probe (pid 7) died")
     got = resumed.until(lambda i: i.sensor_gap.cursor == later.cursor)
     assert [(i.kind, i.alert.cursor or i.sensor_gap.cursor) for i in got] == [
-        ("sensor_gap", 2), ("alert", 3), ("sensor_gap", 4)]
+        ("sensor_gap", 3), ("alert", 4), ("sensor_gap", 6)]
     assert got[0].sensor_gap == gap and got[2].sensor_gap == later
     resumed.close()
 
 
 def test_alert_pages_carry_every_sensor_gap_in_their_range(api: Harness) -> None:
-    api.spawn(10, 11, "/bin/marker")  # 1
-    first = api.blind("first")  # 2
-    api.spawn(10, 12, "/bin/loud")  # 3
-    api.spawn(10, 13, "/bin/marker")  # 4
-    second = api.blind("second")  # 5
-    api.spawn(10, 14, "/bin/loud")  # 6
+    api.spawn(10, 11, "/bin/marker")  # 1 (its incident 2)
+    first = api.blind("first")  # 3
+    api.spawn(10, 12, "/bin/loud")  # 4 (5)
+    api.spawn(10, 13, "/bin/marker")  # 6 (7)
+    second = api.blind("second")  # 8
+    api.spawn(10, 14, "/bin/loud")  # 9 (10)
     stub = sensor_stub(api.channel())
     pages = []
     after = 0
@@ -551,7 +573,7 @@ def test_alert_pages_carry_every_sensor_gap_in_their_range(api: Harness) -> None
         if not page.next_cursor:
             break
         after = page.next_cursor
-    assert pages == [([], [2, 5], 5), ([], [], 0)]  # the filters hide every alert, never a gap
+    assert pages == [([], [3, 8], 8), ([], [], 0)]  # the filters hide every alert, never a gap; no incident
     pages = []
     after = 0
     while True:
@@ -560,11 +582,11 @@ def test_alert_pages_carry_every_sensor_gap_in_their_range(api: Harness) -> None
         if not page.next_cursor:
             break
         after = page.next_cursor
-    assert pages == [([3], [2], 3), ([6], [5], 6), ([], [], 0)]
+    assert pages == [([4], [3], 4), ([9], [8], 9), ([], [], 0)]
     assert list(stub.ListAlerts(pb.ListAlertsRequest(after_cursor=4)).sensor_gaps) == [second]
     assert stub.ListAlerts(pb.ListAlertsRequest()).sensor_gaps[0] == first
     status = stub.GetStatus(pb.GetStatusRequest())
-    assert (status.journal_alerts, status.sensor_gaps, status.last_cursor) == (4, 2, 6)
+    assert (status.journal_alerts, status.sensor_gaps, status.incidents, status.last_cursor) == (4, 2, 4, 10)
 
 
 def test_slow_subscriber_gets_a_gap_and_its_alerts_back(tmp_path: Path) -> None:
@@ -593,7 +615,7 @@ def test_slow_subscriber_gets_a_gap_and_its_alerts_back(tmp_path: Path) -> None:
         assert gaps[0].reason.startswith("this subscriber fell behind")
         records = [(i.kind, i.alert.cursor or i.sensor_gap.cursor) for i in items if i.kind in ("alert", "sensor_gap")]
         # every alert and sensor gap, in order, once, despite the gaps
-        assert records == [("alert", 1), ("alert", 2), ("sensor_gap", 3), ("alert", 4)]
+        assert records == [("alert", 1), ("alert", 3), ("sensor_gap", 5), ("alert", 6)]
         assert sum(g.missed_sensor_gaps for g in gaps) <= 1  # lost from the ring in most runs, then replayed
         delivered = sum(1 for i in items if i.WhichOneof("item") == "event")
         missed = sum(g.missed_events for g in gaps)
@@ -601,7 +623,8 @@ def test_slow_subscriber_gets_a_gap_and_its_alerts_back(tmp_path: Path) -> None:
         assert delivered + missed <= published
         # the sensor itself lost nothing: its counters show no drop anywhere
         assert api.state.aggregator.counters.kernel_drops == {} and api.state.aggregator.counters.probe_drops == {}
-        assert (api.state.broker.stats.published_alerts, api.state.broker.stats.published_sensor_gaps) == (3, 1)
+        stats = api.state.broker.stats
+        assert (stats.published_alerts, stats.published_sensor_gaps, stats.published_incidents) == (3, 1, 3)
     finally:
         api.server.stop()
 
@@ -612,12 +635,15 @@ def test_a_subscriber_behind_is_told_what_kinds_of_item_it_missed() -> None:
 
     broker = Broker(capacity=4)
     subscriber = broker.subscribe(parse(pb.SubscribeRequest(events=True, alerts=True), ()))
-    broker.publish([Item(0, 0, event=pb.Event()), Item(0, 0, alert=pb.Alert(cursor=1)),
-                    Item(0, 0, sensor_gap=pb.SensorGap(cursor=2)), Item(0, 0, event=pb.Event())])
-    broker.publish([Item(0, 0, event=pb.Event()) for _ in range(4)])  # the first four fall out of the ring
+    broker.publish([Item(event=pb.Event()), Item(alert=pb.Alert(cursor=1)), Item(incident=pb.Incident(cursor=2)),
+                    Item(sensor_gap=pb.SensorGap(cursor=3)), Item(fact=pb.Fact()), Item(fact=pb.Fact()),
+                    Item(event=pb.Event())])
+    broker.publish([Item(event=pb.Event()) for _ in range(4)])  # the first seven fall out of the ring
     behind, items = broker.take(subscriber)
     assert behind is not None
-    assert (behind.missed_events, behind.missed_alerts, behind.missed_sensor_gaps, len(items)) == (2, 1, 1, 4)
+    assert (behind.missed_events, behind.missed_alerts, behind.missed_sensor_gaps, behind.missed_incidents,
+            behind.missed_facts, len(items)) == (2, 1, 1, 1, 2, 4)
+    assert (subscriber.missed, broker.stats.missed) == (7, {str(subscriber.id): 7})
 
 
 def test_journaled_records_reach_the_broker_in_cursor_order_or_not_at_all() -> None:
@@ -627,12 +653,15 @@ def test_journaled_records_reach_the_broker_in_cursor_order_or_not_at_all() -> N
     broker = Broker()
     broker.journaled_before(5)
     with pytest.raises(ValueError, match=r"^journal record 5 published after record 5: "):
-        broker.publish([Item(0, 0, sensor_gap=pb.SensorGap(cursor=5))])
-    broker.publish([Item(0, 0, alert=pb.Alert(cursor=6)), Item(0, 0, event=pb.Event())])
+        broker.publish([Item(sensor_gap=pb.SensorGap(cursor=5))])
+    broker.publish([Item(alert=pb.Alert(cursor=6)), Item(incident=pb.Incident(cursor=7)), Item(event=pb.Event())])
+    with pytest.raises(ValueError, match=r"^journal record 7 published after record 8: "):
+        broker.publish([Item(alert=pb.Alert(cursor=8)), Item(incident=pb.Incident(cursor=7))])
     with pytest.raises(ValueError, match=r"^journal record 6 published after record 7: "):
-        broker.publish([Item(0, 0, alert=pb.Alert(cursor=7)), Item(0, 0, sensor_gap=pb.SensorGap(cursor=6))])
-    assert (broker.stats.published_alerts, broker.stats.published_sensor_gaps, broker.stats.published_events) == (
-        1, 0, 1)  # a refused batch publishes nothing
+        broker.publish([Item(sensor_gap=pb.SensorGap(cursor=6))])
+    stats = broker.stats
+    assert (stats.published_alerts, stats.published_incidents, stats.published_sensor_gaps,
+            stats.published_events) == (1, 1, 0, 1)  # a refused batch publishes nothing
 
 
 def test_subscriber_limit(tmp_path: Path) -> None:
@@ -677,7 +706,7 @@ def test_health_and_reflection(api: Harness) -> None:
     described = ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol("gpusentry.v1.Sensor")
     assert (described.name, described.package) == ("sensor/api/v1/gpusentry.proto", "gpusentry.v1")
     assert [m.name for m in described.service[0].method] == [
-        "Subscribe", "ListAlerts", "GetProcess", "GetStatus"]
+        "Subscribe", "ListAlerts", "GetProcess", "GetStatus", "ListIncidents"]
 
 
 def test_get_process_and_status(api: Harness) -> None:
@@ -698,8 +727,8 @@ def test_get_process_and_status(api: Harness) -> None:
         stub.GetProcess(pb.GetProcessRequest(exec_id="x; DROP TABLE"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     status = stub.GetStatus(pb.GetStatusRequest())
-    assert status.events_by_kind["exec"] >= 3 and status.last_cursor == 1 and status.journal_alerts == 1
-    assert status.sensor_gaps == 0
+    assert status.events_by_kind["exec"] >= 3 and status.last_cursor == 2 and status.journal_alerts == 1
+    assert (status.sensor_gaps, status.incidents, status.host) == (0, 1, this_host())
     assert {d.hop for d in status.drops} == {"kernel", "aggregator", "rules", "subscribers"}
     assert all(d.count == 0 for d in status.drops)
     assert {r.id: r.alerts for r in status.rules.rules}["marker"] == 1
@@ -734,12 +763,154 @@ def test_list_alerts_in_pages(api: Harness) -> None:
     first = stub.ListAlerts(pb.ListAlertsRequest(page_size=2))
     second = stub.ListAlerts(pb.ListAlertsRequest(page_size=2, after_cursor=first.next_cursor))
     last = stub.ListAlerts(pb.ListAlertsRequest(page_size=2, after_cursor=second.next_cursor))
-    assert [a.cursor for a in (*first.alerts, *second.alerts, *last.alerts)] == [1, 2, 3, 4, 5]
+    assert [a.cursor for a in (*first.alerts, *second.alerts, *last.alerts)] == [1, 3, 5, 7, 9]  # no incident
     assert last.next_cursor == 0
     with pytest.raises(grpc.RpcError) as info:
         stub.ListAlerts(pb.ListAlertsRequest(page_size=5000))
     assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                          "page_size: at most 1000, not 5000")
+
+
+# -- incidents and facts -------------------------------------------------------------------
+
+
+def three_incidents_then_a_merge(api: Harness) -> dict[str, str]:
+    """Markers 20 and 22 and a loud 21 (children of one shell, each its own command) start three
+    incidents; then 20 connects to port 4444, which raises marker-then-4444 over 22's exec and
+    20's connect (one shell's lineage) and miner-pool-connection (a pool port), and so joins
+    22's incident to 20's, the older. Cursors: alerts 1, 3, 5, 7, 8; incident versions 2, 4, 6, 9.
+    The incident ids, by name: a (20's), b (21's), c (22's, merged into a)."""
+    api.spawn(10, 20, "/bin/marker")
+    api.spawn(10, 21, "/bin/loud")
+    api.spawn(10, 22, "/bin/marker")
+    api.connect(20, 4444)
+    first: dict[int, str] = {}  # the incident each process's first alert was journaled with
+    for alert in api.state.journal.read():
+        first.setdefault(alert.processes[0].process.pid, alert.incident_id)
+    return {"a": first[20], "b": first[21], "c": first[22]}
+
+
+def test_incidents_are_listed_each_in_its_latest_version(api: Harness) -> None:
+    ids = three_incidents_then_a_merge(api)
+    stub = sensor_stub(api.channel())
+    listed = stub.ListIncidents(pb.ListIncidentsRequest())
+    assert [(i.id, i.cursor, i.alerts_total) for i in listed.incidents] == [(ids["b"], 4, 1), (ids["a"], 9, 4)]
+    assert listed.next_cursor == 0
+    merged = listed.incidents[1]
+    assert list(merged.rule_ids) == ["marker", "marker-then-4444", "miner-pool-connection"]
+    assert merged.severity == pb.SEVERITY_CRITICAL
+    assert [(a.cursor, a.incident_id) for a in merged.alerts] == [(1, ids["a"]), (5, ids["a"]), (7, ids["a"]),
+                                                                 (8, ids["a"])]
+    assert [p.process.pid for p in merged.processes] == [20, 22]
+    assert merged.summary == ("A connection to 203.0.113.5:4444 (miner pool) by pid 20; 4 alerts from 3 rules, "
+                              "highest critical.")
+    assert merged.host == api.state.incidents.host
+
+    pages, after = [], 0
+    while True:
+        page = stub.ListIncidents(pb.ListIncidentsRequest(page_size=1, after_cursor=after))
+        pages.append(([i.cursor for i in page.incidents], page.next_cursor))
+        if not page.next_cursor:
+            break
+        after = page.next_cursor
+    assert pages == [([4], 4), ([9], 9), ([], 0)]
+
+    def cursors(**request: Any) -> list[int]:
+        return [i.cursor for i in stub.ListIncidents(pb.ListIncidentsRequest(**request)).incidents]
+
+    assert cursors(id=ids["a"]) == [9] and cursors(id=ids["a"].upper()) == [9]
+    assert cursors(id=ids["c"]) == []  # merged into a: listed there
+    assert cursors(min_severity=pb.SEVERITY_CRITICAL) == [4, 9]
+    assert cursors(after_cursor=4) == [9]
+    assert cursors(since=merged.last_seen) == [9]  # b was last seen before
+    b_first = listed.incidents[0].first_seen
+    assert cursors(until=b_first) == [9]  # a was first seen before b
+    assert cursors(since=merged.last_seen, until=b_first) == [9]  # began before b, went on after: not refused
+    assert stub.GetStatus(pb.GetStatusRequest()).incidents == 2
+
+
+@pytest.mark.parametrize(("request_", "code", "message"), [
+    (pb.ListIncidentsRequest(page_size=5000), grpc.StatusCode.INVALID_ARGUMENT, "page_size: at most 1000, not 5000"),
+    (pb.ListIncidentsRequest(after_cursor=2**63), grpc.StatusCode.INVALID_ARGUMENT,
+     "after_cursor: 9223372036854775808 is past the largest cursor (2^63-1)"),
+    (pb.ListIncidentsRequest(after_cursor=3), grpc.StatusCode.OUT_OF_RANGE,
+     "after_cursor: 3 is past the journal's end (2); if the journal was replaced, page it again from 0"),
+    (pb.ListIncidentsRequest(min_severity=undefined(6)), grpc.StatusCode.INVALID_ARGUMENT,
+     "min_severity: 6 is not a severity"),
+    (pb.ListIncidentsRequest(since=stamp(0, -1)), grpc.StatusCode.INVALID_ARGUMENT,
+     "since: nanos -1 is outside 0 to 999999999"),
+    (pb.ListIncidentsRequest(until=stamp(253_402_300_800)), grpc.StatusCode.INVALID_ARGUMENT,
+     "until: seconds 253402300800 is outside google.protobuf.Timestamp's range"),
+    (pb.ListIncidentsRequest(id="nope"), grpc.StatusCode.INVALID_ARGUMENT,
+     "id: 'nope' is not an incident id (a UUID, e.g. 0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e)"),
+    (pb.ListIncidentsRequest(id="0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e\n"), grpc.StatusCode.INVALID_ARGUMENT,
+     "id: '0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e\\n' is not an incident id"),
+])
+def test_bad_incident_pages_are_refused(api: Harness, request_: pb.ListIncidentsRequest, code: grpc.StatusCode,
+                                        message: str) -> None:
+    api.spawn(10, 11, "/bin/marker")  # the journal ends at cursor 2
+    with pytest.raises(grpc.RpcError) as info:
+        sensor_stub(api.channel()).ListIncidents(request_)
+    assert (info.value.code(), info.value.details()[:len(message)]) == (code, message)
+
+
+def test_incidents_stream_live_and_replay_from_the_journal(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    live = Reader(stub, pb.SubscribeRequest(incidents=True))
+    both = Reader(stub, pb.SubscribeRequest(alerts=True, incidents=True))
+    wait_subscribers(api, 2)
+    ids = three_incidents_then_a_merge(api)
+    versions = [(i.incident.cursor, i.incident.id, i.incident.alerts_total)
+                for i in live.until(lambda i: i.incident.cursor == 9)]
+    assert versions == [(2, ids["a"], 1), (4, ids["b"], 1), (6, ids["c"], 1), (9, ids["a"], 4)]
+    records = both.until(lambda i: i.incident.cursor == 9)
+    assert [(i.kind, i.alert.cursor or i.incident.cursor) for i in records] == [
+        ("alert", 1), ("incident", 2), ("alert", 3), ("incident", 4), ("alert", 5), ("incident", 6),
+        ("alert", 7), ("alert", 8), ("incident", 9)]
+    assert all(i.alert.incident_id == ids["a"] for i in records if i.alert.cursor in (1, 7, 8))
+
+    def replayed(**request: Any) -> list[int]:
+        reader = Reader(stub, pb.SubscribeRequest(incidents=True, **request))
+        reader.until(lambda i: i.incident.cursor == 9)
+        reader.close()
+        return [i.incident.cursor for i in reader.items if i.kind == "incident"]
+
+    # the journal keeps each incident's latest version: a's first (2) and c's, merged into a (6), are gone
+    assert replayed(since_cursor=0) == [4, 9]
+    assert replayed(since_cursor=4) == [9]
+    assert replayed(since_cursor=0, min_severity=pb.SEVERITY_CRITICAL) == [4, 9]  # a's first version was low
+    loud = Reader(stub, pb.SubscribeRequest(incidents=True, since_cursor=0, rule_ids=["loud-marker"],
+                                            process=pb.ProcessFilter(binary="loud")))
+    wait_subscribers(api, 3)
+    api.spawn(10, 23, "/bin/loud", "fence")  # alert 10, incident 11
+    assert [i.incident.cursor for i in loud.until(lambda i: i.incident.cursor == 11)] == [4, 11]
+    for reader in (live, both, loud):
+        reader.close()
+
+
+def test_facts_stream_by_kind_and_process(api: Harness) -> None:
+    stub = sensor_stub(api.channel())
+    by_kind = Reader(stub, pb.SubscribeRequest(facts=True, fact_kinds=[pb.FACT_KIND_CONNECT, pb.FACT_KIND_MINER]))
+    by_binary = Reader(stub, pb.SubscribeRequest(facts=True, process=pb.ProcessFilter(binary="curl")))
+    wait_subscribers(api, 2)
+    api.spawn(10, 30, "/usr/bin/curl", "https://example")
+    api.spawn(10, 31, "/usr/bin/wget", "https://example")
+    api.connect(30, 443)
+    api.connect(30, 3333)
+    api.connect(31, 3333)
+    got = by_kind.until(lambda i: i.fact.process.pid == 31 and i.fact.kind == pb.FACT_KIND_MINER)
+    assert {i.kind for i in got} == {"fact"}  # no event, alert or incident
+    assert [(i.fact.kind, i.fact.process.pid, i.fact.connect.port or i.fact.miner.port) for i in got] == [
+        (pb.FACT_KIND_CONNECT, 30, 443), (pb.FACT_KIND_CONNECT, 30, 3333), (pb.FACT_KIND_MINER, 30, 3333),
+        (pb.FACT_KIND_CONNECT, 31, 3333), (pb.FACT_KIND_MINER, 31, 3333)]
+    assert got[0].fact.connect.destination == "egress" and got[0].fact.process.exe == "/usr/bin/curl"
+    got = by_binary.until(lambda i: i.fact.kind == pb.FACT_KIND_MINER)
+    assert [(i.fact.kind, i.fact.process.pid) for i in got] == [
+        (pb.FACT_KIND_EXEC, 30), (pb.FACT_KIND_CONNECT, 30), (pb.FACT_KIND_EGRESS, 30), (pb.FACT_KIND_CONNECT, 30),
+        (pb.FACT_KIND_EGRESS, 30), (pb.FACT_KIND_MINER, 30)]
+    assert api.state.broker.stats.published_facts >= 8
+    for reader in (by_kind, by_binary):
+        reader.close()
 
 
 # -- TLS and mTLS -------------------------------------------------------------------------

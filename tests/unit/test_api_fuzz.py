@@ -15,6 +15,7 @@ server still serves.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -239,18 +240,22 @@ def test_arbitrary_requests_get_a_clear_answer_and_the_server_keeps_serving(tmp_
     api = harness.make_harness(tmp_path, max_subscribers=100_000)  # cancelled streams leave asynchronously
     try:
         api.spawn(1, 10, "/usr/bin/bash")
-        api.spawn(10, 11, "/bin/marker")
-        api.blind("the probe (pid 4242) died")
+        api.spawn(10, 11, "/bin/marker")  # alert 1, its incident 2
+        api.blind("the probe (pid 4242) died")  # 3
         proc = api.state.aggregator.table.by_pid(11)
         assert proc is not None
+        incident = api.state.journal.incidents()[0].id
         requests = Requests(["", "marker", "loud-marker", "reverse-tunnel-opened", proc.exec_id, "11:1:1",
-                             "1:2:3\n", "\u0663:1:1", "0:1:1", f"{PID_MAX_LIMIT + 1}:1:1", "ssh", "/bin/marker"])
+                             "1:2:3\n", "\u0663:1:1", "0:1:1", f"{PID_MAX_LIMIT + 1}:1:1", "ssh", "/bin/marker",
+                             incident, incident.upper(), f"{incident}\n", str(uuid.UUID(int=0))])
         messages = {name: requests.message(m.input_type) for name, m in METHODS.items()}
         channel = api.channel()
         _fuzz_messages(channel, messages)
         _fuzz_bytes(channel, messages)
         stub = sensor_stub(channel)
-        assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).last_cursor == 2
+        assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).last_cursor == 3
+        assert [i.id for i in stub.ListIncidents(pb.ListIncidentsRequest(id=incident), timeout=5).incidents] == [
+            incident]
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE.full_name))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         wait_until(lambda: api.state.broker.stats.subscribers == 0, what="every fuzzed subscription to end")
@@ -295,7 +300,10 @@ def test_the_judge_refuses_what_it_should() -> None:
            ("GetStatus", b"", (grpc.StatusCode.NOT_FOUND, "request: nothing", b"")),
            ("Subscribe", b"\x10\x01", (grpc.StatusCode.OK, "", pb.SubscribeResponse(
                alert=pb.Alert(cursor=1)).SerializeToString())),
-           ("GetStatus", b"x" * (MAX_REQUEST + 1), (grpc.StatusCode.INVALID_ARGUMENT, "request: too big", b""))]
+           ("GetStatus", b"x" * (MAX_REQUEST + 1), (grpc.StatusCode.INVALID_ARGUMENT, "request: too big", b"")),
+           ("ListIncidents", b"", (grpc.StatusCode.UNIMPLEMENTED, "Method not found!", b"")),
+           ("ListIncidents", b"", (grpc.StatusCode.INVALID_ARGUMENT, "rule_ids: not a field of this request", b"")),
+           ("ListIncidents", b"", (grpc.StatusCode.NOT_FOUND, "id: no such incident", b""))]
     for method, data, outcome in bad:
         try:
             judged(method, data, outcome)
@@ -308,3 +316,5 @@ def test_the_judge_refuses_what_it_should() -> None:
     judged("Subscribe", b"", (grpc.StatusCode.INVALID_ARGUMENT, "process.ancestor_exec_id (its pid): 0 ...", b""))
     judged("GetProcess", b"", (grpc.StatusCode.INVALID_ARGUMENT, "key: give exec_id or pid", b""))
     judged("ListAlerts", b"", (grpc.StatusCode.INVALID_ARGUMENT, "rule_ids[63]: no rule 'x'", b""))
+    judged("ListIncidents", b"", (grpc.StatusCode.INVALID_ARGUMENT, "id: 'x' is not an incident id", b""))
+    judged("ListIncidents", b"", (grpc.StatusCode.OUT_OF_RANGE, "after_cursor: 9 is past the journal's end", b""))

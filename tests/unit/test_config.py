@@ -29,4 +29,4 @@ def test_argv_span_is_the_next_power_of_two() -> None:
 def test_unknown_subcommand_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("gpusentry: error: gpusentry: argument command")
+    assert err.count("\n") == 1 and err.startswith("gpusentry: error: gpusentry: argument COMMAND: invalid choice")

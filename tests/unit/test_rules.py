@@ -101,7 +101,8 @@ def test_duplicate_rule_id_across_files(tmp_path: Path) -> None:
     first, second = write(tmp_path, body, "a.yaml"), write(tmp_path, body, "b.yaml")
     with pytest.raises(RuleError) as info:
         load_rules([first, second], builtin=False)
-    assert str(info.value.problems[0]) == f"{second}:2: rule r1: duplicate id (first in {first}:2)"
+    assert str(info.value.problems[0]) == (f"{second}:2: rule r1: already defined at {first}:2; "
+                                           "to change it use override: or enabled:")
 
 
 def test_builtin_rules_load() -> None:
@@ -337,3 +338,16 @@ def test_reload_keeps_the_single_rule_dedup_memory(tmp_path: Path) -> None:
     engine.load(load_rules([write(tmp_path, text)], builtin=False))
     assert engine.on_fact(MinerFact(2 * SEC, p.key, "pool-port", "3333", "198.51.100.9", 3333), p) == []
     assert engine.stats.suppressed == 1
+
+
+def test_a_file_of_lists_alone_loads(tmp_path: Path) -> None:
+    ruleset = load_rules([write(tmp_path, "lists:\n  ports: [1, 2]\n")], builtin=False)
+    assert (ruleset.rules, ruleset.lists) == ([], {"ports": [1, 2]})
+
+
+def test_list_items_keep_their_lines() -> None:
+    from sensor.rules import source
+
+    document = source.load("lists:\n  a: [1, 2]\n  b:\n    - x\n\n    - y\n")
+    assert [document["lists"]["a"].line_of_item(i) for i in (0, 1)] == [2, 2]
+    assert [document["lists"]["b"].line_of_item(i) for i in (0, 1, 2)] == [4, 6, 4]  # past the end: the list's

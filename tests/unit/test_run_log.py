@@ -47,7 +47,7 @@ def test_the_time_after_a_clean_stop_is_recorded_with_its_cause(tmp_path: Path) 
     journal = Journal(tmp_path / "j.db")
     first = RunLog(journal, 10, clock=Clock(100 * SEC))
     first.begin()
-    consume(stream(stats(1), ev.End(2, 10, 10, "stopped by SIGTERM")), None, False, run=first)
+    consume(stream(stats(1), ev.End(2, 10, 10, "stopped by SIGTERM")), None, run=first)
     assert first.ended
     second = RunLog(journal, 11, clock=Clock(160 * SEC))
     gap = second.begin()
@@ -78,7 +78,7 @@ def test_a_stream_cut_without_end_is_a_dead_probe(tmp_path: Path) -> None:
     run.begin()
     clock.now = 101 * SEC
     with pytest.raises(StreamCut) as cut:
-        consume(stream(stats(1)), None, False, run=run)  # the last frame seen at 101 s
+        consume(stream(stats(1)), None, run=run)  # the last frame seen at 101 s
     cause = "the probe (pid 4242) died: its frame stream ended without the probe's final frame"
     assert str(cut.value) == f"{cause}; fix: the agent stops; start it again (a supervisor restarts it)"
     assert cut.value.exit_code == 3
@@ -98,10 +98,10 @@ def test_a_stream_that_breaks_is_a_dead_probe_too(tmp_path: Path) -> None:
     damaged = FrameReader(io.BytesIO(out.getvalue()[:-3]), "probe stream")
     with pytest.raises(StreamCut, match=r"the probe \(pid 7\) died: its frame stream broke \(probe stream: "
                                         r"truncated frame"):
-        consume(damaged, None, False, run=run)
+        consume(damaged, None, run=run)
 
 
 def test_a_capture_needs_no_end(tmp_path: Path) -> None:
     """Offline, a capture without End is only reported as cut short (analyze's summary)."""
-    aggregator = consume(stream(stats(1)), None, False)
+    aggregator = consume(stream(stats(1)), None)
     assert aggregator.counters.events["stats"] == 1

@@ -29,7 +29,7 @@ def screen(snapshot: Snapshot) -> str:
 def test_waiting_for_the_agent() -> None:
     text = screen(Snapshot("unix:/run/gpusentry/sensor.sock"))
     assert "gpusentry on unix:/run/gpusentry/sensor.sock  connecting…" in text
-    assert "no alerts" in text and "no GPU activity" in text
+    assert "no incidents" in text and "no alerts" in text and "no GPU activity" in text
 
 
 def test_alerts_gpu_events_and_drops_are_shown() -> None:
@@ -48,6 +48,11 @@ def test_alerts_gpu_events_and_drops_are_shown() -> None:
         time=stamp(101), kind=pb.EVENT_KIND_GPU_OBJECT, process=proc,
         gpu_object=pb.GpuObject(command="RM_ALLOC", reason="alloc", role="compute", class_id=0xCBC0,
                                 architecture="Hopper"))])), now=2)
+    # GPU compute is what the aggregator's fact says, not re-derived from the raw allocation
+    assert snapshot.gpu == {}
+    apply(snapshot, pb.SubscribeResponse(facts=pb.Facts(facts=[pb.Fact(
+        time=stamp(101), kind=pb.FACT_KIND_GPU_COMPUTE, process=proc,
+        gpu_compute=pb.GpuComputeFact(class_id=0xCBC0, architecture="Hopper", device_id=0))])), now=2)
     apply(snapshot, pb.SubscribeResponse(events=pb.Events(events=[pb.Event(
         time=stamp(102), kind=pb.EVENT_KIND_GPU_ACTIVITY, process=proc,
         gpu_activity=pb.GpuActivity(calls_by_command={"RM_CONTROL": 5000}, rate_by_device={"ctl": 1234.0}))])),
@@ -57,7 +62,7 @@ def test_alerts_gpu_events_and_drops_are_shown() -> None:
         connect=pb.Connect(address="203.0.113.9", port=3333, destination="egress"))])), now=4)
     apply(snapshot, pb.SubscribeResponse(gap=pb.Gap(missed_events=40, missed_alerts=1)), now=5)
     text = screen(snapshot)
-    assert "kernel 6.18  up 61s  events 15  alerts 3  blind windows 2  subscribers 2" in text
+    assert "kernel 6.18  up 61s  events 15  incidents 0  alerts 3  blind windows 2  subscribers 2" in text
     assert "drops: kernel ring buffer: exec 7" in text and "this view missed 41 in 1 gap(s)" in text
     assert "CRITICAL  reverse-tunnel-then-gpu-compute" in text
     assert "tunnel: ssh tunnel (reverse) to 198.51.100.1 → gpu_compute: GPU compute class 0xcbc0" in text
@@ -65,7 +70,35 @@ def test_alerts_gpu_events_and_drops_are_shown() -> None:
     assert "1,234" in gpu_row and "5,000" in gpu_row
     assert "connect" in text and "203.0.113.9:3333 egress" in text
     assert "RM_ALLOC compute 0xcbc0 Hopper" in text
-    assert snapshot.received == 5 and snapshot.gaps == 1
+    assert snapshot.received == 6 and snapshot.gaps == 1
+
+
+def test_incidents_come_first_latest_update_on_top() -> None:
+    snapshot = Snapshot("unix:/tmp/s.sock")
+    snapshot.status = pb.Status(kernel="6.18", incidents=2, host=pb.Host(hostname="gpu-node-7"))
+    older = pb.Incident(id="0b1c2d3e-aaaa-4bbb-8ccc-000000000001", cursor=4, severity=pb.SEVERITY_MEDIUM,
+                        last_seen=stamp(50), alerts_total=1, rule_ids=["internal-scan"],
+                        summary="an internal scan from pid 77")
+    rome = pb.Incident(id="9f8e7d6c-aaaa-4bbb-8ccc-000000000002", cursor=9, severity=pb.SEVERITY_CRITICAL,
+                       last_seen=stamp(60), alerts_total=5,
+                       rule_ids=["reverse-tunnel-opened", "reverse-tunnel-then-gpu-compute"],
+                       summary="ssh -R 9000 from pid 4242 followed by GPU compute on GPU 0 (Hopper)")
+    apply(snapshot, pb.SubscribeResponse(incident=rome), now=1)
+    apply(snapshot, pb.SubscribeResponse(incident=older), now=2)
+    older.cursor, older.alerts_total = 12, 2
+    apply(snapshot, pb.SubscribeResponse(incident=older), now=3)  # a new version replaces the old one
+    lines = screen(snapshot).splitlines()
+    assert "host gpu-node-7  events 0  incidents 2  alerts 0" in lines[0]
+    rows = [n for n, line in enumerate(lines) if "0b1c2d3e" in line or "9f8e7d6c" in line]
+    assert len(rows) == 2
+    assert "MEDIUM  0b1c2d3e  2 alerts: internal-scan" in lines[rows[0]]
+    assert "an internal scan from pid 77" in lines[rows[0] + 1]
+    assert "CRITICAL  9f8e7d6c  5 alerts: reverse-tunnel-opened, reverse-tunnel-then-gpu-compute" in lines[rows[1]]
+    assert "ssh -R 9000 from pid 4242 followed by GPU compute on GPU 0 (Hopper)" in lines[rows[1] + 1]
+    incidents_at = next(n for n, line in enumerate(lines) if "incidents" in line and "─" in line)
+    alerts_at = next(n for n, line in enumerate(lines) if "alerts" in line and "─" in line)
+    assert incidents_at < alerts_at
+    assert snapshot.last_cursor == 12
 
 
 def test_sensor_gaps_are_shown_above_the_alerts_and_subscribed_is_ignored() -> None:

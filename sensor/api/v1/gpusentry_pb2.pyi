@@ -190,10 +190,12 @@ class Connect(_message.Message):
     def __init__(self, family: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., result: _Optional[int] = ..., destination: _Optional[str] = ..., route_by_range: _Optional[bool] = ..., allowed: _Optional[bool] = ..., fd: _Optional[int] = ...) -> None: ...
 
 class Fork(_message.Message):
-    __slots__ = ("child_pid",)
+    __slots__ = ("child_pid", "parent_pid")
     CHILD_PID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_PID_FIELD_NUMBER: _ClassVar[int]
     child_pid: int
-    def __init__(self, child_pid: _Optional[int] = ...) -> None: ...
+    parent_pid: int
+    def __init__(self, child_pid: _Optional[int] = ..., parent_pid: _Optional[int] = ...) -> None: ...
 
 class Accept(_message.Message):
     __slots__ = ("fd", "family", "address", "port")
