@@ -143,7 +143,9 @@ def _config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", default=config.DEFAULT_SOCKET, metavar="PATH", help="the agent's UNIX socket")
+    parser.add_argument("--socket", metavar="PATH",
+                        help=f"the agent's UNIX socket (default: api.socket of {config.DEFAULT_FILE} or "
+                             f"GPUSENTRY_API_SOCKET, else {config.DEFAULT_SOCKET})")
     parser.add_argument("--connect", metavar="HOST:PORT", help="connect over TCP instead")
     parser.add_argument("--tls-ca", metavar="PEM", help="the CA of the agent's TLS certificate: TLS on --connect")
     parser.add_argument("--tls-cert", metavar="PEM", help="a client certificate (mTLS)")
@@ -448,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command in config.SECTIONS_READ:
             configure(args, argv)
+        elif getattr(args, "socket", "") is None:  # an API client: where the agent's configuration puts it
+            args.socket = config.load(checked=())["api.socket"]
         return command(args.command)(args)
     except GpusentryError as exc:
         print(f"gpusentry: error: {exc}", file=sys.stderr)

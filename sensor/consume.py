@@ -136,6 +136,8 @@ def consume(reader: FrameReader, printer: Printer | None = None, aggregator: Agg
                 run.seen(event)
             with lock:
                 obs = aggregator.handle(event)
+            if isinstance(event, ev.Stats):  # every second: quiet incidents close, and leave memory
+                book.expire(event.ts)
             alerts = [convert.alert(a, clock) for a in obs.alerts]
             touched = api[1].publish(obs, alerts, book) if api is not None else group(alerts, book)
             if reloader is not None:

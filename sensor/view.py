@@ -9,6 +9,7 @@ from the stream; both are tested with a recording console.
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections import deque
@@ -194,13 +195,19 @@ def _events(snapshot: Snapshot) -> RenderableType:
     return Panel(table, title="events", border_style="blue")
 
 
+def _failed(result: int) -> str:
+    """' (ENOENT)' for a failed call (-errno); '' for a successful one."""
+    return f" ({errno.errorcode.get(-result, str(result))})" if result < 0 else ""
+
+
 def _detail(event: pb.Event) -> str:
     match event.WhichOneof("detail"):
-        case "exec":
-            return " ".join(event.exec.argv)
+        case "exec":  # a failed exec (a PATH search) is still the old image: say it failed
+            return " ".join(event.exec.argv) + _failed(event.exec.result)
         case "connect":
             c = event.connect
-            return f"{c.address}:{c.port} {c.destination}" + (f" ({c.result})" if c.result else "")
+            where = f"{c.address}:{c.port}" if c.family in ("inet", "inet6") else c.address
+            return f"{where} {c.destination}" + _failed(c.result)
         case "exit":
             return f"signal {event.exit.signal}" if event.exit.signal else f"code {event.exit.exit_code}"
         case "gpu_open":
@@ -209,7 +216,8 @@ def _detail(event: pb.Event) -> str:
             g = event.gpu_object
             return f"{g.command} {g.role} {g.class_id:#x} {g.architecture}".strip()
         case "accept":
-            return f"from {event.accept.address}:{event.accept.port}"
+            a = event.accept
+            return f"from {a.address}:{a.port}" if a.family in ("inet", "inet6") else f"{a.family or 'unix'} peer"
         case "fork":
             return f"child {event.fork.child_pid}"
     return ""

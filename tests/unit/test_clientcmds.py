@@ -116,6 +116,16 @@ def test_no_agent_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture
                                        "agent (scripts/agent), or give --socket\n")
 
 
+def test_without_socket_the_client_goes_where_the_configuration_puts_the_api(
+        agent: Harness, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUSENTRY_API_SOCKET", str(agent.socket))
+    assert main(["incidents", "-o", "json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    monkeypatch.setenv("GPUSENTRY_API_SOCKET", "/nonexistent/api.sock")
+    assert main(["status"]) == 2
+    assert "no agent API at /nonexistent/api.sock" in capsys.readouterr().err
+
+
 # -- incidents --------------------------------------------------------------------------------
 
 

@@ -59,7 +59,12 @@ def test_alerts_gpu_events_and_drops_are_shown() -> None:
           now=3)
     apply(snapshot, pb.SubscribeResponse(events=pb.Events(events=[pb.Event(
         time=stamp(103), kind=pb.EVENT_KIND_CONNECT, process=proc,
-        connect=pb.Connect(address="203.0.113.9", port=3333, destination="egress"))])), now=4)
+        connect=pb.Connect(family="inet", address="203.0.113.9", port=3333, destination="egress"))])), now=4)
+    apply(snapshot, pb.SubscribeResponse(events=pb.Events(events=[
+        pb.Event(time=stamp(104), kind=pb.EVENT_KIND_EXEC, process=proc,
+                 exec=pb.Exec(argv=["tmux", "ls"], result=-2)),  # a PATH search's miss
+        pb.Event(time=stamp(105), kind=pb.EVENT_KIND_ACCEPT, process=proc, accept=pb.Accept(fd=5, family="unix"))])),
+          now=5)
     apply(snapshot, pb.SubscribeResponse(gap=pb.Gap(missed_events=40, missed_alerts=1)), now=5)
     text = screen(snapshot)
     assert "kernel 6.18  up 61s  events 15  incidents 0  alerts 3  blind windows 2  subscribers 2" in text
@@ -69,8 +74,9 @@ def test_alerts_gpu_events_and_drops_are_shown() -> None:
     gpu_row = next(line for line in text.splitlines() if "/usr/bin/python3" in line and "yes" in line)
     assert "1,234" in gpu_row and "5,000" in gpu_row
     assert "connect" in text and "203.0.113.9:3333 egress" in text
+    assert "tmux ls (ENOENT)" in text and "unix peer" in text
     assert "RM_ALLOC compute 0xcbc0 Hopper" in text
-    assert snapshot.received == 6 and snapshot.gaps == 1
+    assert snapshot.received == 7 and snapshot.gaps == 1
 
 
 def test_incidents_come_first_latest_update_on_top() -> None:
