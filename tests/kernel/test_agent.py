@@ -165,6 +165,12 @@ def test_agent_shows_an_exec_and_a_connect(agent: Agent) -> None:
     assert (connect_line["address"], connect_line["port"], connect_line["result"]) == ("127.0.0.1", port, 0)
     listener.close()
     assert agent.stop() == 0
+    # every line `run --json` printed is a Record of the published schema
+    from tests.unit.test_schema import schema_validator
+
+    published = schema_validator()
+    invalid = [(line, error.message) for line in agent.lines for error in published.iter_errors(line)]
+    assert invalid == [] and len(agent.lines) > 2
 
 
 # -- privileges ------------------------------------------------------------------------------
