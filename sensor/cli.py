@@ -135,6 +135,7 @@ def _api_flags(parser: argparse.ArgumentParser) -> None:
     _setting(parser, "journal.path", metavar="PATH")
     _setting(parser, "journal.retention_days", type=int, metavar="DAYS")
     _setting(parser, "journal.retention_count", type=int, metavar="N")
+    _setting(parser, "metrics.listen", metavar="HOST:PORT")
 
 
 def _config_flag(parser: argparse.ArgumentParser) -> None:
@@ -326,6 +327,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     for dotted, value, source in rows:
         print(f"{dotted:{widths[0]}}  {value:{widths[1]}}  {source}")
+    for spec in settings.sinks:  # their options as configured: secrets show where they are kept, never a value
+        print(f"sinks.{spec.name}  {spec.type} {', '.join(spec.kinds)}: {spec.options}  {spec.where}")
     return 0
 
 

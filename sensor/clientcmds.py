@@ -273,6 +273,12 @@ def status_table(status: pb.Status) -> list[str]:
     drops = sorted(status.drops, key=lambda d: HOPS.index(d.hop) if d.hop in HOPS else len(HOPS))
     lines += ["", *table(["HOP", "DROPPED", "COUNT"], ([d.hop, d.what, str(d.count)] for d in drops))]
     lines += ["", *_rule_table(status.rules)]
+    if status.sinks:
+        lines += ["", *table(["SINK", "TYPE", "TARGET", "UP", "SENT", "RETRIED", "DROPPED", "FAILED", "QUEUED",
+                              "BEHIND", "LAST ERROR"],
+                             ([s.name, s.type, s.target, "yes" if s.up else "NO", str(s.sent), str(s.retried),
+                               str(s.dropped), str(s.failed), str(s.queued), str(s.behind), s.last_error or "-"]
+                              for s in status.sinks))]
     return lines
 
 

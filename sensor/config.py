@@ -7,6 +7,8 @@
                max_subscribers
     journal:   path, retention_days, retention_count
     agent:     user, view
+    metrics:   listen
+    sinks:     a list of sinks (sensor/sinks/sinkset.py): files, syslog, webhooks, OTLP
 
 Each key has a default, a line in a YAML file (/etc/gpusentry/config.yaml, or the one given
 with -c FILE; sensor/config.example.yaml documents every key), an environment variable
@@ -252,13 +254,18 @@ KEYS: tuple[Key, ...] = (
         "gpusentry, when it exists; 'root' keeps them privileged)"),
     Key("agent", "view", Boolean(auto=True), None, "show the live view (default: when the output is a terminal "
         "and not JSON)"),
+    Key("metrics", "listen", Text(), None, "serve Prometheus metrics at http://HOST:PORT/metrics (e.g. "
+        "127.0.0.1:9464)", dest="metrics_listen"),
 )
 KEY: dict[str, Key] = {key.dotted: key for key in KEYS}
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(key.section for key in KEYS))
+SINKS = "sinks"  # a section that is a list, not keys: sensor/sinks/sinkset.py reads it
+FILE_SECTIONS = (*SECTIONS, SINKS)
 # The commands that read the configuration, and the sections each uses (and checks together
 # before it starts): the others are only checked for their types.
 SECTIONS_READ: dict[str, tuple[str, ...]] = {
-    "run": SECTIONS, "aggregate": ("detection", "output", "api", "journal"), "analyze": ("detection", "output"),
+    "run": SECTIONS, "aggregate": ("detection", "output", "api", "journal", "metrics"),
+    "analyze": ("detection", "output"),
 }
 
 
@@ -290,6 +297,7 @@ class Settings:
     flags: Mapping[str, Any] = field(default_factory=dict)  # by dest: the flags given on the command line
     environ: Mapping[str, str] = field(default_factory=dict)  # the GPUSENTRY_ variables
     checked: tuple[str, ...] = SECTIONS  # the sections whose values were checked together
+    sinks: tuple[Any, ...] = ()  # SinkSpec, from the file's `sinks:` list (only there: no flag, no variable)
 
     def __getitem__(self, dotted: str) -> Any:
         return self.values[dotted].value
@@ -319,12 +327,13 @@ def load(path: Path | None = None, flags: Mapping[str, Any] | None = None,
     file = path if path is not None else DEFAULT_FILE
     values = {key.dotted: Setting(key.default, DEFAULT) for key in KEYS}
     problems: list[str] = []
-    loaded = _read_file(file, explicit=path is not None, values=values, problems=problems)
+    sinks: list[Any] = []
+    loaded = _read_file(file, explicit=path is not None, values=values, problems=problems, sinks=sinks)
     _read_environ(environ, values, problems)
     for key in KEYS:
         if key.dest in flags:
             values[key.dotted] = Setting(_from_flag(key, flags[key.dest]), f"flag {key.flag}")
-    settings = Settings(values, file, path is not None, loaded, flags, environ, tuple(checked))
+    settings = Settings(values, file, path is not None, loaded, flags, environ, tuple(checked), tuple(sinks))
     problems += _checked_together(settings)  # the values that are well-formed, with defaults for the others
     if problems:
         raise ConfigError(problems)
@@ -337,7 +346,8 @@ def _from_flag(key: Key, value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _read_file(file: Path, explicit: bool, values: dict[str, Setting], problems: list[str]) -> bool:
+def _read_file(file: Path, explicit: bool, values: dict[str, Setting], problems: list[str],
+               sinks: list[Any]) -> bool:
     try:
         text = file.read_text()
     except FileNotFoundError:
@@ -355,18 +365,28 @@ def _read_file(file: Path, explicit: bool, values: dict[str, Setting], problems:
     if document is None:
         return True  # empty, or only comments: every default
     if not isinstance(document, source.Located):
-        problems.append(f"{file}:1: a configuration file is a mapping of sections ({', '.join(SECTIONS)})")
+        problems.append(f"{file}:1: a configuration file is a mapping of sections ({', '.join(FILE_SECTIONS)})")
         return True
     for section, body in document.items():
         where = f"{file}:{document.line_of(section)}"
-        if section not in SECTIONS:
-            problems.append(f"{where}: unknown section {section!r}{_did_you_mean(section, SECTIONS)}; "
-                            f"the sections are {', '.join(SECTIONS)}")
+        if section == SINKS:
+            problems += _read_sinks(file, body, document.line_of(section), sinks)
+        elif section not in SECTIONS:
+            problems.append(f"{where}: unknown section {section!r}{_did_you_mean(section, FILE_SECTIONS)}; "
+                            f"the sections are {', '.join(FILE_SECTIONS)}")
         elif body is not None and not isinstance(body, source.Located):
             problems.append(f"{where}: {section}: a section is a mapping of keys ({', '.join(_names(section))})")
         else:
             problems += _read_section(file, section, body or source.Located(), values)
     return True
+
+
+def _read_sinks(file: Path, body: Any, line: int, sinks: list[Any]) -> list[str]:
+    from sensor.sinks.sinkset import parse  # the sink types' own checks; imported only for a file with sinks
+
+    specs, problems = parse(body, file.absolute(), line)
+    sinks += specs
+    return problems
 
 
 def _read_section(file: Path, section: str, body: source.Located, values: dict[str, Setting]) -> list[str]:

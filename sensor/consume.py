@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
@@ -39,6 +40,10 @@ from sensor.output import Printer
 from sensor.reload import Reloader
 from sensor.rules.loader import load_rules
 from sensor.rules.model import RuleSet
+from sensor.sinks.sinkset import SinkSet
+
+if TYPE_CHECKING:
+    from sensor.sinks.metrics import MetricsServer  # started only when metrics.listen is set
 
 DEFAULT_JOURNAL = Path("/var/lib/gpusentry/journal.db")
 
@@ -193,8 +198,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         return 0  # the probe failed to start and has said why
     aggregator = Aggregator(rules=ruleset, config=config)
     book = IncidentBook(window_s=args.incident_window, host=stream_host(reader.meta))
+    sinks = sinks_of(args, journal, stream_host(reader.meta))
     state = ApiState(aggregator, journal, Broker(max_subscribers=args.max_subscribers), reader.meta,
-                     rule_files=ruleset.files, incidents=book, config_file=config_file_of(args))
+                     rule_files=ruleset.files, incidents=book, config_file=config_file_of(args), sinks=sinks)
     publisher = Publisher(state)
     server = ApiServer(state, endpoint, args.max_subscribers)
     run = RunLog(journal, probe_pid, publisher.publish_gap, watchdog=server.failure)
@@ -204,7 +210,11 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     reloader = Reloader(args, aggregator, state)
     reloader.install()
     grace = 0.0  # failing: the agent must be gone within a second
+    metrics: MetricsServer | None = None
     try:
+        metrics = start_metrics(args, state, probe_pid)
+        if sinks is not None:
+            sinks.start()  # each resumes after its own cursor: what was journaled while it was away goes first
         printer = Printer(sys.stdout, args.output, args.json, reader.meta.boot_to_wall_ns, stream_host(reader.meta))
         consume(reader, printer, aggregator=aggregator, reloader=reloader, api=(state, publisher), run=run,
                 incidents=book)
@@ -215,9 +225,34 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         run.failed(f"the aggregator failed: {type(exc).__name__}: {exc}")
         raise
     finally:
+        if sinks is not None:
+            sinks.stop(grace)  # what is left stays in the journal: the next run sends it
+        if metrics is not None:
+            metrics.stop()
         server.stop(grace)
         journal.close()
     return 0
+
+
+def sinks_of(args: argparse.Namespace, journal: Journal, host: pb.Host) -> SinkSet | None:
+    """The configuration file's sinks; their cursors live beside the journal."""
+    settings = getattr(args, "settings", None)
+    if settings is None or not settings.sinks:
+        return None
+    return SinkSet(settings.sinks, journal, journal.path.parent / "sinks", host)
+
+
+def start_metrics(args: argparse.Namespace, state: ApiState, probe_pid: int) -> MetricsServer | None:
+    listen = getattr(args, "metrics_listen", None)
+    if not listen:
+        return None
+    from sensor.sinks.metrics import MetricsServer, cpu_seconds
+
+    server = MetricsServer(listen, state, state.sinks.statuses if state.sinks is not None else list,
+                           probe_cpu=cpu_seconds(probe_pid))
+    server.start()
+    print(f"gpusentry: metrics on http://{listen.rpartition(':')[0]}:{server.port}/metrics", file=sys.stderr)
+    return server
 
 
 def config_file_of(args: argparse.Namespace) -> str:

@@ -1,7 +1,8 @@
 """SIGHUP: read the configuration file and the rule files again, and apply what can change
-while the agent runs: the rules and the egress allowlist. Any other key that changed is named
-as waiting for a restart (the probe's limits, where the API listens...). Whatever is invalid
-changes nothing: the current settings and rules stay, and the line says why.
+while the agent runs: the rules and the egress allowlist; and reopen the sinks' files. Any
+other key that changed is named as waiting for a restart (the probe's limits, where the API
+listens, the sinks...). Whatever is invalid changes nothing: the current settings and rules
+stay, and the line says why.
 
 The signal handler only sets a flag: the aggregator's loop reloads between two events, so
 that no event meets half of the old rules and half of the new.
@@ -45,6 +46,8 @@ class Reloader:
         if self.requested:
             self.requested = False
             print(self.reload(), file=sys.stderr, flush=True)
+            if self.state is not None and self.state.sinks is not None:
+                self.state.sinks.reopen()  # files reopen: logrotate moved them and sent SIGHUP
 
     def reload(self) -> str:
         """Reload now; the one line that says what happened."""
@@ -86,6 +89,8 @@ class Reloader:
         if self.settings is None or settings is None:
             return []
         waiting = [key.dotted for key in config.changed(self.settings, settings) if not key.reloads]
+        if settings.sinks != self.settings.sinks:
+            waiting.append(config.SINKS)
         self.settings = config.with_values(self.settings, (key for key in config.KEYS if key.reloads), settings)
         return waiting
 

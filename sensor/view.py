@@ -135,6 +135,11 @@ def _header(snapshot: Snapshot) -> RenderableType:
         line.append("drops: none", style="green")
     if snapshot.missed:
         line.append(f"  this view missed {snapshot.missed} in {snapshot.gaps} gap(s)", style="yellow")
+    for sink in status.sinks:  # where alerts leave the host: a failing one shows in red
+        counts = f"sent {sink.sent}" + "".join(f" {name} {value}" for name, value in (
+            ("retried", sink.retried), ("dropped", sink.dropped), ("failed", sink.failed)) if value)
+        style = "green" if sink.up and not (sink.dropped or sink.failed) else "bold red"
+        line.append(f"  {sink.type} {sink.name}: {'ok' if sink.up else 'DOWN'} ({counts})", style=style)
     return line
 
 

@@ -42,20 +42,32 @@ class Publisher:
             version.cursor = journal.append_incident(version, book.take_absorbed(incident_id))
             versions.append(version)
             items.append(Item(incident=version))
-        broker = self.state.broker
-        if broker.wants_events:
-            items += self._events(obs, broker.wants_lineage)
-        if broker.wants_facts:
-            items += self._facts(obs, broker.wants_lineage)
+        broker, sinks = self.state.broker, self.state.sinks
+        if alerts and sinks is not None:
+            sinks.journaled()  # each sink reads the new records from the journal, after its own cursor
+        if broker.wants_events or (sinks is not None and sinks.wants_events):
+            events = self._events(obs, broker.wants_lineage)
+            if broker.wants_events:
+                items += events
+            if sinks is not None and sinks.wants_events:
+                sinks.offer([i.event for i in events if i.event is not None], "event")
+        if broker.wants_facts or (sinks is not None and sinks.wants_facts):
+            facts = self._facts(obs, broker.wants_lineage)
+            if broker.wants_facts:
+                items += facts
+            if sinks is not None and sinks.wants_facts:
+                sinks.offer([i.fact for i in facts if i.fact is not None], "fact")
         broker.publish(items)
         return versions
 
     def publish_gap(self, gap: pb.SensorGap) -> None:
-        """Hand a sensor gap just journaled (Journal.append_gap) to live subscribers.
+        """Hand a sensor gap just journaled (Journal.append_gap) to live subscribers and sinks.
 
         Call it from the thread that publishes alerts, right after journaling it: subscribers
         rely on journaled records arriving in cursor order."""
         self.state.broker.publish([Item(sensor_gap=gap)])
+        if self.state.sinks is not None:
+            self.state.sinks.journaled()
 
     def _events(self, obs: Observation, lineage: bool) -> list[Item]:
         if isinstance(obs.event, ev.GpuCounters):

@@ -351,5 +351,5 @@ def status_of(state: ApiState) -> pb.Status:
         started=started, uptime_s=(time.time_ns() - state.started_ns) / 1e9, kernel=state.meta.kernel,
         kernel_features={k: str(v) for k, v in features.items()}, events_by_kind=dict(counters.events),
         drops=drops, rules=rules, subscribers=broker.stats.subscribers, host=this_host(),
-        config_file=state.config_file)
+        config_file=state.config_file, sinks=state.sinks.statuses() if state.sinks is not None else [])
 

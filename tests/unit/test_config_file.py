@@ -167,7 +167,7 @@ def test_every_problem_has_its_line_and_what_is_accepted(tmp_path: Path, capsys:
         f"{file}:8: detection.egress_allow: item 1: 'nope' is not a network; give a CIDR like 10.0.0.0/8",
         f"{file}:9: detection.incident_window: -1 is not a number of seconds above 0",
         f"{file}:10: unknown section 'outptu' (did you mean 'output'?); the sections are probe, detection, output, "
-        "api, journal, agent",
+        "api, journal, agent, metrics, sinks",
         f"{file}:12: output.mode: 'loud' is not one of alerts, incidents, events, none",
         f"{file}:13: output.json: 1 is not true or false",
         f"{file}:15: agent.view: 'maybe' is not true, false or null (decided at start)",
@@ -241,7 +241,8 @@ def test_environment_mistakes_name_the_variable(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize(("text", "problem"), [
     ("probe: [\n", "2: not valid YAML: expected the node content, but found '<stream end>'"),
-    ("- a\n", "1: a configuration file is a mapping of sections (probe, detection, output, api, journal, agent)"),
+    ("- a\n", "1: a configuration file is a mapping of sections (probe, detection, output, api, journal, agent, "
+              "metrics, sinks)"),
     ("probe: 3\n", "1: probe: a section is a mapping of keys (max_args, arg_len, ringbuf_pages, queue_size)"),
     ("probe:\n  max_args: 1\n  max_args: 2\n", "3: not valid YAML: duplicate key 'max_args'"),
 ])

@@ -132,3 +132,13 @@ def test_a_sensor_gap_shows_even_when_there_is_no_alert() -> None:
     text = screen(snapshot)
     assert "SENSOR BLIND" in text and ": the agent was not running" in text and "no alerts" in text
     assert snapshot.last_cursor == 1
+
+
+def test_sinks_show_in_the_header_a_failing_one_in_words() -> None:
+    snapshot = Snapshot("unix:/tmp/s.sock")
+    snapshot.status = pb.Status(kernel="6.18", sinks=[
+        pb.SinkStatus(name="alerts-file", type="file", sent=12, up=True),
+        pb.SinkStatus(name="siem", type="webhook", sent=3, retried=7, dropped=2, up=False, last_error="HTTP 503")])
+    text = screen(snapshot)
+    assert "file alerts-file: ok (sent 12)" in text
+    assert "webhook siem: DOWN (sent 3 retried 7 dropped 2)" in text

@@ -795,7 +795,7 @@ class RuleSetStatus(_message.Message):
     def __init__(self, rules: _Optional[_Iterable[_Union[RuleStatus, _Mapping]]] = ..., files: _Optional[_Iterable[str]] = ..., load_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps", "incidents", "host", "config_file")
+    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps", "incidents", "host", "config_file", "sinks")
     class KernelFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -824,6 +824,7 @@ class Status(_message.Message):
     INCIDENTS_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
+    SINKS_FIELD_NUMBER: _ClassVar[int]
     started: _timestamp_pb2.Timestamp
     uptime_s: float
     kernel: str
@@ -838,4 +839,33 @@ class Status(_message.Message):
     incidents: int
     host: Host
     config_file: str
-    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ..., incidents: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., config_file: _Optional[str] = ...) -> None: ...
+    sinks: _containers.RepeatedCompositeFieldContainer[SinkStatus]
+    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ..., incidents: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., config_file: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ...) -> None: ...
+
+class SinkStatus(_message.Message):
+    __slots__ = ("name", "type", "target", "sent", "retried", "dropped", "failed", "queued", "behind", "cursor", "last_error", "up")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    target: str
+    sent: int
+    retried: int
+    dropped: int
+    failed: int
+    queued: int
+    behind: int
+    cursor: int
+    last_error: str
+    up: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., target: _Optional[str] = ..., sent: _Optional[int] = ..., retried: _Optional[int] = ..., dropped: _Optional[int] = ..., failed: _Optional[int] = ..., queued: _Optional[int] = ..., behind: _Optional[int] = ..., cursor: _Optional[int] = ..., last_error: _Optional[str] = ..., up: _Optional[bool] = ...) -> None: ...
