@@ -40,7 +40,7 @@ from sensor.output import Printer
 from sensor.reload import Reloader
 from sensor.rules.loader import load_rules
 from sensor.rules.model import RuleSet
-from sensor.sinks.sinkset import SinkSet
+from sensor.sinks.process import SinkProcess
 
 if TYPE_CHECKING:
     from sensor.sinks.metrics import MetricsServer  # started only when metrics.listen is set
@@ -234,12 +234,13 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-def sinks_of(args: argparse.Namespace, journal: Journal, host: pb.Host) -> SinkSet | None:
-    """The configuration file's sinks; their cursors live beside the journal."""
+def sinks_of(args: argparse.Namespace, journal: Journal, host: pb.Host) -> SinkProcess | None:
+    """The configuration file's sinks, in a process of their own (sensor/sinks/process.py); their
+    cursors live beside the journal."""
     settings = getattr(args, "settings", None)
     if settings is None or not settings.sinks:
         return None
-    return SinkSet(settings.sinks, journal, journal.path.parent / "sinks", host)
+    return SinkProcess(settings.sinks, journal.path.absolute(), settings.file.absolute(), host)
 
 
 def start_metrics(args: argparse.Namespace, state: ApiState, probe_pid: int) -> MetricsServer | None:

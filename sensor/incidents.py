@@ -25,7 +25,10 @@ from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.outward import this_host
 from sensor.rules.model import DEFAULT_LINEAGE_BOUNDARY
 
-MAX_ALERTS = 100  # kept per incident, oldest first; alerts_total counts them all
+# Alerts kept in an incident, oldest first (alerts_total counts them all; each alert is also
+# journaled and sent on its own): every version of an incident carries them, to the journal, the
+# API and each sink, so they are few enough that a burst of alerts costs little to render.
+MAX_ALERTS = 20
 MAX_LISTED = 100  # processes, and facts of each kind, kept per incident
 MAX_KEYS = 1000  # join keys per incident: beyond, its new processes join nothing more
 SUMMARY_CONNECTIONS = 3  # named in the summary; the rest are counted

@@ -341,6 +341,9 @@ def status_of(state: ApiState) -> pb.Status:
         drops.append(pb.DropCounter(hop="rules", what="tunnel taint entries dropped at the cap",
                                     count=detector.taint.stats.dropped))
         rules.rules.extend(rule_statuses(engine))
+    if state.sinks is not None:
+        drops.append(pb.DropCounter(hop="sinks", what="events and facts not handed to the sinks (queue full)",
+                                    count=state.sinks.handoff_dropped))
     broker = state.broker
     drops += [pb.DropCounter(hop="subscribers", what=f"subscriber {sid}: items missed", count=n)
               for sid, n in sorted(broker.stats.missed.items())]

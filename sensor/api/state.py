@@ -13,6 +13,7 @@ from sensor.api.convert import Clock
 from sensor.capture import StreamMeta
 from sensor.incidents import IncidentBook
 from sensor.journal import Journal
+from sensor.sinks.process import SinkProcess
 from sensor.sinks.sinkset import SinkSet
 
 
@@ -28,7 +29,7 @@ class ApiState:
     load_errors: list[str] = field(default_factory=list)  # from the last reload that failed
     incidents: IncidentBook = field(default_factory=IncidentBook)  # the publisher's: alerts join them there
     config_file: str = ""  # the configuration file in effect, if one was read
-    sinks: SinkSet | None = None  # the configured sinks: the publisher wakes them, status reads them
+    sinks: SinkProcess | SinkSet | None = None  # the configured sinks: the publisher wakes them, status reads them
 
     def __post_init__(self) -> None:
         # What the journal held before this API existed was never published to subscribers:

@@ -33,13 +33,17 @@ from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.outward import record
 
 # Keys every sink has; a type's options() must accept them and leave them to this module.
-COMMON_KEYS = ("type", "name", "kinds", "horizon", "queue_size", "batch")
+COMMON_KEYS = ("type", "name", "kinds", "horizon", "queue_size", "batch", "linger")
 JOURNALED = ("alert", "incident", "sensor_gap")
 KINDS = (*JOURNALED, "event", "fact")
 DEFAULT_KINDS = JOURNALED
 DEFAULT_HORIZON_S = 24 * 3600
 DEFAULT_QUEUE = 10_000
 DEFAULT_BATCH = 100
+# After a wake-up a worker waits this long before reading, so that a burst of alerts goes in one
+# batch, and an incident that changed with each of them is rendered and sent once (its latest
+# version), not once per alert: rendering is CPU the aggregator's thread would otherwise wait on.
+DEFAULT_LINGER_S = 0.5
 IDLE, SENT, FAILED = "idle", "sent", "failed"  # what one pass of a sink's worker did
 
 
@@ -50,6 +54,14 @@ class Invalid(ValueError):
         super().__init__(message)
         self.line = line
         self.message = message
+
+
+def reject_unknown(raw: Any, keys: Sequence[str], sink: str) -> None:
+    """A key neither the sink type's (`keys`) nor common to every sink is a mistake: name it."""
+    unknown = [key for key in raw if key not in keys and key not in COMMON_KEYS]
+    if unknown:
+        raise Invalid(raw.line_of(unknown[0]), f"unknown key {unknown[0]!r} for {sink}; its keys are "
+                                               f"{', '.join(keys)} (and {', '.join(COMMON_KEYS)})")
 
 
 class SinkError(Exception):
@@ -104,6 +116,7 @@ class SinkSpec:
     horizon_s: float = DEFAULT_HORIZON_S
     queue_size: int = DEFAULT_QUEUE
     batch: int = DEFAULT_BATCH
+    linger_s: float = DEFAULT_LINGER_S
 
 
 @dataclass
@@ -179,6 +192,13 @@ def kind_of(item: Message) -> str:
             pb.Fact: "fact"}.get(type(item), "")
 
 
+def latest_versions(records: list[Message]) -> list[Message]:
+    """The records, with each incident only in its last version among them: the earlier ones
+    are superseded (the journal itself keeps only the latest), so sending them is work for nothing."""
+    last = {r.id: n for n, r in enumerate(records) if isinstance(r, pb.Incident)}
+    return [r for n, r in enumerate(records) if not isinstance(r, pb.Incident) or last[r.id] == n]
+
+
 class Sink:
     """One sink's worker: a thread that delivers journaled records after its cursor, then the
     events queued for it, with retries; the aggregator only calls offer() and wake()."""
@@ -228,9 +248,11 @@ class Sink:
 
     def start(self) -> None:
         saved = self.cursor_file.load()
-        # a new sink starts at the journal's end: it sends from now on, not the whole history
-        self.cursor = saved if saved is not None else self.journal.last_cursor()
-        if saved is None:
+        end = self.journal.last_cursor()
+        # A new sink starts at the journal's end: it sends from now on, not the whole history.
+        # A cursor past the end belongs to a journal that was replaced: from its end too.
+        self.cursor = saved if saved is not None and saved <= end else end
+        if self.cursor != saved:
             self.cursor_file.save(self.cursor)
         self._thread = threading.Thread(target=self._run, name=f"sink {self.spec.name}", daemon=True)
         self._thread.start()
@@ -251,8 +273,9 @@ class Sink:
             outcomes = {self._deliver_journaled(), self._deliver_events()}
             if self._stop.is_set() and SENT not in outcomes:
                 return  # stopping: nothing more goes through (what is journaled waits for the next run)
-            if outcomes == {IDLE}:
-                self._wake.wait(1.0)  # a failure already waited its backoff: only idleness waits here
+            if outcomes == {IDLE}:  # a failure already waited its backoff: only idleness waits here
+                if self._wake.wait(1.0) and not self._stop.is_set():
+                    self._stop.wait(self.spec.linger_s)  # let the burst that woke it gather
                 self._wake.clear()
 
     def _deliver_journaled(self) -> str:
@@ -263,7 +286,7 @@ class Sink:
             return IDLE
         last = records[-1].cursor
         horizon = self.clock() - int(self.spec.horizon_s * 1e9)
-        fresh = [r for r in records if kind_of(r) in self._journaled and wall_ns(r) >= horizon]
+        fresh = latest_versions([r for r in records if kind_of(r) in self._journaled and wall_ns(r) >= horizon])
         self.counters.dropped += sum(1 for r in records if kind_of(r) in self._journaled and wall_ns(r) < horizon)
         if fresh and not self._send(fresh):
             return FAILED  # not delivered: the cursor stays, and the same records are tried again

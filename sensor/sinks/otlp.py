@@ -65,6 +65,7 @@ rejected (the worker counts the whole batch failed; the rest did arrive).
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 import threading
@@ -84,9 +85,9 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 import sensor
 from sensor.api.v1 import gpusentry_pb2 as pb
-from sensor.outward import as_dict, json_line
+from sensor.outward import as_dict
 from sensor.rules import source
-from sensor.sinks.base import COMMON_KEYS, Invalid, Secret, SinkError
+from sensor.sinks.base import Invalid, Secret, SinkError, reject_unknown
 from sensor.sinks.syslog import bounded, item_of, time_of
 
 TYPE = "otlp"
@@ -144,10 +145,7 @@ class Options:
 
 def options(raw: source.Located, file: Path) -> Options:
     """The sink's entry in the configuration file `file`; Invalid names the line of a bad value."""
-    unknown = [key for key in raw if key not in KEYS and key not in COMMON_KEYS]
-    if unknown:
-        raise Invalid(raw.line_of(unknown[0]), f"unknown key {unknown[0]!r} for an otlp sink; its keys are "
-                                               f"{', '.join(KEYS)} (and {', '.join(COMMON_KEYS)})")
+    reject_unknown(raw, KEYS, "an otlp sink")
     insecure = _insecure(raw)
     headers = _headers(raw)
     return Options(endpoint=_endpoint(raw), insecure=insecure, **_tls_files(raw, file, insecure), headers=headers,
@@ -297,10 +295,11 @@ def flattened(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
 
 def attributes(record: pb.Record) -> list[KeyValue]:
     item = item_of(record)
-    pairs = [("gpusentry.type", record.type), *flattened(f"gpusentry.{record.type}", as_dict(item))]
+    whole = as_dict(record)  # rendered once: the attributes and the JSON are the same dict (rendering is the cost)
+    pairs = [("gpusentry.type", record.type), *flattened(f"gpusentry.{record.type}", whole.get(record.type, {}))]
     if isinstance(item, pb.Alert) and item.incident_id:
         pairs.append(("gpusentry.incident.id", item.incident_id))
-    pairs.append(("gpusentry.record", json_line(item, record.host)))
+    pairs.append(("gpusentry.record", json.dumps(whole, ensure_ascii=False, separators=(",", ":"))))
     return [KeyValue(key=key, value=any_value(value)) for key, value in pairs]
 
 

@@ -9,7 +9,8 @@ reopen them on SIGHUP, and read their status.
         kinds: [alert, incident]        # of alert, incident, sensor_gap, event, fact
         horizon: 24h                    # journaled records older than this when sent are dropped, counted
         queue_size: 10000               # events and facts waiting; a full queue drops, counted
-        batch: 100
+        batch: 100                      # records per delivery at most
+        linger: 0.5                     # seconds it lets a burst gather before it reads (0 to 10)
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def spec_of(entry: Any, file: Path, line: int) -> SinkSpec:
     return SinkSpec(type=kind, name=name, options=options, where=f"{file}:{entry.line}", kinds=_kinds(entry),
                     horizon_s=_duration(entry, "horizon", base.DEFAULT_HORIZON_S),
                     queue_size=_count(entry, "queue_size", base.DEFAULT_QUEUE, 1, 10_000_000),
-                    batch=_count(entry, "batch", base.DEFAULT_BATCH, 1, 10_000))
+                    batch=_count(entry, "batch", base.DEFAULT_BATCH, 1, 10_000), linger_s=_linger(entry))
 
 
 def _kinds(entry: source.Located) -> tuple[str, ...]:
@@ -91,6 +92,13 @@ def _duration(entry: source.Located, key: str, default: float) -> float:
     if found is None or int(found.group(1)) == 0:
         raise Invalid(entry.line_of(key), f"`{key}` is a duration like 90s, 30m, 24h, 7d (or seconds), above 0")
     return float(int(found.group(1)) * UNITS[found.group(2)])
+
+
+def _linger(entry: source.Located) -> float:
+    value = entry.get("linger", base.DEFAULT_LINGER_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10:
+        raise Invalid(entry.line_of("linger"), "`linger` is a number of seconds from 0 to 10")
+    return float(value)
 
 
 def _count(entry: source.Located, key: str, default: int, low: int, high: int) -> int:
@@ -111,6 +119,7 @@ class SinkSet:
                            base.CursorFile(cursor_dir / f"{spec.name}.cursor"), host) for spec in specs]
         self.wants_events = any(s.wants("event") for s in self.sinks)
         self.wants_facts = any(s.wants("fact") for s in self.sinks)
+        self.handoff_dropped = 0  # as SinkProcess's: in one process nothing is handed over
 
     def start(self) -> None:
         for sink in self.sinks:

@@ -62,7 +62,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.outward import json_line
 from sensor.rules import source
-from sensor.sinks.base import COMMON_KEYS, Invalid, SinkError
+from sensor.sinks.base import Invalid, SinkError, reject_unknown
 
 TYPE = "syslog"
 KEYS = ("address", "facility", "app_name", "max_message", "enterprise_id", "ca", "cert", "key")
@@ -119,10 +119,7 @@ class Options:
 
 def options(raw: source.Located, file: Path) -> Options:
     """The sink's entry in the configuration file `file`; Invalid names the line of a bad value."""
-    unknown = [key for key in raw if key not in KEYS and key not in COMMON_KEYS]
-    if unknown:
-        raise Invalid(raw.line_of(unknown[0]), f"unknown key {unknown[0]!r} for a syslog sink; its keys are "
-                                               f"{', '.join(KEYS)} (and {', '.join(COMMON_KEYS)})")
+    reject_unknown(raw, KEYS, "a syslog sink")
     address, transport, host, port, socket_path = _address(raw)
     return Options(address=address, transport=transport, host=host, port=port, socket_path=socket_path,
                    facility=_facility(raw), app_name=_app_name(raw), max_message=_max_message(raw, transport),

@@ -141,10 +141,7 @@ class Options:
 
 def options(raw: source.Located, file: Path) -> Options:
     """A webhook sink's entry; relative paths are relative to the configuration file's folder."""
-    unknown = [k for k in raw if k not in KEYS and k not in base.COMMON_KEYS]
-    if unknown:
-        raise base.Invalid(raw.line_of(unknown[0]), f"a webhook sink has no key {unknown[0]!r}: it takes "
-                                                    f"{', '.join(KEYS)} (and {', '.join(base.COMMON_KEYS)})")
+    base.reject_unknown(raw, KEYS, "a webhook sink")
     folder = file.parent
     made = Options(url=_url(raw), headers=_headers(raw), secret_headers=_secret_headers(raw, folder),
                    timeout_s=_timeout(raw), ca=_file(raw, "ca", folder), cert=_file(raw, "cert", folder),

@@ -214,17 +214,19 @@ def test_options_defaults_and_a_relative_path(tmp_path: Path) -> None:
     ("mode: 0600", {"mode": 0o600}),
     ("mode: '640'", {"mode": 0o640}),
     ("mode: '0o644'", {"mode": 0o644}),
+    ("sync: true", {"sync": True}),
 ])
-def test_options_values(tmp_path: Path, text: str, expected: dict[str, int]) -> None:
+def test_options_values(tmp_path: Path, text: str, expected: dict[str, int | bool]) -> None:
     parsed = parse(f"type: file\npath: /var/log/a.jsonl\n{text}\n", tmp_path)
     assert {key: getattr(parsed, key) for key in expected} == expected
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
     ("type: file\nname: f\npath: a\nrotate: yes\n", 4,
-     "unknown key 'rotate' for a file sink; its keys are path, max_bytes, keep, mode "
-     "(and type, name, kinds, horizon, queue_size, batch)"),
+     "unknown key 'rotate' for a file sink; its keys are path, max_bytes, keep, mode, sync "
+     "(and type, name, kinds, horizon, queue_size, batch, linger)"),
     ("type: file\nname: f\n", 1, "`path` is the file to write, e.g. /var/log/gpusentry/alerts.jsonl"),
+    ("type: file\npath: a\nsync: 1\n", 3, "`sync` is true or false"),
     ("type: file\n\npath: [a]\n", 3, "`path` is the file to write, e.g. /var/log/gpusentry/alerts.jsonl"),
     ("type: file\npath: a\nmax_bytes: -1\n", 3,
      "`max_bytes` is a size in bytes, or with K, M or G (1024-based: 100M), at or above 0 (0: never rotate)"),

@@ -640,7 +640,7 @@ def test_options_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "line", "message"), [
     ("type: otlp\nname: o\nendpoint: c:4317\nurl: x\n", 4,
      "unknown key 'url' for an otlp sink; its keys are endpoint, insecure, ca, cert, key, headers, secret_headers, "
-     "timeout, compression (and type, name, kinds, horizon, queue_size, batch)"),
+     "timeout, compression (and type, name, kinds, horizon, queue_size, batch, linger)"),
     ("type: otlp\nname: o\n", 1, "`endpoint` is the receiver's HOST:PORT, e.g. otel-collector:4317"),
     ("type: otlp\n\nendpoint: collector\n", 3, "`endpoint` is the receiver's HOST:PORT, e.g. otel-collector:4317"),
     ("type: otlp\nendpoint: c:70000\n", 2, "`endpoint` is the receiver's HOST:PORT, e.g. otel-collector:4317"),

@@ -189,7 +189,7 @@ USAGE = ("`address` is udp://HOST[:PORT], tcp://HOST[:PORT], tls://HOST[:PORT] o
 @pytest.mark.parametrize(("text", "line", "message"), [
     ("type: syslog\naddress: udp://h\nformat: json\n", 3,
      "unknown key 'format' for a syslog sink; its keys are address, facility, app_name, max_message, "
-     "enterprise_id, ca, cert, key (and type, name, kinds, horizon, queue_size, batch)"),
+     "enterprise_id, ca, cert, key (and type, name, kinds, horizon, queue_size, batch, linger)"),
     ("type: syslog\n", 1, USAGE),
     ("type: syslog\naddress: http://h:514\n", 2, USAGE),
     ("type: syslog\naddress: udp://h:99999\n", 2, f"{USAGE}: Port out of range 0-65535"),

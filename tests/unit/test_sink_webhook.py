@@ -786,9 +786,9 @@ def test_options_have_defaults_and_paths_relative_to_the_configuration(pki: Pki,
     ("url: https://user:hunter2@sidekick/", "3: `url` carries no user or password: send credentials in "
                                             "`secret_headers` (e.g. Authorization: {file: PATH})"),
     ("url: https://sidekick:99999/", "3: `url` is an http:// or https:// address with a port from 1 to 65535"),
-    ("url: https://sidekick/\n    urll: x", "4: a webhook sink has no key 'urll': it takes url, headers, "
+    ("url: https://sidekick/\n    urll: x", "4: unknown key 'urll' for a webhook sink; its keys are url, headers, "
                                             "secret_headers, timeout, ca, cert, key, insecure_skip_verify (and type, "
-                                            "name, kinds, horizon, queue_size, batch)"),
+                                            "name, kinds, horizon, queue_size, batch, linger)"),
     ("url: https://sidekick/\n    headers: [a]", "4: `headers` is a mapping of header names to values"),
     ("url: https://sidekick/\n    headers:\n      X-Ok: 1\n      Bad Name: x",
      "6: `headers`: a header name is letters, digits and !#$%&'*+.^_`|~- "),

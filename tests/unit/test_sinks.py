@@ -191,3 +191,29 @@ def test_sink_entries_that_are_wrong_say_where_and_what(text: str, problem: str,
     document = source.load(text)
     specs, problems = sinkset.parse(document["sinks"], tmp_path / "config.yaml", document.line_of("sinks"))
     assert (specs, problems) == ([], [problem.replace("CONFIG", str(tmp_path / "config.yaml"))])
+
+
+def test_a_cursor_from_a_replaced_journal_starts_at_the_new_journals_end(journal: Journal, tmp_path: Path) -> None:
+    CursorFile(tmp_path / "sinks" / "test.cursor").save(500)  # the old journal had 500 records
+    journal.append(alert(1))  # the new one has 1
+    delivery = Recorder()
+    running = sink(journal, tmp_path, delivery)
+    journal.append(alert(2))
+    running.wake()
+    wait_until(lambda: delivery.ids() == ["alert-2"], what="what comes after the new journal's end")
+    running.stop()
+
+
+def test_a_burst_sends_each_incident_once_in_its_latest_version(journal: Journal, tmp_path: Path) -> None:
+    delivery = Recorder()
+    running = sink(journal, tmp_path, delivery, linger_s=0.3)
+    for n in range(1, 6):  # five alerts, each a new version of one incident, as fast as the aggregator goes
+        journal.append(alert(n))
+        version = pb.Incident(id="incident-1", alerts_total=n)
+        version.last_seen.FromNanoseconds(time.time_ns())
+        journal.append_incident(version)
+    running.wake()
+    wait_until(lambda: len(delivery.ids()) == 5, what="the five alerts")
+    incidents = [r.incident.alerts_total for r in delivery.sent if r.type == "incident"]
+    assert incidents == [5]  # the versions before it were superseded: not rendered, not sent
+    running.stop()
