@@ -64,6 +64,24 @@ def reject_unknown(raw: Any, keys: Sequence[str], sink: str) -> None:
                                                f"{', '.join(keys)} (and {', '.join(COMMON_KEYS)})")
 
 
+def tls_files(raw: Any, file: Path, refused: str | None) -> dict[str, Path | None]:
+    """`ca`, `cert` and `key` of a sink's entry: PEM files, relative to the configuration file's
+    directory; `cert` and `key` go together. `refused`, when given, is why none may be given here
+    (the transport is not TLS)."""
+    files: dict[str, Path | None] = {}
+    for key in ("ca", "cert", "key"):
+        value = raw.get(key)
+        if value is not None and refused is not None:
+            raise Invalid(raw.line_of(key), f"`{key}` {refused}")
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise Invalid(raw.line_of(key), f"`{key}` is the path of a PEM file")
+        files[key] = file.parent / value if value is not None else None
+    if (files["cert"] is None) != (files["key"] is None):
+        raise Invalid(raw.line_of("cert" if files["cert"] is not None else "key"),
+                      "`cert` and `key` go together: the client certificate and its private key")
+    return files
+
+
 class SinkError(Exception):
     """A delivery that did not go through. `permanent`: the endpoint refused these records for
     good (e.g. HTTP 400), so trying again cannot help: they are counted failed and skipped."""

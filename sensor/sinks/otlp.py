@@ -87,7 +87,7 @@ import sensor
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.outward import as_dict
 from sensor.rules import source
-from sensor.sinks.base import Invalid, Secret, SinkError, reject_unknown
+from sensor.sinks.base import Invalid, Secret, SinkError, reject_unknown, tls_files
 from sensor.sinks.syslog import bounded, item_of, time_of
 
 TYPE = "otlp"
@@ -172,18 +172,7 @@ def _insecure(raw: source.Located) -> bool:
 
 
 def _tls_files(raw: source.Located, file: Path, insecure: bool) -> dict[str, Path | None]:
-    files: dict[str, Path | None] = {}
-    for key in ("ca", "cert", "key"):
-        value = raw.get(key)
-        if value is not None and insecure:
-            raise Invalid(raw.line_of(key), f"`{key}` is for TLS: leave it out with `insecure: true`")
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise Invalid(raw.line_of(key), f"`{key}` is the path of a PEM file")
-        files[key] = file.parent / value if value is not None else None
-    if (files["cert"] is None) != (files["key"] is None):
-        raise Invalid(raw.line_of("cert" if files["cert"] is not None else "key"),
-                      "`cert` and `key` go together: the client certificate and its private key")
-    return files
+    return tls_files(raw, file, "is for TLS: leave it out with `insecure: true`" if insecure else None)
 
 
 def _header_names(raw: source.Located, key: str) -> Iterator[tuple[str, Any, int]]:

@@ -62,7 +62,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.outward import json_line
 from sensor.rules import source
-from sensor.sinks.base import Invalid, SinkError, reject_unknown
+from sensor.sinks.base import Invalid, SinkError, reject_unknown, tls_files
 
 TYPE = "syslog"
 KEYS = ("address", "facility", "app_name", "max_message", "enterprise_id", "ca", "cert", "key")
@@ -181,18 +181,7 @@ def _enterprise_id(raw: source.Located) -> str:
 
 
 def _tls_files(raw: source.Located, file: Path, transport: str) -> dict[str, Path | None]:
-    files: dict[str, Path | None] = {}
-    for key in ("ca", "cert", "key"):
-        value = raw.get(key)
-        if value is not None and transport != "tls":
-            raise Invalid(raw.line_of(key), f"`{key}` is for tls:// addresses only")
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise Invalid(raw.line_of(key), f"`{key}` is the path of a PEM file")
-        files[key] = file.parent / value if value is not None else None
-    if (files["cert"] is None) != (files["key"] is None):
-        raise Invalid(raw.line_of("cert" if files["cert"] is not None else "key"),
-                      "`cert` and `key` go together: the client certificate and its private key")
-    return files
+    return tls_files(raw, file, "is for tls:// addresses only" if transport != "tls" else None)
 
 
 # -- the message ----------------------------------------------------------------------------------

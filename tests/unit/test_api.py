@@ -8,8 +8,6 @@ sequence: an alert at cursor N has its incident at N + 1."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import subprocess
 import sys
@@ -917,55 +915,9 @@ def test_facts_stream_by_kind_and_process(api: Harness) -> None:
 
 
 def _certificates(tmp_path: Path) -> dict[str, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from tests.certificates import make_certificates
 
-    now = datetime.datetime.now(datetime.UTC)
-
-    def key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def cert(subject: str, public: object, issuer: str, signer: object, ca: bool,
-             san: list[x509.GeneralName] | None = None) -> x509.Certificate:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                   .public_key(public).serial_number(x509.random_serial_number())  # type: ignore[arg-type]
-                   .not_valid_before(now - datetime.timedelta(minutes=1))
-                   .not_valid_after(now + datetime.timedelta(hours=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
-
-    files: dict[str, Path] = {}
-
-    def write(name: str, data: bytes) -> None:
-        files[name] = tmp_path / f"{name}.pem"
-        files[name].write_bytes(data)
-
-    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
-        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())
-
-    ca_keys = {}
-    for ca_name in ("ca", "other_ca"):  # the agent's CA, and one it does not trust
-        ca_keys[ca_name] = key()
-        write(ca_name, cert(ca_name, ca_keys[ca_name].public_key(), ca_name, ca_keys[ca_name], True)
-              .public_bytes(serialization.Encoding.PEM))
-    server_key = key()
-    write("server_key", pem_key(server_key))
-    write("server", cert("localhost", server_key.public_key(), "ca", ca_keys["ca"], False,
-                         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                         ).public_bytes(serialization.Encoding.PEM))
-    for client, issuer in (("client", "ca"), ("stranger", "other_ca")):
-        client_key = key()
-        write(f"{client}_key", pem_key(client_key))
-        write(client, cert(client, client_key.public_key(), issuer, ca_keys[issuer], False)
-              .public_bytes(serialization.Encoding.PEM))
-    return files
+    return make_certificates(tmp_path)
 
 
 def _tls_channel(port: int, certs: dict[str, Path], client: str | None = None) -> grpc.Channel:

@@ -6,8 +6,6 @@ with a test CA, secret headers, and option errors with their lines."""
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import socket
 import threading
@@ -39,6 +37,7 @@ from sensor.outward import as_dict, json_line, record
 from sensor.rules import source
 from sensor.sinks import otlp
 from sensor.sinks.base import Backoff, CursorFile, Invalid, Secret, Sink, SinkError, SinkSpec
+from tests.certificates import make_certificates
 from tests.waiting import wait_until
 
 HOST = pb.Host(hostname="gpu-7", machine_id="0f" * 16)
@@ -516,42 +515,7 @@ def test_an_unreadable_secret_is_retried_without_its_value(tmp_path: Path, endpo
 
 @pytest.fixture
 def certificates(tmp_path: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1, and a client certificate, as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    files: dict[str, Path] = {}
-
-    def issue(name: str, key: ec.EllipticCurvePrivateKey, ca: bool, san: list[x509.GeneralName]) -> None:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=1))
-                   .not_valid_after(now + datetime.timedelta(hours=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        files[name] = tmp_path / f"{name}.pem"
-        files[name].write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
-        files[f"{name}_key"] = tmp_path / f"{name}.key"
-        files[f"{name}_key"].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
-        files[f"{name}_encrypted_key"] = tmp_path / f"{name}.encrypted.key"
-        files[f"{name}_encrypted_key"].write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"password")))
-
-    issue("ca", ca_key, True, [])
-    issue("server", ec.generate_private_key(ec.SECP256R1()), False,
-          [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    issue("client", ec.generate_private_key(ec.SECP256R1()), False, [])
-    return files
+    return make_certificates(tmp_path)
 
 
 def server_credentials(files: dict[str, Path], client_auth: bool = False) -> Any:
