@@ -19,7 +19,7 @@ import msgpack
 
 
 class Kind(IntEnum):
-    # 1-31 match enum rec_type in bpf/events.h
+    # 1-31 match enum rec_type in sensor/bpf/events.h
     EXEC = 1
     FORK = 2
     EXIT = 3
@@ -48,7 +48,7 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-# exec flags: 0x1-0x1f come from the kernel record (EXEC_* in bpf/events.h)
+# exec flags: 0x1-0x1f come from the kernel record (EXEC_* in sensor/bpf/events.h)
 ARGV_TRUNCATED = 0x1
 ARG_CUT = 0x2
 ARGV_UNREAD = 0x4
@@ -196,7 +196,7 @@ VERDICTS_MISSED = {
 
 
 class GpuKind(IntEnum):
-    """What kind of NVIDIA device an fd is (enum gpu_kind in bpf/events.h)."""
+    """What kind of NVIDIA device an fd is (enum gpu_kind in sensor/bpf/events.h)."""
 
     NONE = 0
     CTL = 1  # /dev/nvidiactl
@@ -208,7 +208,7 @@ class GpuKind(IntEnum):
 
 
 class GpuReason(IntEnum):
-    """Why a GPU ioctl had a record of its own (enum gpu_reason in bpf/events.h)."""
+    """Why a GPU ioctl had a record of its own (enum gpu_reason in sensor/bpf/events.h)."""
 
     ALLOC = 1
     ALLOC_FAILED = 2

@@ -1,14 +1,15 @@
 """Builds, compiles and loads the BPF programs with BCC, and explains every way that fails.
 
-The source is bpf/common.bpf.c followed by each program file, as one text (BCC processes
-only its main text). Everything that varies is a -D constant built from typed values:
-kernel field offsets from BTF, limits from ProbeConfig, feature probes. No user text is
-ever spliced into the C source.
+The source is sensor/bpf/common.bpf.c followed by each program file, as one text (BCC
+processes only its main text); the files are package data, found through importlib.resources.
+Everything that varies is a -D constant built from typed values: kernel field offsets from
+BTF, limits from ProbeConfig, feature probes. No user text is ever spliced into the C source.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
 import re
 import tempfile
@@ -21,7 +22,19 @@ from sensor.errors import GpusentryError, UsageError
 from sensor.probe import features
 from sensor.probe.btf import BtfError, resolve_offsets
 
-BPF_DIR = Path(os.environ.get("GPUSENTRY_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+
+def _bpf_dir() -> Path:
+    """The BPF C sources: GPUSENTRY_BPF_DIR when set (to try edited C), else the package's own."""
+    override = os.environ.get("GPUSENTRY_BPF_DIR")
+    if override:
+        return Path(override)
+    sources = importlib.resources.files("sensor") / "bpf"
+    # A Path, not just a Traversable: BCC finds `#include "events.h"` through -I, which names a
+    # directory on disk. pip installs a wheel unpacked, so the package's files are plain files.
+    return Path(str(sources))
+
+
+BPF_DIR = _bpf_dir()
 PROGRAM_FILES = ("common.bpf.c", "process.bpf.c", "net.bpf.c", "gpu.bpf.c")
 
 

@@ -1,4 +1,4 @@
-"""ctypes mirrors of bpf/events.h, and the decoding of each kernel record into an Event.
+"""ctypes mirrors of sensor/bpf/events.h, and the decoding of each kernel record into an Event.
 
 These classes are the only Python description of the kernel records;
 tests/kernel/test_layout.py compiles events.h for BPF and checks every field's offset and

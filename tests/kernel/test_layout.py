@@ -1,4 +1,4 @@
-"""The ctypes mirrors in sensor/probe/records.py agree with bpf/events.h as compiled for BPF.
+"""The ctypes mirrors in sensor/probe/records.py agree with sensor/bpf/events.h as compiled for BPF.
 
 A tiny BPF program, built from the same header, writes offsetof and sizeof of every field
 into a map; the test compares them with the ctypes layout, field by field.

@@ -107,7 +107,7 @@ def test_argv_from_procfs_is_held_to_the_same_limits(tmp_path: Path) -> None:
 
 
 def test_gpu_ioctl_flags_match_the_header() -> None:
-    """The gpu_ioctl_rec flag bits in bpf/events.h and their Python names agree."""
+    """The gpu_ioctl_rec flag bits in sensor/bpf/events.h and their Python names agree."""
     import re
 
     from sensor.probe.program import BPF_DIR
