@@ -59,7 +59,7 @@ COMMANDS = {
     "events": "sensor.clientcmds:cmd_events", "alerts": "sensor.clientcmds:cmd_alerts",
     "incidents": "sensor.clientcmds:cmd_incidents", "status": "sensor.clientcmds:cmd_status",
     "rules": "sensor.cli:cmd_rules", "config": "sensor.cli:cmd_config", "doctor": "sensor.cli:cmd_doctor",
-    "fake-gpu": "sensor.cli:cmd_fake_gpu",
+    "fake-gpu": "sensor.cli:cmd_fake_gpu", "simulate": "sensor.simulate.cmd:cmd_simulate",
 }
 
 
@@ -286,6 +286,16 @@ def _tool_commands(sub: Any) -> None:
     fake_sub = fake.add_subparsers(dest="fake_command", required=True, parser_class=_Parser, metavar="COMMAND")
     replay = fake_sub.add_parser("replay", help="replay a fixture's CUDA ioctls against the fake driver")
     replay.add_argument("fixture", help="a fixture file (tests/fixtures/gpu/*.yaml)")
+
+    simulate = sub.add_parser("simulate", help="perform an incident in namespaces of its own and check that the "
+                              "running agent reports it (root)")
+    simulate.add_argument("what", choices=("rome", "tunnel", "gpu", "pool"),
+                          help="the whole ROME incident, or one of its steps")
+    simulate.add_argument("--socket", metavar="PATH",
+                          help=f"the running agent's UNIX socket (default: api.socket of {config.DEFAULT_FILE} or "
+                               f"GPUSENTRY_API_SOCKET, else {config.DEFAULT_SOCKET})")
+    simulate.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                          help="how long to wait for what is expected")
 
 
 # -- settings: defaults, file, environment, flags ---------------------------------------------
