@@ -8,6 +8,8 @@ caller journals it). Events and facts are converted only while some subscriber w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sensor import events as ev
 from sensor.aggregator.aggregator import Observation
 from sensor.aggregator.process_table import Process
@@ -45,20 +47,23 @@ class Publisher:
         broker, sinks = self.state.broker, self.state.sinks
         if alerts and sinks is not None:
             sinks.journaled()  # each sink reads the new records from the journal, after its own cursor
-        if broker.wants_events or (sinks is not None and sinks.wants_events):
-            events = self._events(obs, broker.wants_lineage)
-            if broker.wants_events:
-                items += events
-            if sinks is not None and sinks.wants_events:
-                sinks.offer([i.event for i in events if i.event is not None], "event")
-        if broker.wants_facts or (sinks is not None and sinks.wants_facts):
-            facts = self._facts(obs, broker.wants_lineage)
-            if broker.wants_facts:
-                items += facts
-            if sinks is not None and sinks.wants_facts:
-                sinks.offer([i.fact for i in facts if i.fact is not None], "fact")
+        items += self._live(obs, "event", broker.wants_events, self._events)
+        items += self._live(obs, "fact", broker.wants_facts, self._facts)
         broker.publish(items)
         return versions
+
+    def _live(self, obs: Observation, kind: str, subscribed: bool,
+              convert: Callable[[Observation, bool], list[Item]]) -> list[Item]:
+        """Events or facts (never journaled), converted once for the subscribers and the sinks that
+        take them; the items for the subscribers."""
+        sinks = self.state.sinks
+        to_sinks = sinks is not None and (sinks.wants_events if kind == "event" else sinks.wants_facts)
+        if not (subscribed or to_sinks):
+            return []
+        items = convert(obs, self.state.broker.wants_lineage)
+        if to_sinks and sinks is not None:
+            sinks.offer([item for i in items if (item := getattr(i, kind)) is not None], kind)
+        return items if subscribed else []
 
     def publish_gap(self, gap: pb.SensorGap) -> None:
         """Hand a sensor gap just journaled (Journal.append_gap) to live subscribers and sinks.

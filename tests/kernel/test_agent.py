@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,18 +125,6 @@ def found(line: Callable[[], dict[str, Any] | None], what: str) -> dict[str, Any
     result = wait_until(line, what=what)
     assert result is not None
     return result
-
-
-@pytest.fixture
-def agents(root: None) -> Iterator[list[Agent]]:
-    """Agents a test starts; whatever the test's outcome, none outlives it."""
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                agent.stop()
-        agent.kill()
 
 
 @pytest.fixture

@@ -28,10 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sensor import __version__
 from sensor import events as ev
-from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.outward import this_host
 from sensor.sinks.metrics import MetricsServer
-from tests.unit.test_api import Harness, make_harness
+from tests.unit.test_api import Harness
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +45,6 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{target}"]
 """
-SINKS = [pb.SinkStatus(name="alerts-file", type="file", sent=12, dropped=1, queued=3, cursor=9, up=True),
-         pb.SinkStatus(name="soc", type="syslog", sent=7, retried=4, failed=2, behind=5, cursor=4, up=False)]
-
 
 @dataclass
 class Prometheus:
@@ -86,20 +82,9 @@ def ready(url: str) -> bool:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    harness = make_harness(tmp_path)
-    harness.spawn(1, 10, "/usr/bin/bash")
-    yield harness
-    harness.server.stop()
-    harness.state.journal.close()
-
-
-@pytest.fixture
-def exporter(harness: Harness) -> Iterator[MetricsServer]:
-    server = MetricsServer("127.0.0.1:0", harness.state, sinks=lambda: list(SINKS), probe_cpu=lambda: 2.5)
-    server.start()
-    yield server
-    server.stop()
+def exporter(metrics: MetricsServer) -> MetricsServer:
+    """The unit tests' exporter (tests/unit/test_metrics.py), for Prometheus to scrape."""
+    return metrics
 
 
 @pytest.fixture

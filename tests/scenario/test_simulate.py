@@ -4,7 +4,6 @@ network configuration is refused (exit 2). Nothing it made is left behind."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
@@ -19,18 +18,6 @@ from tests.kernel.test_agent import ROOT, Agent, workdir
 from tests.waiting import wait_until
 
 DISABLE_POOL = "rules:\n  - id: miner-pool-connection\n    enabled: false\n"
-
-
-@pytest.fixture
-def agents(root: None) -> Iterator[list[Agent]]:
-    """Agents a test starts; whatever the test's outcome, none outlives it."""
-    started: list[Agent] = []
-    yield started
-    for agent in started:
-        if agent.proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                agent.stop()
-        agent.kill()
 
 
 def started(agents: list[Agent], *flags: str) -> Agent:

@@ -8,8 +8,6 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,7 +19,7 @@ from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.errors import RuntimeFailure, UsageError
 from sensor.outward import this_host
 from sensor.sinks.metrics import MetricsServer, cpu_seconds, listen_address
-from tests.unit.test_api import Harness, make_harness
+from tests.unit.test_api import Harness
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 SINKS = [pb.SinkStatus(name="alerts-file", type="file", target="/var/log/a.jsonl", sent=12, retried=0, dropped=1,
@@ -30,21 +28,7 @@ SINKS = [pb.SinkStatus(name="alerts-file", type="file", target="/var/log/a.jsonl
                        failed=2, queued=0, behind=5, cursor=4, last_error="timed out", up=False)]
 
 
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    harness = make_harness(tmp_path)
-    harness.spawn(1, 10, "/usr/bin/bash")
-    yield harness
-    harness.server.stop()
-    harness.state.journal.close()
-
-
-@pytest.fixture
-def metrics(harness: Harness) -> Iterator[MetricsServer]:
-    server = MetricsServer("127.0.0.1:0", harness.state, sinks=lambda: list(SINKS), probe_cpu=lambda: 2.5)
-    server.start()
-    yield server
-    server.stop()
+# the `harness` and `metrics` fixtures are in tests/conftest.py (the Prometheus test uses them too)
 
 
 def scrape(server: MetricsServer) -> str:
