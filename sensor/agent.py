@@ -36,6 +36,7 @@ from sensor import events as ev
 from sensor.api.server import DEFAULT_SOCKET, answers, socket_in_use
 from sensor.capture import FrameWriter, StreamMeta
 from sensor.consume import DEFAULT_JOURNAL, endpoint_of, load_detection
+from sensor.containers.resolve import ContainerConfig
 from sensor.errors import GpusentryError, RuntimeFailure, UsageError
 from sensor.journal import Journal
 from sensor.probe.program import ProbeConfig
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
 AGENT_USER = "gpusentry"
 VIEW_WAIT_S = 30
 POLL_S = 0.05  # how soon the death of one of the agent's processes is noticed
+
+
+def _container_config(args: argparse.Namespace) -> ContainerConfig:
+    return ContainerConfig(podman_socket=Path(args.podman_socket), containerd_socket=Path(args.containerd_socket),
+                           kubelet_socket=Path(args.kubelet_socket), pod_logs=Path(args.pod_logs))
 
 
 def _probe_config(args: argparse.Namespace) -> ProbeConfig:
@@ -112,8 +118,8 @@ def _exit_text(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def _start_probe(limits: ProbeConfig, sink: FrameWriter,
-                 exclude: Sequence[int] = ()) -> tuple[Probe, threading.Event, list[BaseException]]:
+def _start_probe(limits: ProbeConfig, sink: FrameWriter, exclude: Sequence[int] = (),
+                 containers: ContainerConfig | None = None) -> tuple[Probe, threading.Event, list[BaseException]]:
     from sensor.probe.probe import Probe
 
     failed = threading.Event()
@@ -123,17 +129,17 @@ def _start_probe(limits: ProbeConfig, sink: FrameWriter,
         errors.append(exc)
         failed.set()
 
-    probe = Probe(limits, sink, exclude_pids=exclude, on_error=on_error)
+    probe = Probe(limits, sink, exclude_pids=exclude, on_error=on_error, containers=containers)
     probe.start()
     return probe, failed, errors
 
 
-def _start_probe_or_end(limits: ProbeConfig, sink: FrameWriter,
-                        exclude: Sequence[int]) -> tuple[Probe, threading.Event, list[BaseException]]:
+def _start_probe_or_end(limits: ProbeConfig, sink: FrameWriter, exclude: Sequence[int],
+                        containers: ContainerConfig) -> tuple[Probe, threading.Event, list[BaseException]]:
     """The probe, started; if it cannot start, the stream still ends with End, saying why,
     so the aggregator ends its run cleanly instead of recording a dead probe."""
     try:
-        return _start_probe(limits, sink, exclude)
+        return _start_probe(limits, sink, exclude, containers)
     except Exception as exc:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         with contextlib.suppress(OSError):
@@ -221,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         meta = StreamMeta(config=limits.to_dict(), features=program.kernel_features(limits))
         writer = FrameWriter(stream, meta)
         watch = Watch()
-        probe, failed, errors = _start_probe_or_end(limits, writer, exclude=[child.pid])
+        probe, failed, errors = _start_probe_or_end(limits, writer, [child.pid], _container_config(args))
         viewer = _start_view(args, probe, run_as) if view else None
         kept = _narrow_probe(privileges.AGENT_PROBE_CAPS)
         who = run_as.user or "root"
@@ -446,7 +452,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
         writer = FrameWriter(out, StreamMeta(config=limits.to_dict(), features=program.kernel_features(limits)))
         watch = Watch(args.duration)
-        probe, failed, errors = _start_probe(limits, writer)
+        probe, failed, errors = _start_probe(limits, writer, containers=_container_config(args))
         kept = _narrow_probe(privileges.PROBE_CAPS)
         print(f"gpusentry: recording to {args.write} (probe with {kept}); Ctrl-C stops", file=sys.stderr)
         stop = watch.until_stop(failed, errors)

@@ -106,6 +106,8 @@ def _setting(parser: argparse.ArgumentParser, dotted: str, **kwargs: Any) -> Non
 def _probe_flags(parser: argparse.ArgumentParser) -> None:
     for name in ("max_args", "arg_len", "ringbuf_pages", "queue_size"):
         _setting(parser, f"probe.{name}", type=int, metavar="N")
+    for name in ("podman_socket", "containerd_socket", "kubelet_socket", "pod_logs"):
+        _setting(parser, f"containers.{name}", metavar="PATH")
 
 
 def _detection_flags(parser: argparse.ArgumentParser) -> None:

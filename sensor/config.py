@@ -8,6 +8,7 @@
     journal:   path, retention_days, retention_count
     agent:     user, view
     metrics:   listen
+    containers: podman_socket, containerd_socket, kubelet_socket, pod_logs
     sinks:     a list of sinks (sensor/sinks/sinkset.py): files, syslog, webhooks, OTLP
 
 Each key has a default, a line in a YAML file (/etc/gpusentry/config.yaml, or the one given
@@ -256,6 +257,15 @@ KEYS: tuple[Key, ...] = (
         "and not JSON)"),
     Key("metrics", "listen", Text(), None, "serve Prometheus metrics at http://HOST:PORT/metrics (e.g. "
         "127.0.0.1:9464)", dest="metrics_listen"),
+    Key("containers", "podman_socket", Text(optional=False, path=True), "/run/podman/podman.sock",
+        "podman's API socket: container names and images (used when present)"),
+    Key("containers", "containerd_socket", Text(optional=False, path=True), "/run/containerd/containerd.sock",
+        "containerd's API socket: container names, images and pod labels, docker's too (used when present)"),
+    Key("containers", "kubelet_socket", Text(optional=False, path=True),
+        "/var/lib/kubelet/pod-resources/kubelet.sock",
+        "the kubelet's pod-resources socket: the GPUs allocated to each pod (used when present)"),
+    Key("containers", "pod_logs", Text(optional=False, path=True), "/var/log/pods",
+        "the kubelet's pod log directory: pod names and namespaces by pod UID (used when present)"),
 )
 KEY: dict[str, Key] = {key.dotted: key for key in KEYS}
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(key.section for key in KEYS))

@@ -33,6 +33,7 @@ class Kind(IntEnum):
     STATS = 33  # counters, every second
     GPU_COUNTERS = 34  # in-kernel ioctl aggregation, read on a timer
     END = 35  # the probe's last frame: it stopped on purpose (a stream without it was cut)
+    CONTAINER = 36  # what the probe learnt about a container (sensor/containers/resolve.py)
 
 
 # /proc gives start times in clock ticks (USER_HZ: 100 on every mainstream architecture), BPF
@@ -90,6 +91,14 @@ class Exec(Event):
     # (inode, content, size; "unread": no verdict; "": not judged, e.g. a failed exec).
     tool: str = ""
     identity: str = ""
+    # The container the new image runs in, by key (a Container frame describes it): "" on the
+    # host, CONTAINER_UNREAD when its cgroup could not be read (the process was gone).
+    container: str = ""
+
+
+# Exec.container when the probe could not read the process's cgroup: it stays in the container
+# it was in (a process changes cgroup by being moved, which no exec does).
+CONTAINER_UNREAD = "?"
 
 
 @dataclass(slots=True)
@@ -165,6 +174,7 @@ class Proc(Event):
     netns: int = 0
     exe_dev: int = 0
     exe_ino: int = 0
+    container: str = ""  # as for Exec
 
 
 @dataclass(slots=True)
@@ -180,6 +190,25 @@ class Stats(Event):
 
 
 @dataclass(slots=True)
+class Container(Event):
+    """A container, as the probe resolved it from a process's cgroup path and the runtime's and
+    kubelet's APIs (sensor/containers/model.py); sent before the first event that names it, and
+    again when what is known changes."""
+
+    KIND = Kind.CONTAINER
+    key: str = ""  # runtime:id, or pod:UID for a pod-level cgroup
+    runtime: str = ""
+    id: str = ""
+    name: str = ""
+    image: str = ""
+    pod_uid: str = ""
+    pod_name: str = ""
+    pod_namespace: str = ""
+    container_name: str = ""
+    gpus: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class End(Event):
     """The probe's last frame: it stopped on purpose. A stream that ends without it was cut
     (the probe died), and the aggregator records the blind time that follows."""
@@ -192,6 +221,7 @@ class End(Event):
 VERDICTS_MISSED = {
     "route_by_range": "connections judged by address ranges (their namespace's routing table could not be read)",
     "binary_unread": "execs whose binary could not be read to identify it (process and file gone)",
+    "container_unnamed": "containers whose name and image the runtime's API did not give (failed or over budget)",
 }
 
 
@@ -283,15 +313,25 @@ class GpuCounters(Event):
 
 
 # Made by the probe in user space, not by a monitored process: their tgid is the probe's.
-PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters, End)
+PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters, End, Container)
 
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
-    for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters, End)
+    for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters, End,
+                Container)
 }
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {
     cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
+
+# How many leading fields each frame must carry: fields are only ever appended, with defaults,
+# so a frame written before a field existed decodes with its default (Exec.container, say).
+_REQUIRED: dict[type[Event], int] = {
+    cls: sum(1 for f in dataclasses.fields(cls)
+             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    for cls in EVENT_TYPES.values()
 }
 
 
@@ -315,7 +355,7 @@ def from_list(item: Any) -> Event:
     if cls is None:
         raise FrameError(f"unknown event kind {item[0]}")
     names = _FIELDS[cls]
-    if len(item) - 1 != len(names):
+    if not _REQUIRED[cls] <= len(item) - 1 <= len(names):
         raise FrameError(f"{cls.__name__} frame has {len(item) - 1} fields, expected {len(names)}")
     return cls(*item[1:])
 

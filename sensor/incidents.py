@@ -24,6 +24,7 @@ from pathlib import PurePosixPath
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.outward import this_host
 from sensor.rules.model import DEFAULT_LINEAGE_BOUNDARY
+from sensor.where import place
 
 # Alerts kept in an incident, oldest first (alerts_total counts them all; each alert is also
 # journaled and sent on its own): every version of an incident carries them, to the journal, the
@@ -383,6 +384,9 @@ def summary(incident: pb.Incident) -> str:
     connections = _connection_clause(incident.connections, lead=tunnel is None and compute is None)
     clauses = [c for c in (tunnel, compute, connections) if c is not None] or [_alert_clause(incident)]
     story = clauses[0] + (" followed by " + " and ".join(clauses[1:]) if len(clauses) > 1 else "")
+    places = list(dict.fromkeys(where for p in incident.processes if (where := place(p.process))))
+    if places:
+        story += f", in {'; '.join(places[:3])}" + (f" and {len(places) - 3} more" if len(places) > 3 else "")
     total, rules = incident.alerts_total, len(incident.rule_ids)
     severity = str(pb.Severity.Name(incident.severity)).removeprefix("SEVERITY_").lower()
     return (f"{story[:1].upper()}{story[1:]}; {total} alert{_s(total)} from {rules} rule{_s(rules)}, "

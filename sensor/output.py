@@ -18,6 +18,7 @@ from sensor.api import convert
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.gpu_classes import CONTROLS, class_name, command_name, device_name
 from sensor.outward import json_line
+from sensor.where import place
 
 MAX_SHOWN_ARG = 120
 # What each observation prints: incidents and alerts (the default), incidents only, every
@@ -148,7 +149,8 @@ def alert_lines(alert: pb.Alert) -> list[str]:
         proc = entry.process
         chain = " <- ".join(f"{a.pid} {text(a.exe.encode()) or '?'}" for a in entry.ancestors)
         args = argv_text([a.encode() for a in proc.argv], len(proc.argv))
-        out.append(f"    pid {proc.pid} uid={proc.uid} cgroup={proc.cgroup_id}: {args}")
+        where = f" [{place(proc)}]" if place(proc) else ""
+        out.append(f"    pid {proc.pid} uid={proc.uid} cgroup={proc.cgroup_id}: {args}{where}")
         if chain:
             out.append(f"        lineage: {chain}")
     return out

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from sensor.api.client import sensor_stub
 from sensor.api.v1 import gpusentry_pb2 as pb
+from sensor.where import place
 
 SEVERITY_STYLE: dict[int, str] = {pb.SEVERITY_CRITICAL: "bold white on red", pb.SEVERITY_HIGH: "bold red",
                   pb.SEVERITY_MEDIUM: "yellow", pb.SEVERITY_LOW: "cyan", pb.SEVERITY_INFO: "dim"}
@@ -165,11 +166,12 @@ def _incidents(snapshot: Snapshot) -> RenderableType:
 
 def _alerts(snapshot: Snapshot) -> RenderableType:
     table = Table(expand=True, box=None, show_header=True, header_style="bold")
-    for column in ("time", "severity", "rule", "chain"):
-        table.add_column(column, overflow="fold", ratio=4 if column == "chain" else None)
+    for column in ("time", "severity", "rule", "chain", "where"):
+        table.add_column(column, overflow="fold", ratio={"chain": 4, "where": 2}.get(column))
     for alert in snapshot.alerts:
         chain = " → ".join(f"{s.fact}: {s.summary}" for s in alert.steps)
-        table.add_row(_time(alert.time), _severity(alert.severity), alert.rule_id, chain)
+        where = "; ".join(dict.fromkeys(w for p in alert.processes if (w := place(p.process)))) or "host"
+        table.add_row(_time(alert.time), _severity(alert.severity), alert.rule_id, chain, where)
     # Blind windows go above the alerts: no alert in such a window means nothing was watching.
     blind = [Text(f"SENSOR BLIND {_time(g.start)}–{_time(g.end)}: {g.cause}", style="bold white on magenta")
              for g in snapshot.sensor_gaps]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sensor import events as ev
+from sensor.aggregator.containers import ContainerTable
 from sensor.aggregator.detector import Detector, DetectorConfig
 from sensor.aggregator.facts import Fact
 from sensor.aggregator.gpu import GpuTracker
@@ -49,7 +50,8 @@ class Aggregator:
                  config: DetectorConfig | None = None) -> None:
         """Without rules there is no detection: only state (the process table, GPU sessions)."""
         self.table = table if table is not None else ProcessTable()
-        self.detector = Detector(self.table, rules, config) if rules is not None else None
+        self.containers = ContainerTable()
+        self.detector = Detector(self.table, rules, config, self.containers) if rules is not None else None
         self.gpu = GpuTracker()
         self.table.on_remove.append(self.gpu.forget)
         self.counters = Counters()
@@ -62,6 +64,7 @@ class Aggregator:
             ev.Exit: self._on_exit,  # type: ignore[dict-item]
             ev.Stats: self._on_stats,  # type: ignore[dict-item]
             ev.GpuCounters: self._on_gpu_counters,  # type: ignore[dict-item]
+            ev.Container: self._on_container,  # type: ignore[dict-item]
         }
         self._waiting_for_parent: dict[int, list[Process]] = {}  # snapshot: ppid -> children
 
@@ -100,6 +103,7 @@ class Aggregator:
             exe=event.exe, argv=event.argv, argc=len(event.argv), from_snapshot=True,
             loginuid=event.loginuid, sessionid=event.sessionid, netns=event.netns,
             exe_dev=event.exe_dev, exe_ino=event.exe_ino,
+            container=event.container if event.container != ev.CONTAINER_UNREAD else "",
         ))
         if parent is None and event.ppid:
             self._waiting_for_parent.setdefault(event.ppid, []).append(proc)
@@ -126,6 +130,8 @@ class Aggregator:
         proc.argc, proc.argv_flags = event.argc, event.flags
         proc.exe_dev, proc.exe_ino = event.exe_dev, event.exe_ino
         proc.loginuid, proc.sessionid, proc.netns = event.loginuid, event.sessionid, event.netns
+        if event.container != ev.CONTAINER_UNREAD:
+            proc.container = event.container
         proc.execs += 1
         proc.inherited = False
         return proc
@@ -145,6 +151,9 @@ class Aggregator:
     def _on_gpu_counters(self, event: ev.GpuCounters) -> None:
         self.counters.gpu_count_overflow = event.overflow
         self.gpu.on_counters(event, self.table.by_pid)
+
+    def _on_container(self, event: ev.Container) -> None:
+        self.containers.on_frame(event)
 
     def _on_activity(self, event: ev.Event) -> Process | None:
         proc = self.table.by_pid(event.tgid)

@@ -15,6 +15,7 @@ from typing import Any
 
 from sensor import events as ev
 from sensor.aggregator import facts as f
+from sensor.aggregator.containers import ContainerTable
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
 from sensor.aggregator.taint import TunnelTaint
 from sensor.classify.binaries import basename
@@ -44,9 +45,11 @@ class Detector:
     """A pure function of the frame stream: every verdict that needs the host (where a
     connection goes, what a binary is) arrives in the frames, made by the probe."""
 
-    def __init__(self, table: ProcessTable, ruleset: RuleSet, config: DetectorConfig | None = None) -> None:
+    def __init__(self, table: ProcessTable, ruleset: RuleSet, config: DetectorConfig | None = None,
+                 containers: ContainerTable | None = None) -> None:
         config = config or DetectorConfig()
         self.table = table
+        self.containers = containers if containers is not None else ContainerTable()
         self.egress_flags = config.egress_allowlist  # --egress-allow: joined with the rules' allowed_egress list
         self.egress = EgressPolicy(list(ruleset.egress_allowlist(self.egress_flags)))
         self.miner = MinerClassifier(ruleset.lists)
@@ -143,7 +146,17 @@ class Detector:
             return frozenset({f"user:{user}"})
         if scope == "tunnel":
             return process.tunnel_scopes
+        if scope == "container":
+            in_container = process.container and not process.container.startswith("pod:")
+            return frozenset({f"container:{process.container}"}) if in_container else frozenset()
+        if scope == "pod":
+            pod_uid = self._container(process).pod_uid
+            return frozenset({f"pod:{pod_uid}"}) if pod_uid else frozenset()
         return frozenset({"host"})
+
+    def _container(self, process: Process) -> ev.Container:
+        """The process's container as the probe described it; an empty one on the host."""
+        return self.containers.get(process.container) or _NO_CONTAINER
 
     def _lineage_root(self, process: Process, boundary: frozenset[str]) -> frozenset[str]:
         """The process's ancestor just below the nearest boundary (init, sshd, a launcher...)."""
@@ -170,7 +183,8 @@ class Detector:
         return {"process.exe": text(process.exe), "process.name": _name(process), "process.argv": argv,
                 "process.cmdline": " ".join(argv), "process.comm": text(process.comm), "process.uid": process.uid,
                 "process.loginuid": process.loginuid, "process.pid": process.pid,
-                "process.cgroup_id": process.cgroup_id, "process.tunnel_scoped": bool(process.tunnel_scopes)}
+                "process.cgroup_id": process.cgroup_id, "process.tunnel_scoped": bool(process.tunnel_scopes),
+                **container_values(self._container(process))}
 
     def describe(self, process: Process) -> AlertProcess:
         ancestors = tuple({"exec_id": a.exec_id, "pid": a.pid, "exe": text(a.exe),
@@ -179,7 +193,25 @@ class Detector:
         return AlertProcess(exec_id=process.exec_id, pid=process.pid, ppid=process.ppid, exe=text(process.exe),
                             argv=tuple(text(a) for a in process.argv), uid=process.uid, loginuid=process.loginuid,
                             cgroup_id=process.cgroup_id, tunnel_scopes=tuple(sorted(process.tunnel_scopes)),
-                            ancestors=ancestors)
+                            ancestors=ancestors, **container_detail(self._container(process)))
+
+
+_NO_CONTAINER = ev.Container(0, 0, 0)
+
+
+def container_values(c: ev.Container) -> dict[str, Any]:
+    """The rule fields process.container.* and pod.*: "" (and no GPUs) on the host."""
+    return {"process.container.id": c.id, "process.container.name": c.name, "process.container.image": c.image,
+            "process.container.runtime": c.runtime, "pod.uid": c.pod_uid, "pod.name": c.pod_name,
+            "pod.namespace": c.pod_namespace, "pod.gpus": tuple(c.gpus)}
+
+
+def container_detail(c: ev.Container) -> dict[str, dict[str, Any]]:
+    """What an alert's process says of its container and pod (empty on the host)."""
+    container = {"runtime": c.runtime, "id": c.id, "name": c.name, "image": c.image} if c.id else {}
+    pod = {"uid": c.pod_uid, "name": c.pod_name, "namespace": c.pod_namespace, "container": c.container_name,
+           "gpus": list(c.gpus)} if c.pod_uid else {}
+    return {"container": container, "pod": pod}
 
 
 def _name(process: Process) -> str:

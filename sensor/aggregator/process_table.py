@@ -51,6 +51,7 @@ class Process:
     loginuid: int = 0xFFFFFFFF
     sessionid: int = 0xFFFFFFFF
     netns: int = 0
+    container: str = ""  # the container's key (aggregator/containers.py); "" on the host
     # Tunnel scopes this process belongs to: set on a tunnel's process, inherited at fork, and
     # carried to the session a tunnel's connection starts (sensor/aggregator/taint.py).
     tunnel_scopes: frozenset[str] = frozenset()
@@ -257,5 +258,6 @@ def _inherit(child: Process, parent: Process) -> None:
     child.argc, child.argv_flags = parent.argc, parent.argv_flags
     child.exe_dev, child.exe_ino = parent.exe_dev, parent.exe_ino
     child.loginuid, child.sessionid, child.netns = parent.loginuid, parent.sessionid, parent.netns
+    child.container = parent.container
     child.tunnel_scopes = parent.tunnel_scopes
     child.inherited = True

@@ -18,6 +18,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sensor import events as ev
 from sensor.aggregator import facts as f
 from sensor.aggregator.aggregator import Observation
+from sensor.aggregator.containers import ContainerTable
+from sensor.aggregator.detector import container_detail
 from sensor.aggregator.gpu import GpuSession, GpuTracker
 from sensor.aggregator.process_table import Process, ProcessTable
 from sensor.api.v1 import gpusentry_pb2 as pb
@@ -62,12 +64,16 @@ def process_ref(proc: Process) -> pb.ProcessRef:
     return pb.ProcessRef(exec_id=proc.exec_id, pid=proc.pid, exe=text(proc.exe))
 
 
-def process(proc: Process, clock: Clock) -> pb.Process:
+def process(proc: Process, clock: Clock, containers: ContainerTable | None = None) -> pb.Process:
+    found = containers.get(proc.container) if containers is not None else None
+    place = container_detail(found) if found is not None else {}
     return pb.Process(
         exec_id=proc.exec_id, pid=proc.pid, ppid=proc.ppid, exe=text(proc.exe), argv=[text(a) for a in proc.argv],
         argc=proc.argc, uid=proc.uid, loginuid=proc.loginuid, cgroup_id=proc.cgroup_id,
         start_time=clock.timestamp(proc.start_ns), alive=proc.alive, exit_code=proc.exit_code or 0,
         tunnel_scopes=sorted(proc.tunnel_scopes), inherited=proc.inherited,
+        container=pb.Container(**place["container"]) if place.get("container") else None,
+        pod=pb.Pod(**place["pod"]) if place.get("pod") else None,
     )
 
 
@@ -222,7 +228,9 @@ def alert(a: Alert, clock: Clock, cursor: int = 0) -> pb.Alert:
     processes = [pb.AlertProcess(
         process=pb.Process(exec_id=p.exec_id, pid=p.pid, ppid=p.ppid, exe=p.exe, argv=list(p.argv),
                            argc=len(p.argv), uid=p.uid, loginuid=p.loginuid, cgroup_id=p.cgroup_id,
-                           tunnel_scopes=list(p.tunnel_scopes)),
+                           tunnel_scopes=list(p.tunnel_scopes),
+                           container=pb.Container(**p.container) if p.container else None,
+                           pod=pb.Pod(**p.pod) if p.pod else None),
         ancestors=[pb.ProcessRef(exec_id=str(x["exec_id"]), pid=int(x["pid"]), exe=str(x["exe"]))
                    for x in p.ancestors]) for p in a.processes]
     return pb.Alert(cursor=cursor, id=str(uuid.uuid4()), rule_id=a.rule_id, severity=SEVERITY[a.severity],

@@ -156,12 +156,13 @@ class SensorService(pb_grpc.SensorServicer):
 
     def _process_response(self, proc: Process) -> pb.GetProcessResponse:
         clock, table = self.state.clock, self.state.aggregator.table
+        containers = self.state.aggregator.containers
         session = self.state.aggregator.gpu.sessions.get(proc.key)
         children = [child for key in proc.children if (child := table.get(key)) is not None]
         return pb.GetProcessResponse(
-            process=convert.process(proc, clock),
-            ancestors=[convert.process(p, clock) for p in table.ancestors(proc.key)],
-            children=[convert.process(c, clock) for c in children],
+            process=convert.process(proc, clock, containers),
+            ancestors=[convert.process(p, clock, containers) for p in table.ancestors(proc.key)],
+            children=[convert.process(c, clock, containers) for c in children],
             gpu=convert.gpu_summary(session, clock))
 
     # -- GetStatus ------------------------------------------------------------------------

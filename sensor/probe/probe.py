@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from sensor import events as ev
+from sensor.containers.model import Container
+from sensor.containers.resolve import ContainerConfig, ContainerResolver
 from sensor.probe import procfs, program, records
 from sensor.probe.identity import BinaryIdentity
 from sensor.probe.routes import Router
@@ -41,6 +43,7 @@ class Probe:
         *,
         exclude_pids: Iterable[int] = (),
         on_error: Callable[[BaseException], None] | None = None,
+        containers: ContainerConfig | None = None,
     ) -> None:
         self.config = config
         self._sink = sink
@@ -61,6 +64,7 @@ class Probe:
         # (the aggregator never reads this host): used by the ring-buffer thread only.
         self.identity = BinaryIdentity()
         self.router = Router()
+        self.containers = ContainerResolver(containers)
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -147,6 +151,15 @@ class Probe:
         verdict = self.identity.identify(event.tgid, event.exe_dev, event.exe_ino, event.filename)
         event.tool, event.identity = verdict.tool, verdict.how.value
         self.router.prepare(event.netns, event.tgid)  # its namespace, while a process is in it
+        event.container = self._container_of(event.tgid, event.ts)
+
+    def _container_of(self, pid: int, ts: int) -> str:
+        """The process's container key; a container seen for the first time (or learnt more of)
+        is described in a frame of its own ahead of the event that names it."""
+        key, described = self.containers.of_process(pid)
+        for container in described:
+            self._emit(_container_frame(container, ts), block=True)
+        return key
 
     def _route(self, address: str, netns: int, pid: int) -> tuple[str, bool]:
         destination, by_range = self.router.route(address, netns, pid)
@@ -250,14 +263,22 @@ class Probe:
         probe = dict(self.probe_drops)
         if self.decode_errors:
             probe["undecodable"] = self.decode_errors
-        missed = {"route_by_range": self.router.stats.by_range, "binary_unread": self.identity.stats.unread}
+        missed = {"route_by_range": self.router.stats.by_range, "binary_unread": self.identity.stats.unread,
+                  "container_unnamed": self.containers.stats.unnamed}
         return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records), missed)
 
     def _emit_snapshot(self) -> None:
         for proc in procfs.snapshot():
             if proc.tgid not in self._exclude:
                 self.router.prepare(proc.netns, proc.tgid)
+                proc.container = self._container_of(proc.tgid, proc.ts)
                 self._emit(proc, block=True)
+
+
+def _container_frame(container: Container, ts: int) -> ev.Container:
+    return ev.Container(ts, os.getpid(), os.getpid(), container.key, container.runtime, container.id,
+                        container.name, container.image, container.pod_uid, container.pod_name,
+                        container.pod_namespace, container.container_name, list(container.gpus))
 
 
 def _detach(bpf: Any) -> None:

@@ -4,7 +4,7 @@ the processes involved with their lineage."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -29,6 +29,8 @@ class AlertProcess:
     cgroup_id: int
     tunnel_scopes: tuple[str, ...]
     ancestors: tuple[dict[str, Any], ...]  # parent first: exec_id, pid, exe, argv
+    container: dict[str, Any] = field(default_factory=dict)  # runtime, id, name, image; {} on the host
+    pod: dict[str, Any] = field(default_factory=dict)  # uid, name, namespace, container, gpus; {} off Kubernetes
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@
       - id: reverse-tunnel-then-gpu-compute
         ...
         sequence:
-          scope: [lineage, tunnel]   # any of: lineage, cgroup, session, user, tunnel, host
+          scope: [lineage, tunnel]   # any of: lineage, cgroup, session, user, tunnel, host, container, pod
           window: 30m                # s, m, h, or seconds
           steps:
             - {fact: tunnel, where: {reverse: true}}

@@ -25,10 +25,21 @@ class Severity(IntEnum):
 
 # How the steps of a sequence must be related (THREAT-MODEL.md: the work may be started from
 # the agent's tree, a daemon that left it, or a login that came back through the tunnel).
-SCOPES = ("lineage", "cgroup", "session", "user", "tunnel", "host")
+SCOPES = ("lineage", "cgroup", "session", "user", "tunnel", "host", "container", "pod")
 
 # Fields of the process a fact is about, usable in conditions as `process.<name>`.
-PROCESS_FIELDS = ("exe", "name", "argv", "cmdline", "comm", "uid", "loginuid", "pid", "cgroup_id", "tunnel_scoped")
+PROCESS_FIELDS = ("exe", "name", "argv", "cmdline", "comm", "uid", "loginuid", "pid", "cgroup_id", "tunnel_scoped",
+                  "container.id", "container.name", "container.image", "container.runtime")
+
+# Fields of the Kubernetes pod the process runs in, usable as `pod.<name>` ("" off Kubernetes;
+# gpus: the device ids the kubelet allocated to its container).
+POD_FIELDS = ("uid", "name", "namespace", "gpus")
+
+
+def is_process_field(name: str) -> bool:
+    """`process.<field>` or `pod.<field>`: about the fact's process rather than the fact."""
+    return (name.startswith("process.") and name[8:] in PROCESS_FIELDS) or \
+        (name.startswith("pod.") and name[4:] in POD_FIELDS)
 
 # Processes that bound a lineage: a lineage scope is the subtree just below the nearest one.
 DEFAULT_LINEAGE_BOUNDARY = frozenset({

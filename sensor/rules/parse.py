@@ -16,6 +16,7 @@ from sensor.rules import source
 from sensor.rules.conditions import ConditionError, compile_condition
 from sensor.rules.model import (
     DEFAULT_LINEAGE_BOUNDARY,
+    POD_FIELDS,
     PROCESS_FIELDS,
     SCOPES,
     Conditions,
@@ -23,6 +24,7 @@ from sensor.rules.model import (
     Rule,
     Severity,
     Step,
+    is_process_field,
 )
 
 Lists = Mapping[str, Sequence[Any]]
@@ -180,7 +182,7 @@ def where_of(where: Any, line: int, kinds: Sequence[str], lists: Lists) -> Condi
     for field_name, spec in where.items():
         field_line = where.line_of(field_name)
         name = str(field_name)
-        if name not in known and not (name.startswith("process.") and name[8:] in PROCESS_FIELDS):
+        if name not in known and not is_process_field(name):
             raise Invalid(field_line, _no_such_field(name, kinds, known))
         try:
             conditions.append((name, compile_condition(spec, lists)))
@@ -190,7 +192,7 @@ def where_of(where: Any, line: int, kinds: Sequence[str], lists: Lists) -> Condi
 
 
 def _no_such_field(name: str, kinds: Sequence[str], known: set[str]) -> str:
-    fields = ", ".join(sorted(known) + [f"process.{p}" for p in PROCESS_FIELDS])
+    fields = ", ".join(sorted(known) + [f"process.{p}" for p in PROCESS_FIELDS] + [f"pod.{p}" for p in POD_FIELDS])
     if len(kinds) == 1:
         return f"a {kinds[0]} fact has no field {name!r} (fields: {fields})"
     return f"none of the steps' facts ({', '.join(kinds)}) has a field {name!r} (fields: {fields})"

@@ -27,7 +27,7 @@ from typing import Any
 
 from sensor.aggregator.facts import field_names
 from sensor.rules import source
-from sensor.rules.model import PROCESS_FIELDS, Exemption, Rule
+from sensor.rules.model import Exemption, Rule, is_process_field
 from sensor.rules.parse import (
     Invalid,
     Lists,
@@ -133,6 +133,6 @@ def _missing_fields(rule: Rule, exemption: Exemption) -> str:
     steps = rule.steps if exemption.step is None else rule.steps[exemption.step:exemption.step + 1]
     known = set().union(*(field_names(step.fact) for step in steps))
     for name, _ in exemption.where:
-        if name not in known and not (name.startswith("process.") and name[8:] in PROCESS_FIELDS):
+        if name not in known and not is_process_field(name):
             return name
     return ""

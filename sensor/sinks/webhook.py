@@ -466,11 +466,26 @@ def _process_fields(entry: pb.AlertProcess) -> Fields:
                       "user.uid": proc.uid, "user.loginuid": -1 if proc.loginuid == NO_LOGINUID else proc.loginuid,
                       "gpusentry.proc.cgroup_id": proc.cgroup_id,
                       "gpusentry.proc.tunnel_scopes": ", ".join(proc.tunnel_scopes)}
+    fields.update(_container_fields(proc))
     if entry.ancestors:
         fields["proc.pname"] = PurePosixPath(entry.ancestors[0].exe).name
     for n, ancestor in enumerate(entry.ancestors[:MAX_ANCESTORS], start=1):
         fields[f"proc.apid[{n}]"] = ancestor.pid
         fields[f"proc.aname[{n}]"] = PurePosixPath(ancestor.exe).name
+    return fields
+
+
+def _container_fields(proc: pb.Process) -> Fields:
+    """Falco's container and k8s fields (a Falco consumer's filters work unchanged): "host" as
+    the container id on the host, as Falco says it."""
+    fields: Fields = {"container.id": proc.container.id[:12] if proc.HasField("container") else "host"}
+    if proc.HasField("container"):
+        fields.update({"container.full_id": proc.container.id, "container.name": proc.container.name,
+                       "container.image": proc.container.image, "container.type": proc.container.runtime})
+    if proc.HasField("pod"):
+        fields.update({"k8s.pod.uid": proc.pod.uid, "k8s.pod.name": proc.pod.name, "k8s.ns.name": proc.pod.namespace,
+                       "gpusentry.k8s.container.name": proc.pod.container,
+                       "gpusentry.k8s.pod.gpus": ", ".join(proc.pod.gpus)})
     return fields
 
 

@@ -167,7 +167,7 @@ def test_every_problem_has_its_line_and_what_is_accepted(tmp_path: Path, capsys:
         f"{file}:8: detection.egress_allow: item 1: 'nope' is not a network; give a CIDR like 10.0.0.0/8",
         f"{file}:9: detection.incident_window: -1 is not a number of seconds above 0",
         f"{file}:10: unknown section 'outptu' (did you mean 'output'?); the sections are probe, detection, output, "
-        "api, journal, agent, metrics, sinks",
+        "api, journal, agent, metrics, containers, sinks",
         f"{file}:12: output.mode: 'loud' is not one of alerts, incidents, events, none",
         f"{file}:13: output.json: 1 is not true or false",
         f"{file}:15: agent.view: 'maybe' is not true, false or null (decided at start)",
@@ -242,7 +242,7 @@ def test_environment_mistakes_name_the_variable(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize(("text", "problem"), [
     ("probe: [\n", "2: not valid YAML: expected the node content, but found '<stream end>'"),
     ("- a\n", "1: a configuration file is a mapping of sections (probe, detection, output, api, journal, agent, "
-              "metrics, sinks)"),
+              "metrics, containers, sinks)"),
     ("probe: 3\n", "1: probe: a section is a mapping of keys (max_args, arg_len, ringbuf_pages, queue_size)"),
     ("probe:\n  max_args: 1\n  max_args: 2\n", "3: not valid YAML: duplicate key 'max_args'"),
 ])
@@ -278,12 +278,15 @@ def test_config_show_says_where_every_value_came_from(tmp_path: Path, monkeypatc
     assert lines[0] == f"# configuration file: {file}"
     assert len(lines) == 1 + len(config.KEYS)
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert rows["api.listen"] == f"api.listen                 127.0.0.1:5000                 {file}:2"
-    assert rows["detection.egress_allow"] == f"detection.egress_allow     [10.0.0.0/8]                   {file}:4"
+    # three columns, each as wide as its widest entry (containers.kubelet_socket's default, here)
+    width = max(len(k.dotted) for k in config.KEYS) + 2
+    value_width = len(str(config.KEY["containers.kubelet_socket"].default)) + 2
+    assert rows["api.listen"] == f"{'api.listen':{width}}{'127.0.0.1:5000':{value_width}}{file}:2"
+    assert rows["detection.egress_allow"] == f"{'detection.egress_allow':{width}}{'[10.0.0.0/8]':{value_width}}{file}:4"
     assert rows["journal.retention_days"] == \
-        "journal.retention_days     7                              env GPUSENTRY_JOURNAL_RETENTION_DAYS"
-    assert rows["probe.max_args"] == "probe.max_args             64                             default"
-    assert rows["agent.view"] == "agent.view                 null                           default"
+        f"{'journal.retention_days':{width}}{'7':{value_width}}env GPUSENTRY_JOURNAL_RETENTION_DAYS"
+    assert rows["probe.max_args"] == f"{'probe.max_args':{width}}{'64':{value_width}}default"
+    assert rows["agent.view"] == f"{'agent.view':{width}}{'null':{value_width}}default"
 
 
 def test_config_show_without_a_file(capsys: pytest.CaptureFixture[str]) -> None:

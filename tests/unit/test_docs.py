@@ -10,13 +10,13 @@ from pathlib import Path
 
 from sensor.aggregator import facts as f
 from sensor.rules.loader import load_rules
-from sensor.rules.model import PROCESS_FIELDS
+from sensor.rules.model import POD_FIELDS, PROCESS_FIELDS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
 
 
 def documented_fields() -> dict[str, list[str]]:
-    rows = re.findall(r"^\| `([a-z_.]+)`[^|]* \| ([a-z_, ]+) \|$", DOC.read_text(), flags=re.M)
+    rows = re.findall(r"^\| `([a-z_.]+)`[^|]* \| ([a-z_., ]+) \|$", DOC.read_text(), flags=re.M)
     return {kind: fields.split(", ") for kind, fields in rows}
 
 
@@ -28,7 +28,7 @@ def yaml_blocks() -> list[str]:
 def test_the_facts_table_is_the_aggregators_facts() -> None:
     facts = {cls.KIND: [x.name for x in dataclasses.fields(cls) if x.name not in ("ts", "process")]
              for cls in vars(f).values() if isinstance(cls, type) and issubclass(cls, f.Fact) and cls is not f.Fact}
-    assert documented_fields() == {**facts, "process.": list(PROCESS_FIELDS)}
+    assert documented_fields() == {**facts, "process.": list(PROCESS_FIELDS), "pod.": list(POD_FIELDS)}
 
 
 def test_the_examples_load(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ RULE = """  - id: r1
      "FILE:9: rule r1: `steps` is a list of 2 to 8 steps"),
     (HEADER + RULE + "    sequence:\n      scope: [galaxy]\n      window: 30m\n"
      "      steps: [{fact: tunnel}, {fact: gpu_compute}]\n",
-     "FILE:7: rule r1: `scope` is one or more of lineage, cgroup, session, user, tunnel, host"),
+     "FILE:7: rule r1: `scope` is one or more of lineage, cgroup, session, user, tunnel, host, container, pod"),
     (HEADER + RULE + "    sequence:\n      scope: lineage\n      window: soon\n"
      "      steps: [{fact: tunnel}, {fact: gpu_compute}]\n",
      "FILE:8: rule r1: `window` is a duration like 90s, 30m, 2h (or seconds)"),

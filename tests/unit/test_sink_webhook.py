@@ -376,7 +376,7 @@ def test_an_alert_arrives_in_falcos_output_shape_field_by_field(receivers: Calla
         "proc.args": "-R 2222:localhost:22 tunnel@203.0.113.5",
         "proc.cmdline": "ssh -R 2222:localhost:22 tunnel@203.0.113.5", "proc.exec_id": "4242:1700000000:0",
         "user.uid": 1000, "user.loginuid": -1, "gpusentry.proc.cgroup_id": 77,
-        "gpusentry.proc.tunnel_scopes": "ssh-R:4242", "proc.pname": "bash",
+        "gpusentry.proc.tunnel_scopes": "ssh-R:4242", "container.id": "host", "proc.pname": "bash",
         "proc.apid[1]": 4200, "proc.aname[1]": "bash", "proc.apid[2]": 1, "proc.aname[2]": "systemd",
         "gpusentry.steps": 2,
         "gpusentry.step[1].fact": "tunnel", "gpusentry.step[1].time": "2024-05-01T10:20:03.408091526Z",

@@ -82,7 +82,7 @@ class Host(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., machine_id: _Optional[str] = ...) -> None: ...
 
 class Process(_message.Message):
-    __slots__ = ("exec_id", "pid", "ppid", "exe", "argv", "argc", "uid", "loginuid", "cgroup_id", "start_time", "alive", "exit_code", "tunnel_scopes", "inherited")
+    __slots__ = ("exec_id", "pid", "ppid", "exe", "argv", "argc", "uid", "loginuid", "cgroup_id", "start_time", "alive", "exit_code", "tunnel_scopes", "inherited", "container", "pod")
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,8 @@ class Process(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     TUNNEL_SCOPES_FIELD_NUMBER: _ClassVar[int]
     INHERITED_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
     exec_id: str
     pid: int
     ppid: int
@@ -111,7 +113,35 @@ class Process(_message.Message):
     exit_code: int
     tunnel_scopes: _containers.RepeatedScalarFieldContainer[str]
     inherited: bool
-    def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., ppid: _Optional[int] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., uid: _Optional[int] = ..., loginuid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., alive: _Optional[bool] = ..., exit_code: _Optional[int] = ..., tunnel_scopes: _Optional[_Iterable[str]] = ..., inherited: _Optional[bool] = ...) -> None: ...
+    container: Container
+    pod: Pod
+    def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., ppid: _Optional[int] = ..., exe: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., uid: _Optional[int] = ..., loginuid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., alive: _Optional[bool] = ..., exit_code: _Optional[int] = ..., tunnel_scopes: _Optional[_Iterable[str]] = ..., inherited: _Optional[bool] = ..., container: _Optional[_Union[Container, _Mapping]] = ..., pod: _Optional[_Union[Pod, _Mapping]] = ...) -> None: ...
+
+class Container(_message.Message):
+    __slots__ = ("runtime", "id", "name", "image")
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    runtime: str
+    id: str
+    name: str
+    image: str
+    def __init__(self, runtime: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., image: _Optional[str] = ...) -> None: ...
+
+class Pod(_message.Message):
+    __slots__ = ("uid", "name", "namespace", "container", "gpus")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    name: str
+    namespace: str
+    container: str
+    gpus: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, uid: _Optional[str] = ..., name: _Optional[str] = ..., namespace: _Optional[str] = ..., container: _Optional[str] = ..., gpus: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProcessRef(_message.Message):
     __slots__ = ("exec_id", "pid", "exe")
