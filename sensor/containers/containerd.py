@@ -1,15 +1,18 @@
 """What containerd says about a container: its image and labels (the CRI plugin's labels name
-a Kubernetes container's pod, namespace and container), over containerd's gRPC socket.
+a Kubernetes container's pod, namespace and container), over containerd's gRPC socket
+(`containerd.services.containers.v1.Containers/Get` on /run/containerd/containerd.sock).
 
-containerd keeps containers per namespace: Kubernetes' in `k8s.io`, docker's in `moby`,
-`ctr`'s in `default`; the client asks each in turn. Docker's name for a container is not
-containerd's business, so docker containers show their image only.
+containerd keeps containers per namespace, named in the `containerd-namespace` request header:
+Kubernetes' in `k8s.io`, docker's in `moby`, `ctr`'s in `default`; the client asks each in
+turn. Docker's name for a container is docker's, not containerd's, so docker containers show
+their image only. What comes back is data to show and match, never to act on.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import stat
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,10 @@ from sensor.containers.model import Metadata
 from sensor.containers.v1 import containerd_containers_pb2 as pb
 from sensor.containers.v1 import containerd_containers_pb2_grpc as pb_grpc
 
-TIMEOUT_S = 1.0
+DEFAULT_SOCKET = Path("/run/containerd/containerd.sock")
 NAMESPACES = ("k8s.io", "moby", "default")
-_ID = re.compile(r"[0-9a-f]{64}")
-CRI_CONTAINER_NAME = "io.kubernetes.container.name"
+TIMEOUT_S = 1.0  # for one get(), all namespaces together
+CRI_CONTAINER_NAME = "io.kubernetes.container.name"  # set by containerd's CRI plugin
 
 
 class ContainerdError(RuntimeError):
@@ -31,44 +34,63 @@ class ContainerdError(RuntimeError):
 
 
 class ContainerdClient:
-    def __init__(self, socket_path: Path, namespaces: Sequence[str] = NAMESPACES, timeout: float = TIMEOUT_S) -> None:
+    def __init__(self, socket_path: Path = DEFAULT_SOCKET, namespaces: Sequence[str] = NAMESPACES,
+                 timeout: float = TIMEOUT_S) -> None:
         self.socket_path = socket_path
         self.namespaces = tuple(namespaces)
         self.timeout = timeout
 
     def get(self, container_id: str) -> Metadata | None:
-        """The container's image and labels from the first namespace that has it; None if none does."""
-        if not _ID.fullmatch(container_id):
-            raise ValueError(f"not a container id: {container_id!r}")
+        """The container's name (the CRI's container name, when it has one), image and labels,
+        from the first namespace that has it; None when none does."""
+        if not container_id:
+            raise ValueError("an empty container id")
+        _check_socket(self.socket_path)
+        deadline = time.monotonic() + self.timeout
         with grpc.insecure_channel(f"unix://{self.socket_path}") as channel:
             stub = pb_grpc.ContainersStub(channel)  # type: ignore[no-untyped-call]
             for namespace in self.namespaces:
-                found = self._get(stub, namespace, container_id)
+                found = self._get(stub, namespace, container_id, deadline)
                 if found is not None:
                     labels = dict(found.labels)
                     return Metadata(name=labels.get(CRI_CONTAINER_NAME, ""), image=found.image, labels=labels)
         return None
 
-    def _get(self, stub: Any, namespace: str, container_id: str) -> pb.Container | None:
+    def _get(self, stub: Any, namespace: str, container_id: str, deadline: float) -> pb.Container | None:
+        # one deadline for all namespaces: a containerd that hangs costs one timeout, not one each
+        left = max(deadline - time.monotonic(), 0.0)
         try:
-            answer = stub.Get(pb.GetContainerRequest(id=container_id), timeout=self.timeout,
+            answer = stub.Get(pb.GetContainerRequest(id=container_id), timeout=left,
                               metadata=(("containerd-namespace", namespace),))
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise ContainerdError(_why(self.socket_path, exc, self.timeout)) from exc
+            raise ContainerdError(_explain(self.socket_path, exc, self.timeout)) from exc
         container: pb.Container = answer.container
         return container
 
 
-def _why(socket_path: Path, exc: grpc.RpcError, timeout: float) -> str:
+def _check_socket(socket_path: Path) -> None:
+    """Fail at once, saying why, when the socket is not there to connect to."""
+    try:
+        mode = os.stat(socket_path).st_mode
+    except FileNotFoundError:
+        raise ContainerdError(f"containerd's API at {socket_path}: no such socket (containerd does not run "
+                              f"here, or its socket is not mounted into the agent's container)") from None
+    except PermissionError:
+        raise ContainerdError(f"containerd's API at {socket_path}: permission denied "
+                              f"(the agent needs root to use it)") from None
+    if not stat.S_ISSOCK(mode):
+        raise ContainerdError(f"containerd's API at {socket_path}: not a socket")
+
+
+def _explain(socket_path: Path, exc: grpc.RpcError, timeout: float) -> str:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
     detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    if not socket_path.exists():
-        fix = "containerd does not run here, or its socket is not mounted into the agent's container"
-    elif not os.access(socket_path, os.R_OK | os.W_OK):
-        fix = "the probe needs root to use it"
-    elif isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if "Permission denied" in (detail or ""):
+        fix = "the agent needs root to use it"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         fix = f"containerd did not answer within {timeout:g} s"
     else:
-        fix = "check that containerd runs"
+        fix = "is containerd running?"
     return f"containerd's API at {socket_path}: {detail} ({fix})"

@@ -1,16 +1,18 @@
 """What the kubelet says about pods: the devices each container was allocated, and pod names.
 
-The GPUs come from the kubelet's pod-resources gRPC API (`v1.PodResourcesLister/List` on
+The devices come from the kubelet's pod-resources gRPC API (`v1.PodResourcesLister/List` on
 /var/lib/kubelet/pod-resources/kubelet.sock), the API NVIDIA's DCGM exporter reads for the
 same purpose. It names pods by namespace and name, while a cgroup path gives only the pod's
-UID: the kubelet's log directory, /var/log/pods/<namespace>_<pod>_<uid>, joins the two
-(namespaces and pod names cannot hold `_`, so the split is unambiguous).
+UID: the kubelet's log directory, /var/log/pods/<namespace>_<pod>_<uid>, joins the two.
+
+What comes back is data to show and match, never to act on.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 import grpc
@@ -19,12 +21,18 @@ from sensor.containers.model import PodGpus
 from sensor.containers.v1 import podresources_pb2 as pb
 from sensor.containers.v1 import podresources_pb2_grpc as pb_grpc
 
+DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+DEFAULT_POD_LOGS = Path("/var/log/pods")
 TIMEOUT_S = 1.0
-MAX_ANSWER = 16 * 1024 * 1024  # the kubelet's own limit for this API
-# <namespace>_<pod>_<uid>: DNS labels and subdomains for the names, a UUID (or, for a static
-# pod, 32 hex digits) for the UID
-_LOG_DIR = re.compile(r"(?P<namespace>[a-z0-9-]{1,63})_(?P<pod>[a-z0-9.-]{1,253})_"
-                      r"(?P<uid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})")
+# The limit the kubelet's own clients use for this API (defaultPodResourcesMaxSize in
+# kubernetes' node e2e tests and tools): a node's whole List answer fits in it.
+MAX_ANSWER = 16 << 20
+# <namespace>_<pod>_<uid>. Namespaces are DNS labels and pod names DNS subdomains, neither of
+# which can hold `_`, so the split is unambiguous. The UID is a UUID, or for a static pod
+# (one from a manifest file) 32 hex digits, the hash the kubelet names it by.
+_POD_LOG_DIR = re.compile(r"(?P<namespace>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)"
+                          r"_(?P<pod>[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?)"
+                          r"_(?P<uid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})")
 
 
 class PodResourcesError(RuntimeError):
@@ -32,47 +40,63 @@ class PodResourcesError(RuntimeError):
 
 
 class PodResourcesClient:
-    def __init__(self, socket_path: Path, timeout: float = TIMEOUT_S) -> None:
+    def __init__(self, socket_path: Path = DEFAULT_SOCKET, timeout: float = TIMEOUT_S) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
 
     def list(self) -> list[PodGpus]:
-        """Every container the kubelet allocated devices to, with its devices by resource name."""
+        """Every container of every pod on the node, with its devices by resource name (all
+        resources: nvidia.com/gpu, MIG slices, NICs...; a container with none has {})."""
+        _check_socket(self.socket_path)
         options = [("grpc.max_receive_message_length", MAX_ANSWER)]
         try:
             with grpc.insecure_channel(f"unix://{self.socket_path}", options=options) as channel:
                 stub = pb_grpc.PodResourcesListerStub(channel)  # type: ignore[no-untyped-call]
                 answer = stub.List(pb.ListPodResourcesRequest(), timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise PodResourcesError(_why(self.socket_path, exc)) from exc
+            raise PodResourcesError(_explain(self.socket_path, exc, self.timeout)) from exc
         return [PodGpus(pod.namespace, pod.name, container.name,
                         {d.resource_name: tuple(d.device_ids) for d in container.devices})
-                for pod in answer.pod_resources for container in pod.containers if container.devices]
+                for pod in answer.pod_resources for container in pod.containers]
 
 
-def _why(socket_path: Path, exc: grpc.RpcError) -> str:
+def _check_socket(socket_path: Path) -> None:
+    """Fail at once, saying why, when the socket is not there to connect to."""
+    try:
+        mode = os.stat(socket_path).st_mode
+    except FileNotFoundError:
+        raise PodResourcesError(f"the kubelet's pod-resources API at {socket_path}: no such socket "
+                                f"(not a Kubernetes node, or /var/lib/kubelet/pod-resources is not "
+                                f"mounted into the agent's container)") from None
+    except PermissionError:
+        raise PodResourcesError(f"the kubelet's pod-resources API at {socket_path}: permission denied "
+                                f"(the agent needs root to read it)") from None
+    if not stat.S_ISSOCK(mode):
+        raise PodResourcesError(f"the kubelet's pod-resources API at {socket_path}: not a socket")
+
+
+def _explain(socket_path: Path, exc: grpc.RpcError, timeout: float) -> str:
     code = exc.code() if isinstance(exc, grpc.Call) else None
     detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    if not socket_path.exists():
-        fix = "not a Kubernetes node, or /var/lib/kubelet/pod-resources is not mounted into the agent's container"
-    elif not os.access(socket_path, os.R_OK | os.W_OK):
-        fix = "the probe needs root to use it"
+    if "Permission denied" in (detail or ""):
+        fix = "the agent needs root to use it"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        fix = f"the kubelet did not answer within {TIMEOUT_S:g} s"
+        fix = f"the kubelet did not answer within {timeout:g} s"
     else:
-        fix = "check that the kubelet runs and serves pod-resources"
+        fix = "is the kubelet running, with the pod-resources API enabled?"
     return f"the kubelet's pod-resources API at {socket_path}: {detail} ({fix})"
 
 
-def pod_names(log_dir: Path) -> dict[str, tuple[str, str]]:
-    """Pod UID -> (namespace, pod name), from the kubelet's log directory names; others ignored."""
+def pod_names(log_dir: Path = DEFAULT_POD_LOGS) -> dict[str, tuple[str, str]]:
+    """Pod UID -> (namespace, pod name), from the kubelet's log directory names; entries that
+    are not such a directory are ignored, and an unreadable log directory gives {}."""
     try:
-        entries = os.listdir(log_dir)
+        entries = list(os.scandir(log_dir))
     except OSError:
         return {}
     names = {}
     for entry in entries:
-        found = _LOG_DIR.fullmatch(entry)
-        if found is not None:
+        found = _POD_LOG_DIR.fullmatch(entry.name)
+        if found is not None and entry.is_dir(follow_symlinks=False):
             names[found["uid"]] = (found["namespace"], found["pod"])
     return names

@@ -151,12 +151,12 @@ class Probe:
         verdict = self.identity.identify(event.tgid, event.exe_dev, event.exe_ino, event.filename)
         event.tool, event.identity = verdict.tool, verdict.how.value
         self.router.prepare(event.netns, event.tgid)  # its namespace, while a process is in it
-        event.container = self._container_of(event.tgid, event.ts)
+        event.container = self._container_of(event.tgid, event.cgroup_id, event.ts)
 
-    def _container_of(self, pid: int, ts: int) -> str:
+    def _container_of(self, pid: int, cgroup_id: int, ts: int) -> str:
         """The process's container key; a container seen for the first time (or learnt more of)
         is described in a frame of its own ahead of the event that names it."""
-        key, described = self.containers.of_process(pid)
+        key, described = self.containers.of_process(pid, cgroup_id)
         for container in described:
             self._emit(_container_frame(container, ts), block=True)
         return key
@@ -271,7 +271,7 @@ class Probe:
         for proc in procfs.snapshot():
             if proc.tgid not in self._exclude:
                 self.router.prepare(proc.netns, proc.tgid)
-                proc.container = self._container_of(proc.tgid, proc.ts)
+                proc.container = self._container_of(proc.tgid, proc.cgroup_id, proc.ts)
                 self._emit(proc, block=True)
 
 

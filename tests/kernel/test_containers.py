@@ -20,7 +20,7 @@ import pytest
 
 from tests import podman
 from tests.kernel.test_agent import Agent, workdir
-from tests.unit.test_kubelet_podresources import serve_pod_resources
+from tests.unit.test_kubelet_podresources import serve as serve_pod_resources
 from tests.waiting import wait_until
 
 CGROUP_V1 = Path("/sys/fs/cgroup")

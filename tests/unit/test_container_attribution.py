@@ -60,6 +60,19 @@ def test_a_container_is_described_once_then_named_by_key(tmp_path: Path) -> None
     assert resolver.stats.containers == 1
 
 
+def test_a_v2_cgroup_id_places_later_processes_without_reading_proc(tmp_path: Path) -> None:
+    path = f"/libpod_parent/libpod-{PODMAN_ID}"
+    resolver = ContainerResolver(fake_proc(tmp_path, {10: v1_cgroup(path), 12: v1_cgroup("/")}))
+    assert resolver.of_process(10, cgroup_id=4242)[0] == f"podman:{PODMAN_ID}"
+    # pid 11 has no /proc entry: only the cache on its cgroup id can place it
+    assert resolver.of_process(11, cgroup_id=4242) == (f"podman:{PODMAN_ID}", [])
+    # the v2 root's id tells nothing (a cgroup v1 or hybrid host): every exec is read
+    root = resolver._root_id
+    assert resolver.of_process(12, cgroup_id=root) == ("", [])
+    assert resolver.of_process(11, cgroup_id=root) == (ev.CONTAINER_UNREAD, [])
+    assert (resolver.stats.cgroup_read, resolver.stats.by_cgroup_id, resolver.stats.cgroup_unread) == (2, 1, 1)
+
+
 def test_a_process_gone_before_its_cgroup_was_read_is_unread_and_counted(tmp_path: Path) -> None:
     resolver = ContainerResolver(fake_proc(tmp_path, {}))
     assert resolver.of_process(4242) == (ev.CONTAINER_UNREAD, [])
