@@ -142,3 +142,20 @@ def test_sinks_show_in_the_header_a_failing_one_in_words() -> None:
     text = screen(snapshot)
     assert "file alerts-file: ok (sent 12)" in text
     assert "webhook siem: DOWN (sent 3 retried 7 dropped 2)" in text
+
+
+def test_an_alert_says_where_its_processes_run() -> None:
+    snapshot = Snapshot("unix:/tmp/s.sock")
+    in_pod = pb.Process(pid=7, container=pb.Container(runtime="containerd", id="ab" * 32, name="",
+                                                      image="registry.example/train:3"),
+                        pod=pb.Pod(uid="u-1", name="trainer-0", namespace="ml", container="trainer", gpus=["GPU-1"]))
+    on_host = pb.Process(pid=8)
+    for cursor, processes in ((1, [pb.AlertProcess(process=in_pod)]), (2, [pb.AlertProcess(process=on_host)])):
+        apply(snapshot, pb.SubscribeResponse(alert=pb.Alert(
+            cursor=cursor, rule_id=f"rule-{cursor}", severity=pb.SEVERITY_HIGH, time=stamp(100 + cursor),
+            steps=[pb.AlertStep(fact="exec", summary="x")], processes=processes)), now=cursor)
+    text = screen(snapshot)
+    rows = {line.split()[3]: line for line in text.splitlines() if "rule-" in line}
+    assert rows["rule-1"].rstrip(" │").endswith("pod ml/trainer-0 container trainer, GPUs GPU-1;")
+    assert "containerd container abababababab" in text and "(registry.example/train:3)" in text  # wrapped beneath
+    assert rows["rule-2"].rstrip(" │").endswith("host")
