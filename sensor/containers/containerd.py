@@ -10,8 +10,6 @@ their image only. What comes back is data to show and match, never to act on.
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import grpc
 
 from sensor.containers.model import Metadata
+from sensor.containers.sockets import rpc_problem, socket_problem
 from sensor.containers.v1 import containerd_containers_pb2 as pb
 from sensor.containers.v1 import containerd_containers_pb2_grpc as pb_grpc
 
@@ -70,27 +69,16 @@ class ContainerdClient:
         return container
 
 
+API = "containerd's API"
+
+
 def _check_socket(socket_path: Path) -> None:
-    """Fail at once, saying why, when the socket is not there to connect to."""
-    try:
-        mode = os.stat(socket_path).st_mode
-    except FileNotFoundError:
-        raise ContainerdError(f"containerd's API at {socket_path}: no such socket (containerd does not run "
-                              f"here, or its socket is not mounted into the agent's container)") from None
-    except PermissionError:
-        raise ContainerdError(f"containerd's API at {socket_path}: permission denied "
-                              f"(the agent needs root to use it)") from None
-    if not stat.S_ISSOCK(mode):
-        raise ContainerdError(f"containerd's API at {socket_path}: not a socket")
+    problem = socket_problem(API, socket_path, "containerd does not run here, or its socket is not mounted into "
+                                                "the agent's container")
+    if problem is not None:
+        raise ContainerdError(problem)
 
 
 def _explain(socket_path: Path, exc: grpc.RpcError, timeout: float) -> str:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    if "Permission denied" in (detail or ""):
-        fix = "the agent needs root to use it"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        fix = f"containerd did not answer within {timeout:g} s"
-    else:
-        fix = "is containerd running?"
-    return f"containerd's API at {socket_path}: {detail} ({fix})"
+    return rpc_problem(API, socket_path, exc, f"containerd did not answer within {timeout:g} s",
+                       "is containerd running?")

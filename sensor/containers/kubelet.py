@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from pathlib import Path
 
 import grpc
 
 from sensor.containers.model import PodGpus
+from sensor.containers.sockets import rpc_problem, socket_problem
 from sensor.containers.v1 import podresources_pb2 as pb
 from sensor.containers.v1 import podresources_pb2_grpc as pb_grpc
 
@@ -60,31 +60,19 @@ class PodResourcesClient:
                 for pod in answer.pod_resources for container in pod.containers]
 
 
+API = "the kubelet's pod-resources API"
+
+
 def _check_socket(socket_path: Path) -> None:
-    """Fail at once, saying why, when the socket is not there to connect to."""
-    try:
-        mode = os.stat(socket_path).st_mode
-    except FileNotFoundError:
-        raise PodResourcesError(f"the kubelet's pod-resources API at {socket_path}: no such socket "
-                                f"(not a Kubernetes node, or /var/lib/kubelet/pod-resources is not "
-                                f"mounted into the agent's container)") from None
-    except PermissionError:
-        raise PodResourcesError(f"the kubelet's pod-resources API at {socket_path}: permission denied "
-                                f"(the agent needs root to read it)") from None
-    if not stat.S_ISSOCK(mode):
-        raise PodResourcesError(f"the kubelet's pod-resources API at {socket_path}: not a socket")
+    problem = socket_problem(API, socket_path, "not a Kubernetes node, or /var/lib/kubelet/pod-resources is not "
+                                                "mounted into the agent's container")
+    if problem is not None:
+        raise PodResourcesError(problem)
 
 
 def _explain(socket_path: Path, exc: grpc.RpcError, timeout: float) -> str:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    if "Permission denied" in (detail or ""):
-        fix = "the agent needs root to use it"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        fix = f"the kubelet did not answer within {timeout:g} s"
-    else:
-        fix = "is the kubelet running, with the pod-resources API enabled?"
-    return f"the kubelet's pod-resources API at {socket_path}: {detail} ({fix})"
+    return rpc_problem(API, socket_path, exc, f"the kubelet did not answer within {timeout:g} s",
+                       "is the kubelet running, with the pod-resources API enabled?")
 
 
 def pod_names(log_dir: Path = DEFAULT_POD_LOGS) -> dict[str, tuple[str, str]]:

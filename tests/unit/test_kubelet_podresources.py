@@ -111,7 +111,7 @@ def test_a_socket_the_agent_may_not_reach_says_it_needs_root(tmp_path: Path) -> 
     assert ran.returncode == 1
     assert ran.stderr.splitlines()[-1] == (f"sensor.containers.kubelet.PodResourcesError: the kubelet's pod-resources "
                                            f"API at {locked}/kubelet.sock: permission denied (the agent needs root "
-                                           f"to read it)")
+                                           f"to use it)")
 
 
 def as_unprivileged() -> dict[str, Any]:
