@@ -17,7 +17,29 @@
 /* BCC 0.26 has no BPF_LRU_HASH; the table type string is what it understands. */
 #define LRU_HASH(name, key_type, leaf_type, entries) BPF_TABLE("lru_hash", key_type, leaf_type, name, entries)
 
+/* Two ring buffers, so that a flood cannot hide what detection turns on (issue: flood
+ * resistance). `decisive` carries process lifecycles (exec, fork, exit), GPU opens and the GPU
+ * records the per-process GPU budget lets through, and, within a per-process budget, accepted
+ * connections, established TCP connections and each process's first connect to each
+ * destination; `events` carries the rest (a process's repeated connects, and what is over its
+ * budget). A flood of connects from one process then fills `events`, whose drops are counted
+ * as ever, while another process's exec, GPU compute and pool connection still have room. The
+ * reader merges the two by time. */
+#ifndef DECISIVE_PAGES
+#define DECISIVE_PAGES RINGBUF_PAGES
+#endif
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(decisive, DECISIVE_PAGES);
+
+/* Network records one process may put on the decisive ring per window (2^30 ns, about 1 s):
+ * beyond them its records go to `events`, so no process can fill the decisive ring alone. */
+#define DECISIVE_PER_PROCESS 64
+struct decisive_window {
+	u64 window;
+	u32 used;
+	u32 _pad;
+};
+LRU_HASH(decisive_budget, u32, struct decisive_window, 16384);
 
 /* Records that could not be sent, by record type: per-CPU, so counting needs no atomics. */
 BPF_PERCPU_ARRAY(ringbuf_drops, u64, REC_TYPE_MAX);
@@ -30,6 +52,32 @@ static __always_inline void count_drop(u32 type)
 	u64 *count = ringbuf_drops.lookup(&type);
 	if (count)
 		(*count)++;
+}
+
+/* Whether this process may put one more network record on the decisive ring now. */
+static __always_inline int decisive_take(u32 tgid)
+{
+	u64 window = bpf_ktime_get_boot_ns() >> 30;
+	struct decisive_window *seen = decisive_budget.lookup(&tgid);
+	if (!seen || seen->window != window) {
+		struct decisive_window fresh = {.window = window, .used = 1};
+		decisive_budget.update(&tgid, &fresh);
+		return 1;
+	}
+	if (seen->used >= DECISIVE_PER_PROCESS)
+		return 0;
+	seen->used++;
+	return 1;
+}
+
+/* A record's room on the ring it belongs to (decisive or not); 0 when that ring is full.
+ * `events.ringbuf_submit(rec, 0)` then submits it whichever ring it is on: the kernel finds
+ * the ring from the record. */
+static __always_inline void *reserve_on(int on_decisive, u32 size)
+{
+	if (on_decisive)
+		return decisive.ringbuf_reserve(size);
+	return events.ringbuf_reserve(size);
 }
 
 static __always_inline int is_self(u32 tgid)

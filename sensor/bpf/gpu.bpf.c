@@ -501,7 +501,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	if (reason) {
 		if (take_budget(tgid, rec->hdr.ts)) {
 			rec->reason = reason;
-			if (events.ringbuf_output(rec, sizeof(*rec), 0) < 0)
+			if (decisive.ringbuf_output(rec, sizeof(*rec), 0) < 0)
 				count_drop(REC_GPU_IOCTL);
 		} else {
 			suppressed = 1;
@@ -525,7 +525,7 @@ static __always_inline int gpu_open_exit(long ret)
 		return 0;
 	if (!take_budget(tgid, bpf_ktime_get_boot_ns()))
 		return 0;
-	struct gpu_open_rec *rec = events.ringbuf_reserve(sizeof(struct gpu_open_rec));
+	struct gpu_open_rec *rec = decisive.ringbuf_reserve(sizeof(struct gpu_open_rec));
 	if (!rec) {
 		count_drop(REC_GPU_OPEN);
 		return 0;

@@ -40,6 +40,28 @@ LRU_HASH(accept_args_by_tid, u32, struct accept_args, 10240);
  * runs in softirq context, where `current` is whoever happened to be running. */
 LRU_HASH(tcp_owner, u64, struct sock_owner, 65536);
 
+/* A destination a process has connected to: its network namespace and the sockaddr's first
+ * bytes (family, port and an IPv4 address, or the start of an IPv6 address or a path). */
+#define DEST_KEY_LEN 24
+struct dest_key {
+	u32 tgid;
+	u32 netns;
+	u8 sockaddr[DEST_KEY_LEN];
+};
+/* Destinations seen per process: a process's first connect to each goes on the decisive ring. */
+LRU_HASH(connect_seen, struct dest_key, u8, 65536);
+
+static __always_inline int first_connect_to(u32 tgid, u32 netns, const u8 *sockaddr)
+{
+	struct dest_key key = {.tgid = tgid, .netns = netns};
+	__builtin_memcpy(key.sockaddr, sockaddr, DEST_KEY_LEN);
+	if (connect_seen.lookup(&key))
+		return 0;
+	u8 one = 1;
+	connect_seen.update(&key, &one);
+	return 1;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 {
 	u64 id = bpf_get_current_pid_tgid();
@@ -59,7 +81,16 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 		return 0;
 	struct connect_args call = *saved;
 	connect_args_by_tid.delete(&tid);
-	struct connect_rec *rec = events.ringbuf_reserve(sizeof(struct connect_rec));
+	u8 sockaddr[SOCKADDR_LEN];
+	__builtin_memset(sockaddr, 0, SOCKADDR_LEN);
+	u32 len = call.addrlen;
+	if (len > SOCKADDR_LEN)
+		len = SOCKADDR_LEN;
+	int unreadable = bpf_probe_read_user(sockaddr, len & (SOCKADDR_LEN * 2 - 1), (void *)call.uaddr) < 0;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u32 netns = current_netns();
+	int on_decisive = first_connect_to(tgid, netns, sockaddr) && decisive_take(tgid);
+	struct connect_rec *rec = reserve_on(on_decisive, sizeof(struct connect_rec));
 	if (!rec) {
 		count_drop(REC_CONNECT);
 		return 0;
@@ -68,12 +99,9 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	rec->result = args->ret;
 	rec->fd = call.fd;
 	rec->addrlen = call.addrlen;
-	rec->netns = current_netns();
-	u32 len = call.addrlen;
-	if (len > SOCKADDR_LEN)
-		len = SOCKADDR_LEN;
-	__builtin_memset(rec->sockaddr, 0, SOCKADDR_LEN);
-	if (bpf_probe_read_user(rec->sockaddr, len & (SOCKADDR_LEN * 2 - 1), (void *)call.uaddr) < 0)
+	rec->netns = netns;
+	__builtin_memcpy(rec->sockaddr, sockaddr, SOCKADDR_LEN);
+	if (unreadable)
 		rec->hdr.flags = 1; /* address unreadable */
 	events.ringbuf_submit(rec, 0);
 	return 0;
@@ -100,7 +128,7 @@ static __always_inline int accept_exit(long ret)
 	accept_args_by_tid.delete(&tid);
 	if (ret == -11) /* EAGAIN: a non-blocking accept found nothing; not an event */
 		return 0;
-	struct accept_rec *rec = events.ringbuf_reserve(sizeof(struct accept_rec));
+	struct accept_rec *rec = reserve_on(decisive_take((u32)(bpf_get_current_pid_tgid() >> 32)), sizeof(struct accept_rec));
 	if (!rec) {
 		count_drop(REC_ACCEPT);
 		return 0;
@@ -165,7 +193,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	tcp_owner.delete(&sk);
 	if (args->newstate != TCP_ESTABLISHED_)
 		return 0;
-	struct tcp_rec *rec = events.ringbuf_reserve(sizeof(struct tcp_rec));
+	struct tcp_rec *rec = reserve_on(decisive_take(owner.tgid), sizeof(struct tcp_rec));
 	if (!rec) {
 		count_drop(REC_TCP_ESTABLISHED);
 		return 0;

@@ -97,7 +97,7 @@ static __always_inline void exec_rec_send(struct exec_rec *rec, u32 argv_size)
 		size = sizeof(*rec);
 	rec->argv_size = argv_size;
 	rec->hdr.size = size;
-	if (events.ringbuf_output(rec, size, 0) < 0)
+	if (decisive.ringbuf_output(rec, size, 0) < 0)
 		count_drop(REC_EXEC);
 }
 
@@ -211,7 +211,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (is_self(tgid))
 		return 0;
-	struct fork_rec *rec = events.ringbuf_reserve(sizeof(struct fork_rec));
+	struct fork_rec *rec = decisive.ringbuf_reserve(sizeof(struct fork_rec));
 	if (!rec) {
 		count_drop(REC_FORK);
 		return 0;
@@ -238,7 +238,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (is_self(tgid))
 		return 0;
-	struct exit_rec *rec = events.ringbuf_reserve(sizeof(struct exit_rec));
+	struct exit_rec *rec = decisive.ringbuf_reserve(sizeof(struct exit_rec));
 	if (!rec) {
 		count_drop(REC_EXIT);
 		return 0;

@@ -11,9 +11,7 @@ stream with an End frame: a stream cut without one means the probe died.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
 import resource
 import threading
 import time
@@ -26,9 +24,11 @@ from sensor.containers.model import Container
 from sensor.containers.resolve import ContainerConfig, ContainerResolver
 from sensor.probe import procfs, program, records
 from sensor.probe.identity import BinaryIdentity
+from sensor.probe.lanes import LAST, Lanes
 from sensor.probe.routes import Router
 
 STATS_INTERVAL_S = 1.0
+POLL_BATCH = 4096  # records held for ordering at most, while one poll goes on
 
 
 class FrameSink(Protocol):
@@ -49,7 +49,7 @@ class Probe:
         self._sink = sink
         self._exclude = {os.getpid(), *exclude_pids}
         self._on_error = on_error
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=config.queue_size)
+        self._queue = Lanes(config.queue_size)
         self._stop = threading.Event()  # the threads' signal; also set by a failing thread
         self._stopped = False
         self._threads: list[threading.Thread] = []
@@ -60,6 +60,8 @@ class Probe:
         self.started_at = 0.0
         self._gpu_totals: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
         self._exited: set[int] = set()  # processes whose GPU counters go after the next read
+        self._polled: list[tuple[ev.Event, bool]] = []  # decoded records of the poll under way, and
+        # whether each came from the decisive ring
         # Host lookups, made here at event time so that the frames carry their verdicts
         # (the aggregator never reads this host): used by the ring-buffer thread only.
         self.identity = BinaryIdentity()
@@ -73,6 +75,9 @@ class Probe:
         self.bpf = program.load(self.config)
         self.exclude(self._exclude)
         self._emit_snapshot()
+        # Both rings share one poll; the records a poll brings are handled in time order
+        # (sensor/bpf/common.bpf.c: why there are two).
+        self.bpf[b"decisive"].open_ring_buffer(self._on_decisive)
         self.bpf[b"events"].open_ring_buffer(self._on_record)
         for target, name in ((self._read_loop, "ringbuf"), (self._write_loop, "writer"),
                              (self._stats_loop, "stats")):
@@ -101,8 +106,7 @@ class Probe:
             self._emit_counters()  # the final counts
             now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             self._emit(ev.End(now, os.getpid(), os.getpid(), reason), block=True)
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=1.0)  # a dead writer takes nothing more
+        self._queue.put((LAST, None), decisive=True, timeout=1.0)  # a dead writer takes nothing more
         for thread in self._threads:
             if thread.name == "probe-writer":
                 thread.join(timeout=5)
@@ -122,12 +126,28 @@ class Probe:
 
     # -- the hot path ---------------------------------------------------------------------
 
-    def _on_record(self, _ctx: Any, data: int, size: int) -> None:
+    def _on_decisive(self, _ctx: Any, data: int, size: int) -> None:
+        self._on_record(_ctx, data, size, decisive=True)
+
+    def _on_record(self, _ctx: Any, data: int, size: int, decisive: bool = False) -> None:
+        """Decoded at once (the ring's memory is reused when this returns), handled after the poll."""
         try:
-            event = records.decode(data, size)
+            self._polled.append((records.decode(data, size), decisive))
         except records.RecordError:
             self.decode_errors += 1
-            return
+        if len(self._polled) >= POLL_BATCH:
+            # a poll lasts as long as records keep coming (a flood): handle them in batches
+            self._handle_polled()
+
+    def _handle_polled(self) -> None:
+        """What one poll brought from both rings, oldest first: a process's exec (decisive ring)
+        before its connects (the other), as they happened."""
+        polled, self._polled = self._polled, []
+        polled.sort(key=_event_ts)
+        for event, decisive in polled:
+            self._handle(event, decisive)
+
+    def _handle(self, event: ev.Event, decisive: bool) -> None:
         kind = ev.KIND_NAMES[event.KIND]
         self.records[kind] += 1
         if isinstance(event, ev.Exec):
@@ -142,7 +162,7 @@ class Probe:
             event.route, event.route_by_range = self._route(event.daddr, event.netns, event.tgid)
         elif isinstance(event, ev.Exit):
             self._exited.add(event.tgid)
-        self._emit(event)
+        self._emit(event, decisive=decisive)
 
     def _judge_exec(self, event: ev.Exec) -> None:
         """What the new image is, read now, while the process (or at least its file) is there."""
@@ -165,11 +185,10 @@ class Probe:
         destination, by_range = self.router.route(address, netns, pid)
         return destination.value, by_range
 
-    def _emit(self, event: ev.Event, block: bool = False) -> None:
-        payload = ev.encode(event)
-        try:
-            self._queue.put(payload, block=block, timeout=1.0 if block else None)
-        except queue.Full:
+    def _emit(self, event: ev.Event, block: bool = False, decisive: bool = True) -> None:
+        """Queue a frame on its lane (the probe's own frames are decisive); a full lane drops it,
+        counted, unless `block` (the probe's own frames wait up to a second)."""
+        if not self._queue.put((event.ts, ev.encode(event)), decisive, timeout=1.0 if block else None):
             self.probe_drops[ev.KIND_NAMES[event.KIND]] += 1
 
     # -- threads --------------------------------------------------------------------------
@@ -178,20 +197,16 @@ class Probe:
         try:
             while not self._stop.is_set():
                 self.bpf.ring_buffer_poll(100)
+                self._handle_polled()
             self.bpf.ring_buffer_consume()  # what arrived before the stop
+            self._handle_polled()
         except BaseException as exc:
             self._fail(exc)
 
     def _write_loop(self) -> None:
         try:
             while True:
-                first = self._queue.get()
-                batch = [first]
-                while len(batch) < 512:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
+                batch = self._queue.take(512)
                 payloads = [p for p in batch if p is not None]
                 if payloads:
                     self._sink.write_payloads(payloads)
@@ -273,6 +288,10 @@ class Probe:
                 self.router.prepare(proc.netns, proc.tgid)
                 proc.container = self._container_of(proc.tgid, proc.cgroup_id, proc.ts)
                 self._emit(proc, block=True)
+
+
+def _event_ts(polled: tuple[ev.Event, bool]) -> int:
+    return polled[0].ts
 
 
 def _container_frame(container: Container, ts: int) -> ev.Container:
