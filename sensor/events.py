@@ -222,6 +222,8 @@ VERDICTS_MISSED = {
     "route_by_range": "connections judged by address ranges (their namespace's routing table could not be read)",
     "binary_unread": "execs whose binary could not be read to identify it (process and file gone)",
     "container_unnamed": "containers whose name and image the runtime's API did not give (failed or over budget)",
+    "container_unread": "execs whose cgroup could not be read (process gone): they keep the container they were in",
+    "pod_gpus_unread": "Kubernetes containers whose GPUs the kubelet's pod-resources API did not give (it failed)",
 }
 
 

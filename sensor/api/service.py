@@ -324,6 +324,8 @@ def status_of(state: ApiState) -> pb.Status:
               sorted(counters.verdicts_missed.items())]
     drops.append(pb.DropCounter(hop="aggregator", what="processes evicted at the table's cap",
                                 count=aggregator.table.stats.evicted))
+    drops.append(pb.DropCounter(hop="aggregator", what="containers forgotten at the table's cap",
+                                count=aggregator.containers.evicted))
     sessions = list(aggregator.gpu)
     drops.append(pb.DropCounter(hop="aggregator", what="GPU objects not kept (per-process cap)",
                                 count=sum(s.objects_dropped for s in sessions)))

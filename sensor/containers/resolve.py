@@ -80,7 +80,7 @@ class ResolverStats:
     cgroup_unread: int = 0  # execs whose cgroup could not be read (the process was gone)
     cgroup_read: int = 0  # /proc/PID/cgroup reads
     by_cgroup_id: int = 0  # execs placed by their v2 cgroup id alone, without a read
-    last_error: str = ""
+    gpus_unread: int = 0  # pod-resources calls that failed: those containers' GPUs unknown
 
 
 @dataclass
@@ -200,19 +200,18 @@ class ContainerResolver:
         if lookup is None:
             return None
         if not self._budget.take():
-            self._failed(key, "over the lookup budget")
+            self._failed(key)  # over the lookup budget
             return None
         try:
             metadata = lookup(ref.id)
-        except (PodmanError, ContainerdError) as exc:
-            self._failed(key, str(exc))
+        except (PodmanError, ContainerdError):
+            self._failed(key)
             return None
         self._retry_at.pop(key, None)
         return metadata
 
-    def _failed(self, key: str, why: str) -> None:
+    def _failed(self, key: str) -> None:
         self.stats.unnamed += 1
-        self.stats.last_error = why
         self._retry_at[key] = self._clock() + RETRY_AFTER_S
 
     def _lookup_for(self, runtime: str) -> Callable[[str], Metadata | None] | None:
@@ -246,8 +245,8 @@ class ContainerResolver:
             return ()
         try:
             allocations = PodResourcesClient(self.config.kubelet_socket).list()
-        except PodResourcesError as exc:
-            self.stats.last_error = str(exc)
+        except PodResourcesError:
+            self.stats.gpus_unread += 1
             return ()
         return _gpus_of(allocations, namespace, pod, container)
 

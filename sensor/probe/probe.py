@@ -279,7 +279,9 @@ class Probe:
         if self.decode_errors:
             probe["undecodable"] = self.decode_errors
         missed = {"route_by_range": self.router.stats.by_range, "binary_unread": self.identity.stats.unread,
-                  "container_unnamed": self.containers.stats.unnamed}
+                  "container_unnamed": self.containers.stats.unnamed,
+                  "container_unread": self.containers.stats.cgroup_unread,
+                  "pod_gpus_unread": self.containers.stats.gpus_unread}
         return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records), missed)
 
     def _emit_snapshot(self) -> None:

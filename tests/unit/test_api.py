@@ -740,6 +740,15 @@ def test_status_shows_the_verdicts_the_probe_could_not_make(api: Harness) -> Non
         ("probe", "connections judged by address ranges (their namespace's routing table could not be read)", 3)]
 
 
+def test_status_shows_containers_forgotten_at_the_tables_cap(api: Harness) -> None:
+    api.state.aggregator.containers.max_containers = 1
+    for key in ("podman:a", "podman:b", "podman:c"):
+        api.feed(ev.Container(api.tick(), 1, 1, key=key, runtime="podman", id=key[7:]))
+    drops = sensor_stub(api.channel()).GetStatus(pb.GetStatusRequest()).drops
+    assert [(d.hop, d.count) for d in drops if d.what == "containers forgotten at the table's cap"] == [
+        ("aggregator", 2)]
+
+
 def test_status_counts_partial_matches_a_reload_discards(api: Harness, tmp_path: Path) -> None:
     api.spawn(10, 70, "/bin/marker")  # the first step of marker-then-4444: a partial match opens
     detector = api.state.aggregator.detector
