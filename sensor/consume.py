@@ -184,7 +184,7 @@ def endpoint_of(args: argparse.Namespace) -> Endpoint:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from sensor.api.broker import Broker
+    from sensor.api.handover import Handover
     from sensor.api.server import ApiServer
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the probe decides when to stop
@@ -199,7 +199,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     aggregator = Aggregator(rules=ruleset, config=config)
     book = IncidentBook(window_s=args.incident_window, host=stream_host(reader.meta))
     sinks = sinks_of(args, journal, stream_host(reader.meta))
-    state = ApiState(aggregator, journal, Broker(max_subscribers=args.max_subscribers), reader.meta,
+    state = ApiState(aggregator, journal, Handover(max_subscribers=args.max_subscribers), reader.meta,
                      rule_files=ruleset.files, incidents=book, config_file=config_file_of(args), sinks=sinks)
     publisher = Publisher(state)
     server = ApiServer(state, endpoint, args.max_subscribers)

@@ -1,14 +1,16 @@
-"""Fan-out from the aggregator to subscribers, without ever slowing the aggregator.
+"""Fan-out to subscribers, in the API's stream process (sensor/api/stream.py).
 
-The aggregator appends items (events and facts, and journaled records: alerts, sensor gaps and
-incident versions, already converted) to one bounded ring and never waits. Each subscriber
-reads the ring at its own position: its queue is the part of the ring it has not read yet,
-bounded by the ring's size. A subscriber that falls further behind than the ring holds has lost
-items: it gets a Gap saying how many of each kind were published while it was behind, then its
-missed records again from the journal, then the live stream from the oldest item still held.
-Publishing wakes the server's event loop at most once per batch.
+The aggregator hands over items (events and facts, and journaled records: alerts, sensor gaps
+and incident versions), serialised once (sensor/api/handover.py); they land here in one
+bounded ring, appended by the thread that reads the hand-over. Each subscriber reads the ring
+at its own position: its queue is the part of the ring it has not read yet, bounded by the
+ring's size. A subscriber that falls further behind than the ring holds has lost items: it
+gets a Gap saying how many of each kind were published while it was behind, then its missed
+records again from the journal, then the live stream from the oldest item still held. What the
+aggregator could not hand over (its pipe was full) is a hole in the ring: every subscriber
+reading past it gets a Gap for it, then the journal's records, the same way.
 
-Journaled records reach the ring in cursor order (one thread journals and publishes them), so
+Journaled records reach the ring in cursor order (one thread journals and hands them over), so
 a subscriber knows exactly which records came before it subscribed: those up to the last
 cursor published then.
 """
@@ -26,61 +28,61 @@ from typing import NamedTuple
 from sensor.api.filters import Filter
 from sensor.api.v1 import gpusentry_pb2 as pb
 
+Record = pb.Alert | pb.SensorGap | pb.Incident
+# What an item is: its index in a Tally, and its code on the hand-over.
+EVENT, ALERT, SENSOR_GAP, INCIDENT, FACT = range(5)
+
 
 class Tally(NamedTuple):
-    """Items of each counted kind published before some point; events are the rest."""
+    """Items of each kind published before some point (or lost in a hole)."""
 
+    events: int = 0
     alerts: int = 0
     sensor_gaps: int = 0
     incidents: int = 0
     facts: int = 0
 
-    def after(self, item: Item) -> Tally:
-        return Tally(self.alerts + (item.alert is not None), self.sensor_gaps + (item.sensor_gap is not None),
-                     self.incidents + (item.incident is not None), self.facts + (item.fact is not None))
+    def plus(self, other: Sequence[int]) -> Tally:
+        return Tally(*(a + b for a, b in zip(self, other, strict=True)))
 
     def since(self, earlier: Tally) -> Tally:
         return Tally(*(now - then for now, then in zip(self, earlier, strict=True)))
 
 
 NOTHING = Tally()
+ONE = tuple(Tally(*(int(i == kind) for i in range(5))) for kind in range(5))  # one item of each kind
 
 
-@dataclass(frozen=True)
-class Item:
-    event: pb.Event | None = None
-    alert: pb.Alert | None = None
-    sensor_gap: pb.SensorGap | None = None
-    incident: pb.Incident | None = None
-    fact: pb.Fact | None = None
-    # what filters look at (events and facts)
+@dataclass(slots=True)
+class Entry:
+    """One item in the ring: its bytes, ready to go out, and what filters look at."""
+
+    type: int  # EVENT, ALERT, SENSOR_GAP, INCIDENT, FACT
+    # events and facts: the message as one element of Events/Facts (tag, length, bytes);
+    # journaled records: a whole SubscribeResponse
+    wire: bytes = b""
+    record: Record | None = None  # journaled records, parsed (they are few)
+    cursor: int = 0  # the journal cursor of its record; 0 for an event or a fact
+    kind: int = 0  # the event's or the fact's kind
     exec_id: str = ""
     exe: str = ""
     lineage: frozenset[str] = frozenset()  # the process's key and its ancestors' ("pid:start_ns")
     cgroup_id: int = 0
-    # set by the broker
-    seq: int = 0
-    before: Tally = NOTHING  # what was published before this item
+    lost: Tally | None = None  # a hole: what the aggregator could not hand over here
+    seq: int = 0  # set by the broker
+    before: Tally = NOTHING  # what was published before this entry
 
     @property
-    def record(self) -> pb.Alert | pb.SensorGap | pb.Incident | None:
-        """The journaled record it carries (an alert, a sensor gap, an incident version), if any."""
-        return self.alert or self.sensor_gap or self.incident
-
-    @property
-    def cursor(self) -> int:
-        """The journal cursor of its record; 0 for an event or a fact (not journaled)."""
-        record = self.record
-        return record.cursor if record is not None else 0
+    def weight(self) -> Sequence[int]:
+        return self.lost if self.lost is not None else ONE[self.type]
 
     def matches(self, wanted: Filter) -> bool:
-        record = self.record
-        if record is not None:
-            return record_matches(record, wanted)
-        if self.fact is not None:
-            return wanted.facts and (not wanted.fact_kinds or self.fact.kind in wanted.fact_kinds) and \
+        if self.record is not None:
+            return record_matches(self.record, wanted)
+        if self.type == FACT:
+            return wanted.facts and (not wanted.fact_kinds or self.kind in wanted.fact_kinds) and \
                 self._process_matches(wanted)
-        if self.event is None or not wanted.events or (wanted.kinds and self.event.kind not in wanted.kinds):
+        if not wanted.events or (wanted.kinds and self.kind not in wanted.kinds):
             return False
         return self._process_matches(wanted)
 
@@ -94,7 +96,7 @@ class Item:
         return not wanted.cgroup_ids or self.cgroup_id in wanted.cgroup_ids
 
 
-def record_matches(record: pb.Alert | pb.SensorGap | pb.Incident, wanted: Filter) -> bool:
+def record_matches(record: Record, wanted: Filter) -> bool:
     """Whether a journaled record, live or replayed, is one the subscriber asked for."""
     if isinstance(record, pb.Alert):
         return alert_matches(record, wanted)
@@ -154,25 +156,26 @@ class Subscription:
     def missed(self) -> int:
         return self.missed_events + self.missed_alerts + self.missed_incidents + self.missed_facts
 
+    @property
+    def shares(self) -> Filter:
+        """What decides its stream, given the same items: subscribers with equal ones share bytes."""
+        return dataclasses.replace(self.filter, since_cursor=None)
+
 
 @dataclass
 class Behind:
-    """A subscriber's position fell out of the ring."""
+    """A subscriber's position fell out of the ring, or passed a hole."""
 
     missed_events: int
     missed_alerts: int
     missed_sensor_gaps: int
     missed_incidents: int = 0
     missed_facts: int = 0
+    handover: bool = False  # the items were lost before the ring (the aggregator's pipe was full)
 
 
 @dataclass
 class BrokerStats:
-    published_events: int = 0
-    published_alerts: int = 0
-    published_sensor_gaps: int = 0
-    published_incidents: int = 0
-    published_facts: int = 0
     subscribers: int = 0
     refused: int = 0  # subscriptions refused at the limit
     missed: dict[str, int] = field(default_factory=dict)  # by subscriber id: items lost to gaps
@@ -183,13 +186,14 @@ class TooManySubscribers(RuntimeError):
 
 
 class Broker:
-    def __init__(self, capacity: int = 65536, max_subscribers: int = 64) -> None:
+    def __init__(self, capacity: int = 65536, max_subscribers: int = 64, slice_size: int = 512) -> None:
         self.capacity = capacity
         self.max_subscribers = max_subscribers
-        self._ring: deque[Item] = deque(maxlen=capacity)
+        self.slice_size = slice_size
+        self._ring: deque[Entry] = deque(maxlen=capacity)
         self._next_seq = 0
-        self._published = NOTHING  # everything published so far
-        self._last_cursor = 0  # of the last journaled record published
+        self._published = NOTHING  # everything published so far, holes included
+        self._last_cursor = 0  # of the last journaled record published (or lost)
         self._lock = threading.Lock()
         self._subscriptions: dict[int, Subscription] = {}
         self._ids = 0
@@ -205,62 +209,33 @@ class Broker:
         with self._lock:
             self._last_cursor = max(self._last_cursor, cursor)
 
-    @property
-    def wants_events(self) -> bool:
-        return any(s.filter.events for s in list(self._subscriptions.values()))
+    def wants(self) -> tuple[bool, bool, bool]:
+        """Whether any subscriber wants events, facts, lineage: the aggregator converts only those."""
+        filters = [s.filter for s in list(self._subscriptions.values())]
+        return (any(f.events for f in filters), any(f.facts for f in filters),
+                any(f.needs_lineage for f in filters))
 
-    @property
-    def wants_facts(self) -> bool:
-        return any(s.filter.facts for s in list(self._subscriptions.values()))
+    # -- the hand-over's side -------------------------------------------------------------
 
-    @property
-    def wants_lineage(self) -> bool:
-        return any(s.filter.needs_lineage for s in list(self._subscriptions.values()))
-
-    # -- the aggregator's side ------------------------------------------------------------
-
-    def publish(self, items: list[Item]) -> None:
-        """Append items (events, facts, alerts, sensor gaps, incidents) with their filter keys;
-        never blocks on subscribers.
-
-        Journaled records must come in cursor order: a subscriber that passed cursor N skips any
-        record at or below it, so one that came late would be lost to it (ValueError instead)."""
-        if not items:
-            return
+    def publish(self, entries: list[Entry], lost: Tally = NOTHING, lost_cursor: int = 0) -> None:
+        """Append entries after a hole of `lost` items (the last journaled one at `lost_cursor`),
+        if any; never blocks on subscribers."""
+        if lost != NOTHING:
+            entries = [Entry(EVENT, lost=lost, cursor=lost_cursor), *entries]
         with self._lock:
-            self._last_cursor = self._in_order(items)
-            for item in items:
-                self._ring.append(dataclasses.replace(item, seq=self._next_seq, before=self._published))
+            self._last_cursor = max(self._last_cursor, lost_cursor)  # records journaled before it started, too
+            if not entries:
+                return
+            for entry in entries:
+                entry.seq, entry.before = self._next_seq, self._published
+                self._ring.append(entry)
                 self._next_seq += 1
-                self._published = self._published.after(item)
-                self._count(item)
+                self._published = self._published.plus(entry.weight)
+                self._last_cursor = max(self._last_cursor, entry.cursor)
             wake = not self._wake_pending and self._loop is not None and bool(self._subscriptions)
             self._wake_pending = self._wake_pending or wake
         if wake and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake_all)
-
-    def _in_order(self, items: list[Item]) -> int:
-        """The last cursor among these items, once they are known to follow the ones published."""
-        last = self._last_cursor
-        for cursor in (item.cursor for item in items if item.cursor):
-            if cursor <= last:
-                raise ValueError(f"journal record {cursor} published after record {last}: journal and publish "
-                                 "records from one thread, each right after it is journaled")
-            last = cursor
-        return last
-
-    def _count(self, item: Item) -> None:
-        stats = self.stats
-        if item.alert is not None:
-            stats.published_alerts += 1
-        elif item.sensor_gap is not None:
-            stats.published_sensor_gaps += 1
-        elif item.incident is not None:
-            stats.published_incidents += 1
-        elif item.fact is not None:
-            stats.published_facts += 1
-        else:
-            stats.published_events += 1
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -288,37 +263,52 @@ class Broker:
             self._subscriptions.pop(subscription.id, None)
             self.stats.subscribers = len(self._subscriptions)
 
-    def take(self, subscription: Subscription, limit: int = 512) -> tuple[Behind | None, list[Item]]:
-        """The next items for a subscriber (unfiltered), and whether it fell behind first."""
+    def take(self, subscription: Subscription) -> tuple[Behind | None, list[Entry]]:
+        """The next entries for a subscriber (unfiltered), and whether it fell behind first.
+
+        Slices end on multiples of the slice size, so that subscribers reading at the same
+        place get the same slice and can share what is made of it."""
         with self._lock:
             behind = None
             oldest = self._ring[0].seq if self._ring else self._next_seq
             if subscription.position < oldest:
                 behind = self._fell_behind(subscription, oldest)
             start = subscription.position - oldest
-            items = [self._ring[i] for i in range(start, min(start + limit, len(self._ring)))]
-            if items:
-                last = items[-1]
+            end = min((subscription.position // self.slice_size + 1) * self.slice_size - oldest, len(self._ring))
+            entries = [self._ring[i] for i in range(start, end)]
+            if entries:
+                last = entries[-1]
                 subscription.position = last.seq + 1
-                subscription.before = last.before.after(last)
+                subscription.before = last.before.plus(last.weight)
             else:
                 subscription.wakeup.clear()
-        return behind, items
+        return behind, entries
 
     def _fell_behind(self, subscription: Subscription, oldest: int) -> Behind:
         at_oldest = self._ring[0].before if self._ring else self._published
         lost = at_oldest.since(subscription.before)
-        events = oldest - subscription.position - sum(lost)
-        behind = Behind(events, lost.alerts, lost.sensor_gaps, lost.incidents, lost.facts)
         subscription.position, subscription.before = oldest, at_oldest
+        return self._missed(subscription, lost, handover=False)
+
+    def passed_hole(self, subscription: Subscription, hole: Entry) -> Behind:
+        """A subscriber read past a hole: what it missed there."""
+        with self._lock:
+            return self._missed(subscription, hole.lost or NOTHING, handover=True)
+
+    def _missed(self, subscription: Subscription, lost: Tally, handover: bool) -> Behind:
         subscription.gaps += 1
-        subscription.missed_events += events
+        subscription.missed_events += lost.events
         subscription.missed_alerts += lost.alerts + lost.sensor_gaps
         subscription.missed_incidents += lost.incidents
         subscription.missed_facts += lost.facts
         self.stats.missed[str(subscription.id)] = subscription.missed
-        return behind
+        return Behind(lost.events, lost.alerts, lost.sensor_gaps, lost.incidents, lost.facts, handover)
 
     def subscriptions(self) -> list[Subscription]:
         with self._lock:
             return list(self._subscriptions.values())
+
+    def backlog(self) -> list[int]:
+        """How many entries each subscriber has not taken yet."""
+        with self._lock:
+            return [self._next_seq - s.position for s in self._subscriptions.values()]

@@ -8,9 +8,9 @@ Anything a client sends is shown back shortened and ASCII-escaped.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -53,6 +53,27 @@ class Malformed:
     """What the server's deserializer hands over for bytes that are not the request message."""
 
     message_type: str  # gpusentry.v1.ListAlertsRequest
+
+
+def tolerant(request_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """A deserializer that never raises: bytes that are not a request become Malformed, which
+    the method refuses with INVALID_ARGUMENT (a raising one would make gRPC answer UNKNOWN)."""
+    def deserialize(data: bytes) -> Message | Malformed:
+        try:
+            return request_type.FromString(data)
+        except Exception:  # DecodeError, or anything else a parser may raise on hostile bytes
+            return Malformed(request_type.DESCRIPTOR.full_name)
+
+    return deserialize
+
+
+async def refuse(context: grpc.aio.ServicerContext, error: InvalidRequest) -> NoReturn:
+    await end_call(context, error.code, str(error))
+
+
+async def end_call(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("abort() ends the call by raising")  # for the type checker: it never returns
 
 
 @dataclass(frozen=True)

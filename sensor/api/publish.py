@@ -14,16 +14,18 @@ from sensor import events as ev
 from sensor.aggregator.aggregator import Observation
 from sensor.aggregator.process_table import Process
 from sensor.api import convert
-from sensor.api.broker import Item
+from sensor.api.handover import Item
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.incidents import IncidentBook
+from sensor.rules.model import RuleSet
 
 
 class Publisher:
     def __init__(self, state: ApiState) -> None:
         self.state = state
         self.clock = state.clock
+        self._ruleset = self._rules()  # what the API's stream process checks subscriptions against
 
     def publish(self, obs: Observation, alerts: list[pb.Alert], book: IncidentBook) -> list[pb.Incident]:
         """Journal and publish one observation's alerts (converted: convert.alert) and the
@@ -50,7 +52,19 @@ class Publisher:
         items += self._live(obs, "event", broker.wants_events, self._events)
         items += self._live(obs, "fact", broker.wants_facts, self._facts)
         broker.publish(items)
+        self._rules_changed()
         return versions
+
+    def _rules_changed(self) -> None:
+        """After a reload, subscriptions are checked against the new rules (in another process)."""
+        ruleset = self._rules()
+        if ruleset is not self._ruleset:
+            self._ruleset = ruleset
+            self.state.broker.rules([r.id for r in ruleset.rules] if ruleset is not None else [])
+
+    def _rules(self) -> RuleSet | None:
+        detector = self.state.aggregator.detector
+        return detector.engine.ruleset if detector is not None else None
 
     def _live(self, obs: Observation, kind: str, subscribed: bool,
               convert: Callable[[Observation, bool], list[Item]]) -> list[Item]:

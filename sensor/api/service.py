@@ -1,4 +1,6 @@
-"""The gpusentry.v1.Sensor service: subscriptions, alert and incident pages, processes and status.
+"""The gpusentry.v1.Sensor service's unary methods, in the aggregator's process: alert and
+incident pages, processes and status. The API's stream process serves the public endpoint
+and Subscribe (sensor/api/subscribe.py), and forwards these here, as bytes.
 
 Requests are checked before anything else happens (sensor/api/filters.py): a bad field is
 INVALID_ARGUMENT naming it, and bytes that are not a request at all are INVALID_ARGUMENT too,
@@ -11,37 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
-from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from sensor import events as ev
 from sensor.aggregator.process_table import Process
 from sensor.api import convert
-from sensor.api.broker import Behind, Item, Subscription, TooManySubscribers, record_matches
 from sensor.api.filters import (
-    Filter,
     InvalidRequest,
     Malformed,
     alert_page,
+    end_call,
     incident_page,
     process_lookup,
+    refuse,
     status_request,
-    subscription,
+    tolerant,
 )
 from sensor.api.state import ApiState
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.api.v1 import gpusentry_pb2_grpc as pb_grpc
-from sensor.journal import Record
 from sensor.outward import this_host
 from sensor.rules.status import rule_statuses
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Sensor"]
-REPLAY_PAGE = 500
-EVENTS_PER_MESSAGE = 256
 
 
 class SensorService(pb_grpc.SensorServicer):
@@ -52,59 +49,6 @@ class SensorService(pb_grpc.SensorServicer):
         detector = self.state.aggregator.detector
         return {r.id for r in detector.engine.ruleset.rules} if detector is not None else set()
 
-    # -- Subscribe ------------------------------------------------------------------------
-
-    async def Subscribe(self, request: pb.SubscribeRequest | Malformed,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.SubscribeResponse]:
-        try:
-            wanted = subscription(request, self._rule_ids())
-        except InvalidRequest as exc:
-            await _refuse(context, exc)
-        try:
-            subscriber = self.state.broker.subscribe(wanted)
-        except TooManySubscribers as exc:
-            await _end(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"{exc}; try again later, or start the agent with a higher --max-subscribers")
-        try:
-            journal_end = await asyncio.to_thread(self.state.journal.last_cursor)
-            yield pb.SubscribeResponse(subscribed=_start(subscriber, wanted, max(journal_end, subscriber.last_cursor)))
-            if wanted.since_cursor is not None:
-                async for response in self._replay(subscriber, wanted):
-                    yield response
-            async for response in self._live(subscriber, wanted):
-                yield response
-        finally:
-            self.state.broker.unsubscribe(subscriber)
-
-    async def _live(self, subscriber: Subscription, wanted: Filter) -> AsyncIterator[pb.SubscribeResponse]:
-        broker = self.state.broker
-        while True:
-            behind, items = broker.take(subscriber)
-            if behind is not None:
-                yield _gap(behind, subscriber)
-                async for response in self._replay(subscriber, wanted):
-                    yield response
-            for response in _deliver(items, subscriber, wanted):
-                yield response
-            if not items:
-                await subscriber.wakeup.wait()
-
-    async def _replay(self, subscriber: Subscription, wanted: Filter) -> AsyncIterator[pb.SubscribeResponse]:
-        """Journaled records after the subscriber's last one, up to the journal's end now."""
-        if not wanted.journaled:
-            return  # only alerts, incidents and sensor gaps are journaled
-        journal = self.state.journal
-        end = await asyncio.to_thread(journal.last_cursor)
-        while subscriber.last_cursor < end:
-            page = await asyncio.to_thread(journal.records, subscriber.last_cursor, REPLAY_PAGE, up_to=end)
-            if not page:
-                break
-            for record in page:
-                subscriber.last_cursor = record.cursor
-                if record_matches(record, wanted):
-                    subscriber.delivered += 1
-                    yield _response(record)
-
     # -- ListAlerts -----------------------------------------------------------------------
 
     async def ListAlerts(self, request: pb.ListAlertsRequest | Malformed,
@@ -113,7 +57,7 @@ class SensorService(pb_grpc.SensorServicer):
         try:
             page = alert_page(request, self._rule_ids(), await asyncio.to_thread(journal.last_cursor))
         except InvalidRequest as exc:
-            await _refuse(context, exc)
+            await refuse(context, exc)
         records = await asyncio.to_thread(journal.records, page.after_cursor, page.size, page.rule_ids,
                                           page.min_severity, page.since_ns, page.until_ns, incidents=False)
         # the page ends at its last record when it is full: gaps and alerts after it come next time
@@ -130,7 +74,7 @@ class SensorService(pb_grpc.SensorServicer):
         try:
             page = incident_page(request, await asyncio.to_thread(journal.last_cursor))
         except InvalidRequest as exc:
-            await _refuse(context, exc)
+            await refuse(context, exc)
         incidents = await asyncio.to_thread(journal.incidents, page.after_cursor, page.size, page.min_severity,
                                             page.since_ns, page.until_ns, page.incident_id)
         # as for alerts: a full page ends at its last incident, and the next page starts after it
@@ -144,14 +88,14 @@ class SensorService(pb_grpc.SensorServicer):
         try:
             key, value = process_lookup(request)
         except InvalidRequest as exc:
-            await _refuse(context, exc)
+            await refuse(context, exc)
         state = self.state
         with state.lock:
             table = state.aggregator.table
             proc = table.find_exec_id(value) if isinstance(value, str) else table.by_pid(value)
             response = self._process_response(proc) if proc is not None else None
         if response is None:
-            await _end(context, grpc.StatusCode.NOT_FOUND, f"{key}: no process with {key} {value} is known")
+            await end_call(context, grpc.StatusCode.NOT_FOUND, f"{key}: no process with {key} {value} is known")
         return response
 
     def _process_response(self, proc: Process) -> pb.GetProcessResponse:
@@ -172,7 +116,7 @@ class SensorService(pb_grpc.SensorServicer):
         try:
             status_request(request)
         except InvalidRequest as exc:
-            await _refuse(context, exc)
+            await refuse(context, exc)
         state = self.state
         with state.lock:
             status = status_of(state)
@@ -181,100 +125,6 @@ class SensorService(pb_grpc.SensorServicer):
         status.incidents = await asyncio.to_thread(state.journal.incident_count)
         status.last_cursor = await asyncio.to_thread(state.journal.last_cursor)
         return status
-
-
-async def _refuse(context: grpc.aio.ServicerContext, error: InvalidRequest) -> NoReturn:
-    await _end(context, error.code, str(error))
-
-
-async def _end(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
-    await context.abort(code, details)
-    raise AssertionError("abort() ends the call by raising")  # for the type checker: it never returns
-
-
-def _start(subscriber: Subscription, wanted: Filter, journal_end: int) -> pb.Subscribed:
-    """Where the subscriber's stream begins, said in its first message: journal_last_cursor is
-    the last record published when it joined (what it gets live comes after it), which a
-    record journaled since (`journal_end`) may only pass for the past-the-end check."""
-    since = wanted.since_cursor
-    joined = subscriber.last_cursor
-    if since is None:
-        return pb.Subscribed(journal_last_cursor=joined)
-    if since > journal_end:
-        # A cursor from another journal (a damaged one moved aside, a new one started at 1):
-        # taken literally it would hide every new record up to it, live ones included. The
-        # subscriber goes on from now, after what came before it subscribed, and is told so.
-        return pb.Subscribed(
-            journal_last_cursor=joined, replay_after_cursor=joined,
-            note=f"since_cursor: {since} is past the journal's end ({journal_end}): this journal is not the one "
-                 "that cursor came from (was it replaced?); the stream continues from now")
-    subscriber.last_cursor = since
-    return pb.Subscribed(journal_last_cursor=joined, replay_after_cursor=since)
-
-
-def _deliver(items: list[Item], subscriber: Subscription, wanted: Filter) -> Iterator[pb.SubscribeResponse]:
-    """Live items as responses: events and facts batched, journaled records each on their own, in order."""
-    batch = _Batch()
-    for item in items:
-        if item.cursor:
-            if item.cursor <= subscriber.last_cursor:
-                continue  # replayed from the journal already, or from before the subscription
-            subscriber.last_cursor = item.cursor
-        if not item.matches(wanted):
-            continue
-        subscriber.delivered += 1
-        record = item.record
-        if record is None:
-            yield from batch.add(item)
-            continue
-        yield from batch.flush()  # what came before the record goes first: order is kept
-        yield _response(record)
-    yield from batch.flush()
-
-
-class _Batch:
-    """Consecutive events, or consecutive facts, as one message each: one message per item would
-    cap a stream at a few thousand a second."""
-
-    def __init__(self) -> None:
-        self.events: list[pb.Event] = []
-        self.facts: list[pb.Fact] = []
-
-    def add(self, item: Item) -> Iterator[pb.SubscribeResponse]:
-        if item.event is not None:
-            if self.facts:
-                yield from self.flush()
-            self.events.append(item.event)
-        elif item.fact is not None:
-            if self.events:
-                yield from self.flush()
-            self.facts.append(item.fact)
-        if len(self.events) + len(self.facts) == EVENTS_PER_MESSAGE:
-            yield from self.flush()
-
-    def flush(self) -> Iterator[pb.SubscribeResponse]:
-        if self.events:
-            yield pb.SubscribeResponse(events=pb.Events(events=self.events))
-        if self.facts:
-            yield pb.SubscribeResponse(facts=pb.Facts(facts=self.facts))
-        self.events, self.facts = [], []
-
-
-def _response(record: Record) -> pb.SubscribeResponse:
-    if isinstance(record, pb.Alert):
-        return pb.SubscribeResponse(alert=record)
-    if isinstance(record, pb.Incident):
-        return pb.SubscribeResponse(incident=record)
-    return pb.SubscribeResponse(sensor_gap=record)
-
-
-def _gap(behind: Behind, subscriber: Subscription) -> pb.SubscribeResponse:
-    return pb.SubscribeResponse(gap=pb.Gap(
-        missed_events=behind.missed_events, missed_alerts=behind.missed_alerts,
-        missed_sensor_gaps=behind.missed_sensor_gaps, missed_incidents=behind.missed_incidents,
-        missed_facts=behind.missed_facts, resume_cursor=subscriber.last_cursor,
-        reason="this subscriber fell behind the sensor; missed alerts, incidents and sensor gaps follow from the "
-               "journal"))
 
 
 # -- registration ---------------------------------------------------------------------------
@@ -286,26 +136,19 @@ def add_sensor_service(service: SensorService, server: grpc.aio.Server) -> None:
     with INVALID_ARGUMENT, where the generated code lets gRPC answer with the parser's exception
     (UNKNOWN under grpc.aio, INTERNAL elsewhere). Built from the service's descriptor, so a
     method added to the proto is registered too."""
-    handlers = {method.name: _handler(service, method) for method in SERVICE.methods}
+    handlers = {method.name: _handler(service, method) for method in SERVICE.methods if not method.server_streaming}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
-def _handler(service: SensorService, method: Any) -> grpc.RpcMethodHandler:
+def _handler(service: object, method: Any) -> grpc.RpcMethodHandler:
     request_type, response_type = GetMessageClass(method.input_type), GetMessageClass(method.output_type)
-    make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-    return make(getattr(service, method.name), request_deserializer=_tolerant(request_type),
-                response_serializer=response_type.SerializeToString)
-
-
-def _tolerant(request_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
-    def deserialize(data: bytes) -> Message | Malformed:
-        try:
-            return request_type.FromString(data)
-        except Exception:  # DecodeError, or anything else a parser may raise on hostile bytes
-            return Malformed(request_type.DESCRIPTOR.full_name)
-
-    return deserialize
+    if method.server_streaming:  # Subscribe's responses are bytes already (sensor/api/subscribe.py)
+        return grpc.unary_stream_rpc_method_handler(getattr(service, method.name),
+                                                    request_deserializer=tolerant(request_type))
+    return grpc.unary_unary_rpc_method_handler(getattr(service, method.name),
+                                               request_deserializer=tolerant(request_type),
+                                               response_serializer=response_type.SerializeToString)
 
 
 def status_of(state: ApiState) -> pb.Status:
@@ -348,6 +191,8 @@ def status_of(state: ApiState) -> pb.Status:
         drops.append(pb.DropCounter(hop="sinks", what="events and facts not handed to the sinks (queue full)",
                                     count=state.sinks.handoff_dropped))
     broker = state.broker
+    drops.append(pb.DropCounter(hop="subscribers", what="items not handed to the API's stream process (it was behind; "
+                                "every subscriber got a gap)", count=sum(broker.stats.dropped)))
     drops += [pb.DropCounter(hop="subscribers", what=f"subscriber {sid}: items missed", count=n)
               for sid, n in sorted(broker.stats.missed.items())]
     drops.append(pb.DropCounter(hop="subscribers", what="subscriptions refused at the limit",

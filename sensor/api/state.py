@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 
 from sensor.aggregator.aggregator import Aggregator
-from sensor.api.broker import Broker
 from sensor.api.convert import Clock
+from sensor.api.handover import Handover
 from sensor.capture import StreamMeta
 from sensor.incidents import IncidentBook
 from sensor.journal import Journal
@@ -21,7 +21,7 @@ from sensor.sinks.sinkset import SinkSet
 class ApiState:
     aggregator: Aggregator
     journal: Journal
-    broker: Broker
+    broker: Handover  # to the API's stream process, which serves subscribers
     meta: StreamMeta
     lock: threading.Lock = field(default_factory=threading.Lock)
     started_ns: int = field(default_factory=time.time_ns)

@@ -364,6 +364,27 @@ def test_kill_9_of_the_aggregator_or_the_view_stops_the_probe_within_a_second(ag
     assert restarted.stop() == 0
 
 
+def test_kill_9_of_the_apis_stream_process_stops_the_agent_naming_it(agents: list[Agent]) -> None:
+    agent = Agent("--quiet", json_lines=False)
+    agents.append(agent)
+    sock = agent.tmp / "api.sock"
+    wait_until(lambda: sock.exists() and _status(sock).subscribers == 0, what="the API")
+    aggregator = agent.aggregator_pid
+    (stream,) = [int(pid) for task in Path(f"/proc/{aggregator}/task").iterdir()
+                 for pid in (task / "children").read_text().split()
+                 if b"sensor.api.stream" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    os.kill(stream, signal.SIGKILL)
+    assert agent.proc.wait(timeout=10) == 1  # noticed at the aggregator's next heartbeat
+    wait_until(lambda: sum(m.startswith("gpusentry: error") for m in agent.messages) == 2,
+               what="the aggregator's and the agent's last words")
+    errors = [m for m in agent.messages if m.startswith("gpusentry: error")]
+    # the aggregator names it; the agent then says that the aggregator stopped (or that the probe
+    # could not write to it, whichever it notices first)
+    assert errors[0] == (f"gpusentry: error: the API's stream process stopped (pid {stream}, killed by signal 9); "
+                         "fix: the agent stops; start it again (a supervisor restarts it)"), errors
+    psutil_wait(aggregator)
+
+
 MARKER_RULE = """rules:
   - id: {rule_id}
     title: Marker seen

@@ -15,7 +15,7 @@ import pytest
 from sensor import config
 from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.detector import DetectorConfig
-from sensor.api.broker import Broker
+from sensor.api.handover import Handover
 from sensor.api.state import ApiState
 from sensor.capture import StreamMeta
 from sensor.cli import build_parser, configure
@@ -43,7 +43,7 @@ def no_default_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[ApiState]:
     journal = Journal(tmp_path / "journal.db")
-    yield ApiState(Aggregator(rules=load_rules([])), journal, Broker(), StreamMeta())
+    yield ApiState(Aggregator(rules=load_rules([])), journal, Handover(), StreamMeta())
     journal.close()
 
 
