@@ -91,7 +91,7 @@ class Watch:
         while True:
             if self.signalled is not None:
                 return Stop(f"stopped by {self.signalled}")
-            if probe_failed.is_set():
+            if probe_failed.is_set() and not _aggregator_gone_first(errors, aggregator):
                 cause = f"the probe failed: {errors[0] if errors else 'unknown'}"
                 return Stop(cause, RuntimeFailure(cause, "start the agent again; report it if it recurs"))
             if aggregator is not None and aggregator.poll() is not None:
@@ -103,6 +103,15 @@ class Watch:
                 return Stop(f"stopped after {self.duration:g} s")
             self._wake.wait(POLL_S)
             waited += POLL_S
+
+
+def _aggregator_gone_first(errors: list[BaseException], aggregator: subprocess.Popen[bytes] | None) -> bool:
+    """The probe's writes failed because the aggregator had died: name the aggregator, the cause."""
+    if aggregator is None or not errors or not isinstance(errors[0], BrokenPipeError):
+        return False
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        aggregator.wait(timeout=POLL_S)  # a dead reader's exit status may lag its closed pipe
+    return aggregator.poll() is not None
 
 
 def _view_ended(viewer: subprocess.Popen[bytes]) -> Stop:
@@ -206,7 +215,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     load_detection(args)  # an invalid rule file, API setting or journal stops the agent before anything starts
     endpoint_of(args)
-    program.preflight()  # privileges first: without them, nothing below is the real problem
+    # privileges first: without them, nothing below is the real problem; BCC only found here, not
+    # imported (the probe's loader child imports it: sensor/probe/loader.py)
+    program.preflight(load_bcc=False)
     if args.socket != "none" and answers(Path(args.socket)):
         raise socket_in_use(Path(args.socket))  # here, one line; in the aggregator it would be two
     view = args.view if args.view is not None else (sys.stdout.isatty() and not args.json)

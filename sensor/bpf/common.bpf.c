@@ -29,6 +29,18 @@
 #define DECISIVE_PAGES RINGBUF_PAGES
 #endif
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+/* Records are submitted without waking the reader (BPF_RB_NO_WAKEUP): it drains both rings on
+ * a short timer instead (FLUSH_S in sensor/probe/probe.py), so a thousand records a second cost
+ * the agent a few dozen wake-ups, not a thousand. Only an exec wakes it (RB_WAKE), with
+ * everything waiting before it: the probe reads the new process's /proc (its binary, its
+ * container) and a short-lived one is gone within milliseconds. */
+#ifndef RB_FLAGS
+#define RB_FLAGS BPF_RB_NO_WAKEUP
+#endif
+/* Forced: the default wakes only when the reader has read everything before this record, and a
+ * fork record (submitted without a wake-up) is usually just before. */
+#define RB_WAKE BPF_RB_FORCE_WAKEUP
 BPF_RINGBUF_OUTPUT(decisive, DECISIVE_PAGES);
 
 /* Network records one process may put on the decisive ring per window (2^30 ns, about 1 s):
@@ -71,7 +83,7 @@ static __always_inline int decisive_take(u32 tgid)
 }
 
 /* A record's room on the ring it belongs to (decisive or not); 0 when that ring is full.
- * `events.ringbuf_submit(rec, 0)` then submits it whichever ring it is on: the kernel finds
+ * `events.ringbuf_submit(rec, RB_FLAGS)` then submits it whichever ring it is on: the kernel finds
  * the ring from the record. */
 static __always_inline void *reserve_on(int on_decisive, u32 size)
 {

@@ -120,11 +120,48 @@ static __always_inline void *fd_to_file(s32 fd)
 	void *task = (void *)bpf_get_current_task();
 	void *files = (void *)read_kptr(task, OFF_TASK_FILES);
 	void *fdt = (void *)read_kptr(files, OFF_FILES_FDT);
-	u32 max_fds = read_ku32(fdt, OFF_FDT_MAX_FDS);
+	if (!fdt)
+		return 0;
+	u32 max_fds;
+	void *fd_array;
+	if (OFF_FDT_MAX_FDS == 0 && OFF_FDT_FD == 8) {
+		/* struct fdtable starts {max_fds, fd}: both in one read. */
+		union {
+			u64 words[2];
+			u32 halves[4];
+		} head = {};
+		bpf_probe_read_kernel(&head, sizeof(head), fdt);
+		max_fds = head.halves[0];
+		fd_array = (void *)head.words[1];
+	} else {
+		max_fds = read_ku32(fdt, OFF_FDT_MAX_FDS);
+		fd_array = (void *)read_kptr(fdt, OFF_FDT_FD);
+	}
 	if ((u32)fd >= max_fds)
 		return 0;
-	void *fd_array = (void *)read_kptr(fdt, OFF_FDT_FD);
 	return (void *)read_kptr(fd_array, (u32)fd * 8);
+}
+
+struct file_links {
+	void *inode;
+	void *dentry;
+};
+
+/* file->f_inode and f_path.dentry: one read of the span between them when it is short. */
+static __always_inline struct file_links read_file_links(const void *file)
+{
+	struct file_links links = {};
+	if (OFF_FILE_DENTRY > OFF_FILE_INODE && OFF_FILE_DENTRY - OFF_FILE_INODE <= 56 &&
+	    (OFF_FILE_DENTRY - OFF_FILE_INODE) % 8 == 0) {
+		u64 span[8] = {};
+		bpf_probe_read_kernel(span, OFF_FILE_DENTRY - OFF_FILE_INODE + 8, (const char *)file + OFF_FILE_INODE);
+		links.inode = (void *)span[0];
+		links.dentry = (void *)span[((OFF_FILE_DENTRY - OFF_FILE_INODE) / 8) & 7];
+		return links;
+	}
+	links.inode = (void *)read_kptr(file, OFF_FILE_INODE);
+	links.dentry = (void *)read_kptr(file, OFF_FILE_DENTRY);
+	return links;
 }
 
 /* "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset" or "nvidia<N>". */
@@ -185,8 +222,20 @@ static __always_inline u8 kind_from_rdev(u32 rdev, u32 *minor)
 	return GPU_NONE;
 }
 
-static __always_inline void classify_file(void *file, void *inode, struct gpu_file *out)
+/* Whether a dentry's name can be an NVIDIA device's: its first bytes are "nvidia". One small
+ * read, where the whole name is a string copy: most files a host opens fail here. */
+static __always_inline int named_like_nvidia(const char *name)
 {
+	char head[8] = {};
+	if (!name || bpf_probe_read_kernel(head, 6, name) < 0)
+		return 0;
+	return head[0] == 'n' && head[1] == 'v' && head[2] == 'i' && head[3] == 'd' && head[4] == 'i' &&
+	       head[5] == 'a';
+}
+
+static __always_inline void classify_file(void *file, struct file_links *links, struct gpu_file *out)
+{
+	void *inode = links->inode;
 	out->file = (u64)file;
 	out->inode = (u64)inode;
 	out->kind = GPU_NONE;
@@ -196,9 +245,11 @@ static __always_inline void classify_file(void *file, void *inode, struct gpu_fi
 	out->kind = kind_from_rdev(read_ku32(inode, OFF_INODE_RDEV), &out->minor);
 	if (out->kind != GPU_NONE)
 		return;
+	const char *dname = (const char *)read_kptr(links->dentry, OFF_DENTRY_NAME);
+	if (!named_like_nvidia(dname))
+		return;
 	char name[24] = {};
-	void *dentry = (void *)read_kptr(file, OFF_FILE_DENTRY);
-	bpf_probe_read_kernel_str(name, sizeof(name), (void *)read_kptr(dentry, OFF_DENTRY_NAME));
+	bpf_probe_read_kernel_str(name, sizeof(name), dname);
 	out->kind = kind_from_name(name, &out->minor);
 	out->by_name = out->kind != GPU_NONE;
 }
@@ -210,14 +261,14 @@ static __always_inline int gpu_file_of(u32 tgid, s32 fd, struct gpu_file *out, i
 	void *file = fd_to_file(fd);
 	if (!file)
 		return 0;
-	void *inode = (void *)read_kptr(file, OFF_FILE_INODE);
+	struct file_links links = read_file_links(file);
 	struct fd_key key = {.tgid = tgid, .fd = fd};
 	struct gpu_file *cached = fresh ? 0 : gpu_fd_cache.lookup(&key);
-	if (cached && cached->file == (u64)file && cached->inode == (u64)inode) {
+	if (cached && cached->file == (u64)file && cached->inode == (u64)links.inode) {
 		*out = *cached;
 		return out->kind != GPU_NONE;
 	}
-	classify_file(file, inode, out);
+	classify_file(file, &links, out);
 	/* At open, only GPU verdicts are worth a cache entry: most opens on a host are not GPUs,
 	 * an ioctl classifies its fd anyway, and the inode check makes a stale entry harmless. */
 	if (!fresh || out->kind != GPU_NONE)
@@ -501,7 +552,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 	if (reason) {
 		if (take_budget(tgid, rec->hdr.ts)) {
 			rec->reason = reason;
-			if (decisive.ringbuf_output(rec, sizeof(*rec), 0) < 0)
+			if (decisive.ringbuf_output(rec, sizeof(*rec), RB_FLAGS) < 0)
 				count_drop(REC_GPU_IOCTL);
 		} else {
 			suppressed = 1;
@@ -516,12 +567,13 @@ static __always_inline int gpu_open_exit(long ret)
 {
 	if (ret < 0)
 		return 0;
-	u64 id = bpf_get_current_pid_tgid();
-	u32 tgid = id >> 32;
-	if (is_self(tgid))
-		return 0;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct gpu_file file;
 	if (!gpu_file_of(tgid, ret, &file, 1))
+		return 0;
+	/* Only now: the agent's own opens are as rarely GPUs as anyone's, and the check is a
+	 * map lookup that every other open on the host would pay. */
+	if (is_self(tgid))
 		return 0;
 	if (!take_budget(tgid, bpf_ktime_get_boot_ns()))
 		return 0;
@@ -537,7 +589,7 @@ static __always_inline int gpu_open_exit(long ret)
 	rec->_pad = 0;
 	rec->minor = file.minor;
 	rec->_pad2 = 0;
-	events.ringbuf_submit(rec, 0);
+	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }
 

@@ -18,6 +18,8 @@ struct connect_args {
 	u64 uaddr;
 	s32 fd;
 	u32 addrlen;
+	u32 pending; /* set at entry, cleared at exit */
+	u32 _pad;
 };
 
 struct accept_args {
@@ -34,6 +36,10 @@ struct sock_owner {
 	u32 _pad;
 };
 
+/* Per thread, the arguments of its connect() under way. An entry outlives the call and the
+ * thread's next connect rewrites it in place: a lookup takes no lock, where an update and a
+ * delete per call (an element allocation and two bucket locks each time) cost more than the
+ * rest of both programs. The LRU evicts the entries of threads that are gone. */
 LRU_HASH(connect_args_by_tid, u32, struct connect_args, 10240);
 LRU_HASH(accept_args_by_tid, u32, struct accept_args, 10240);
 /* Socket being connected -> the process that called connect(): the ESTABLISHED transition
@@ -68,7 +74,16 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
 	if (is_self(id >> 32))
 		return 0;
 	u32 tid = id;
-	struct connect_args saved = {.uaddr = (u64)args->uservaddr, .fd = args->fd, .addrlen = args->addrlen};
+	struct connect_args *slot = connect_args_by_tid.lookup(&tid);
+	if (slot) {
+		slot->uaddr = (u64)args->uservaddr;
+		slot->fd = args->fd;
+		slot->addrlen = args->addrlen;
+		slot->pending = 1;
+		return 0;
+	}
+	struct connect_args saved = {.uaddr = (u64)args->uservaddr, .fd = args->fd, .addrlen = args->addrlen,
+				     .pending = 1};
 	connect_args_by_tid.update(&tid, &saved);
 	return 0;
 }
@@ -77,10 +92,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 {
 	u32 tid = bpf_get_current_pid_tgid();
 	struct connect_args *saved = connect_args_by_tid.lookup(&tid);
-	if (!saved)
+	if (!saved || !saved->pending)
 		return 0;
 	struct connect_args call = *saved;
-	connect_args_by_tid.delete(&tid);
+	saved->pending = 0;
 	u8 sockaddr[SOCKADDR_LEN];
 	__builtin_memset(sockaddr, 0, SOCKADDR_LEN);
 	u32 len = call.addrlen;
@@ -103,7 +118,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
 	__builtin_memcpy(rec->sockaddr, sockaddr, SOCKADDR_LEN);
 	if (unreadable)
 		rec->hdr.flags = 1; /* address unreadable */
-	events.ringbuf_submit(rec, 0);
+	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }
 
@@ -146,7 +161,7 @@ static __always_inline int accept_exit(long ret)
 	rec->addrlen = len;
 	if (len && bpf_probe_read_user(rec->sockaddr, len & (SOCKADDR_LEN * 2 - 1), (void *)call.uaddr) < 0)
 		rec->hdr.flags = 1;
-	events.ringbuf_submit(rec, 0);
+	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }
 
@@ -216,6 +231,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		__builtin_memcpy(rec->saddr, args->saddr, 4);
 		__builtin_memcpy(rec->daddr, args->daddr, 4);
 	}
-	events.ringbuf_submit(rec, 0);
+	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }

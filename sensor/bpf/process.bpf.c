@@ -21,8 +21,36 @@ LRU_HASH(exec_args_by_tid, u32, struct exec_args, 10240);
 #endif
 BPF_ARRAY(exec_scratch, struct exec_rec, NR_CPUS_POSSIBLE);
 
-/* Copy up to MAX_ARGS arguments, each cut at ARG_LEN, from an array of user pointers.
- * Each entry: u16 (length | ARGV_ENTRY_CUT), then the bytes. Returns bytes used. */
+/* Copy one argument, cut at ARG_LEN, to argv[] at *off: a u16 (length | ARGV_ENTRY_CUT), then
+ * the bytes. Returns the bytes the string really took in user memory with its NUL (when it
+ * was not cut), ARG_LEN + 2 when it was cut, or 0 when it could not be read or argv[] is full. */
+static __always_inline long copy_arg(struct exec_rec *rec, u64 *off, u64 arg)
+{
+	u64 text = (*off + 2) & (ARGV_SPAN - 1);
+	if (text < *off + 2)
+		return 0; /* full: cannot happen when ARGV_SPAN >= MAX_ARGS * (ARG_LEN + 2) */
+	/* Ask for one byte more than we keep, to know whether the argument was cut. */
+	long n = bpf_probe_read_user_str(&rec->argv[text], ARG_LEN + 2, (void *)arg);
+	if (n <= 0) {
+		rec->hdr.flags |= EXEC_ARGV_UNREAD;
+		return 0;
+	}
+	u64 len = n - 1;
+	u16 entry = len;
+	if (len > ARG_LEN) {
+		len = ARG_LEN;
+		entry = ARG_LEN | ARGV_ENTRY_CUT;
+		rec->hdr.flags |= EXEC_ARG_CUT;
+	}
+	rec->argv[text - 2] = entry & 0xff;
+	rec->argv[text - 1] = entry >> 8;
+	*off = (text + len) & (ARGV_SPAN - 1);
+	rec->argv_count++;
+	return n;
+}
+
+/* Up to MAX_ARGS arguments from an array of user pointers (a failed exec's argv). Returns the
+ * bytes used in argv[]. */
 static __always_inline u32 read_argv(struct exec_rec *rec, u64 ptr_array, u32 limit)
 {
 	u64 off = 0;
@@ -36,30 +64,94 @@ static __always_inline u32 read_argv(struct exec_rec *rec, u64 ptr_array, u32 li
 			rec->hdr.flags |= EXEC_ARGV_UNREAD;
 			break;
 		}
-		if (!arg)
+		if (!arg || !copy_arg(rec, &off, arg))
 			break;
-		u64 text = (off + 2) & (ARGV_SPAN - 1);
-		if (text < off + 2)
-			break; /* full: cannot happen when ARGV_SPAN >= MAX_ARGS * (ARG_LEN + 2) */
-		/* Ask for one byte more than we keep, to know whether the argument was cut. */
-		long n = bpf_probe_read_user_str(&rec->argv[text], ARG_LEN + 2, (void *)arg);
-		if (n <= 0) {
+	}
+	return off;
+}
+
+/* Up to MAX_ARGS arguments of a new image. The kernel laid the strings end to end from
+ * mm->arg_start and pointed argv[i] at each in turn (create_elf_tables), so the next argument
+ * starts where the last one's NUL ended: one read per argument, not two. Only after an
+ * argument cut at ARG_LEN, whose end is unknown, is the next pointer read from the array. */
+static __always_inline u32 read_arg_area(struct exec_rec *rec, u64 arg, u64 arg_end, u64 ptr_array, u32 limit)
+{
+	u64 off = 0;
+	u32 i;
+
+	for (i = 0; i < MAX_ARGS; i++) {
+		if (i >= limit || arg >= arg_end)
+			break;
+		long n = copy_arg(rec, &off, arg);
+		if (!n)
+			break;
+		if (n <= ARG_LEN + 1) {
+			arg += n;
+			continue;
+		}
+		if (bpf_probe_read_user(&arg, sizeof(arg), (void *)(ptr_array + (i + 1) * 8)) < 0) {
 			rec->hdr.flags |= EXEC_ARGV_UNREAD;
 			break;
 		}
-		u64 len = n - 1;
-		u16 entry = len;
-		if (len > ARG_LEN) {
-			len = ARG_LEN;
-			entry = ARG_LEN | ARGV_ENTRY_CUT;
-			rec->hdr.flags |= EXEC_ARG_CUT;
-		}
-		rec->argv[text - 2] = entry & 0xff;
-		rec->argv[text - 1] = entry >> 8;
-		off = (text + len) & (ARGV_SPAN - 1);
-		rec->argv_count++;
 	}
 	return off;
+}
+
+struct mm_args {
+	u64 start_stack;
+	u64 arg_start;
+	u64 arg_end;
+};
+
+/* mm->start_stack, arg_start and arg_end: one read when they lie in a row, as they do in
+ * every kernel since 2.6 (the offsets are constants from BTF, so the test folds away). */
+static __always_inline struct mm_args read_mm_args(const void *mm)
+{
+	struct mm_args area = {};
+	if (!mm)
+		return area;
+	if (OFF_MM_ARG_START == OFF_MM_START_STACK + 8 && OFF_MM_ARG_END == OFF_MM_START_STACK + 16) {
+		bpf_probe_read_kernel(&area, sizeof(area), (const char *)mm + OFF_MM_START_STACK);
+		return area;
+	}
+	area.start_stack = read_kptr(mm, OFF_MM_START_STACK);
+	area.arg_start = read_kptr(mm, OFF_MM_ARG_START);
+	area.arg_end = read_kptr(mm, OFF_MM_ARG_END);
+	return area;
+}
+
+/* task->loginuid and sessionid: one read when they lie in a row (they do: both audit). */
+static __always_inline void read_audit_ids(const void *task, struct exec_rec *rec)
+{
+	if (OFF_TASK_SESSIONID == OFF_TASK_LOGINUID + 4) {
+		u32 ids[2] = {};
+		bpf_probe_read_kernel(ids, sizeof(ids), (const char *)task + OFF_TASK_LOGINUID);
+		rec->loginuid = ids[0];
+		rec->sessionid = ids[1];
+		return;
+	}
+	rec->loginuid = read_ku32(task, OFF_TASK_LOGINUID);
+	rec->sessionid = read_ku32(task, OFF_TASK_SESSIONID);
+}
+
+/* The executable's inode number and its superblock's device. inode->i_sb and i_ino lie within
+ * a few words of each other: one read of the span between them, when it is short. */
+static __always_inline void read_exe_identity(const void *mm, struct exec_rec *rec)
+{
+	void *inode = (void *)read_kptr((void *)read_kptr(mm, OFF_MM_EXE_FILE), OFF_FILE_INODE);
+	if (!inode)
+		return;
+	void *sb = 0;
+	if (OFF_INODE_INO > OFF_INODE_SB && OFF_INODE_INO - OFF_INODE_SB <= 56 && (OFF_INODE_INO - OFF_INODE_SB) % 8 == 0) {
+		u64 span[8] = {};
+		bpf_probe_read_kernel(span, OFF_INODE_INO - OFF_INODE_SB + 8, (const char *)inode + OFF_INODE_SB);
+		sb = (void *)span[0];
+		rec->exe_ino = span[((OFF_INODE_INO - OFF_INODE_SB) / 8) & 7];
+	} else {
+		sb = (void *)read_kptr(inode, OFF_INODE_SB);
+		rec->exe_ino = read_kptr(inode, OFF_INODE_INO);
+	}
+	rec->exe_dev = read_ku32(sb, OFF_SB_DEV);
 }
 
 static __always_inline struct exec_rec *exec_rec_init(void)
@@ -84,8 +176,7 @@ static __always_inline struct exec_rec *exec_rec_init(void)
 	rec->argc = 0;
 	rec->argv_count = 0;
 	rec->argv_size = 0;
-	rec->loginuid = read_ku32(task, OFF_TASK_LOGINUID);
-	rec->sessionid = read_ku32(task, OFF_TASK_SESSIONID);
+	read_audit_ids(task, rec);
 	rec->netns = task_netns(task);
 	return rec;
 }
@@ -97,7 +188,7 @@ static __always_inline void exec_rec_send(struct exec_rec *rec, u32 argv_size)
 		size = sizeof(*rec);
 	rec->argv_size = argv_size;
 	rec->hdr.size = size;
-	if (decisive.ringbuf_output(rec, size, 0) < 0)
+	if (decisive.ringbuf_output(rec, size, RB_WAKE) < 0)
 		count_drop(REC_EXEC);
 }
 
@@ -118,14 +209,12 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 
 	void *task = (void *)bpf_get_current_task();
 	void *mm = (void *)read_kptr(task, OFF_TASK_MM);
-	void *exe_inode = (void *)read_kptr((void *)read_kptr(mm, OFF_MM_EXE_FILE), OFF_FILE_INODE);
-	rec->exe_ino = read_kptr(exe_inode, OFF_INODE_INO);
-	rec->exe_dev = read_ku32((void *)read_kptr(exe_inode, OFF_INODE_SB), OFF_SB_DEV);
+	read_exe_identity(mm, rec);
 
 	/* mm->start_stack points at argc, followed by the argv pointers (create_elf_tables). */
-	u64 stack = read_kptr(mm, OFF_MM_START_STACK);
+	struct mm_args area = read_mm_args(mm);
 	u64 argc = 0;
-	if (!stack || bpf_probe_read_user(&argc, sizeof(argc), (void *)stack) < 0) {
+	if (!area.start_stack || bpf_probe_read_user(&argc, sizeof(argc), (void *)area.start_stack) < 0) {
 		rec->hdr.flags |= EXEC_ARGV_UNREAD;
 		exec_rec_send(rec, 0);
 		return 0;
@@ -133,7 +222,7 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	rec->argc = argc;
 	if (argc > MAX_ARGS)
 		rec->hdr.flags |= EXEC_ARGV_TRUNCATED;
-	exec_rec_send(rec, read_argv(rec, stack + 8, argc));
+	exec_rec_send(rec, read_arg_area(rec, area.arg_start, area.arg_end, area.start_stack + 8, argc));
 	return 0;
 }
 
@@ -199,14 +288,42 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat)
 	return exec_exit(args->ret);
 }
 
+struct task_ids {
+	u32 pid;
+	u32 tgid;
+	void *real_parent;
+};
+
+/* task->pid, tgid and real_parent: one read when they lie within a few words of each other,
+ * as they do (pid, tgid, stack canary, real_parent). */
+static __always_inline struct task_ids read_task_ids(const void *task)
+{
+	struct task_ids ids = {};
+	if (OFF_TASK_TGID == OFF_TASK_PID + 4 && OFF_TASK_REAL_PARENT > OFF_TASK_PID &&
+	    OFF_TASK_REAL_PARENT - OFF_TASK_PID <= 24 && (OFF_TASK_REAL_PARENT - OFF_TASK_PID) % 8 == 0) {
+		union {
+			u64 words[4];
+			u32 halves[8];
+		} span = {};
+		bpf_probe_read_kernel(&span, OFF_TASK_REAL_PARENT - OFF_TASK_PID + 8, (const char *)task + OFF_TASK_PID);
+		ids.pid = span.halves[0];
+		ids.tgid = span.halves[1];
+		ids.real_parent = (void *)span.words[((OFF_TASK_REAL_PARENT - OFF_TASK_PID) / 8) & 3];
+		return ids;
+	}
+	ids.pid = read_ku32(task, OFF_TASK_PID);
+	ids.tgid = task_tgid(task);
+	ids.real_parent = (void *)read_kptr(task, OFF_TASK_REAL_PARENT);
+	return ids;
+}
+
 /* A raw tracepoint, for the child's task_struct: threads are skipped (they share the
  * process), and the child's start time and real parent are read from the child itself. */
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
 	void *child = (void *)ctx->args[1];
-	u32 child_pid = read_ku32(child, OFF_TASK_PID);
-	u32 child_tgid = task_tgid(child);
-	if (child_pid != child_tgid)
+	struct task_ids ids = read_task_ids(child);
+	if (ids.pid != ids.tgid)
 		return 0;
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (is_self(tgid))
@@ -217,10 +334,10 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 		return 0;
 	}
 	fill_hdr(&rec->hdr, REC_FORK, sizeof(*rec));
-	rec->child_pid = child_pid;
-	rec->parent_tgid = task_parent_tgid(child);
+	rec->child_pid = ids.pid;
+	rec->parent_tgid = task_tgid(ids.real_parent);
 	rec->child_start_ns = read_kptr(child, OFF_TASK_START_BOOTTIME);
-	events.ringbuf_submit(rec, 0);
+	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }
 
@@ -248,6 +365,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 	rec->exit_code = read_ku32(task, OFF_TASK_EXIT_CODE);
 	rec->_pad = 0;
 	rec->start_ns = read_kptr(task, OFF_TASK_START_BOOTTIME);
-	events.ringbuf_submit(rec, 0);
+	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }

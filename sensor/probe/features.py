@@ -7,6 +7,7 @@ cannot do without.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import subprocess
@@ -152,14 +153,21 @@ def check_headers() -> Check:
     )
 
 
-def check_bcc() -> Check:
+def check_bcc(load: bool = True) -> Check:
+    """BCC's Python bindings; without `load`, only found, not imported: importing maps BCC's
+    LLVM into the process for good, and the long-lived probe leaves that to its loader child."""
+    fix = ("apt-get install python3-bpfcc, and make the virtualenv with "
+           "/usr/bin/python3 -m venv --system-site-packages")
+    if not load:
+        spec = importlib.util.find_spec("bcc")
+        if spec is None or spec.origin is None:  # an empty bcc directory is a namespace package
+            return Check("bcc", False, "BCC's Python bindings are missing (no module named 'bcc')", fix)
+        return Check("bcc", True, f"bcc at {spec.origin}")
     try:
         import bcc
         from bcc import BPF  # noqa: F401 - an empty bcc directory imports as a namespace package
     except ImportError as exc:
-        return Check("bcc", False, f"BCC's Python bindings are missing ({exc})",
-                     "apt-get install python3-bpfcc, and make the virtualenv with "
-                     "/usr/bin/python3 -m venv --system-site-packages")
+        return Check("bcc", False, f"BCC's Python bindings are missing ({exc})", fix)
     return Check("bcc", True, f"bcc {getattr(bcc, '__version__', '?')}")
 
 

@@ -23,16 +23,23 @@ class Lanes:
         self._lanes: tuple[deque[Item], deque[Item]] = (deque(), deque())  # decisive, bulk
         self._ready = threading.Condition()
 
-    def put(self, item: Item, decisive: bool, timeout: float | None = None) -> bool:
-        """Add to a lane; False when it stayed full (no wait without a timeout)."""
+    def put(self, item: Item, decisive: bool, timeout: float | None = None, wake: bool = True) -> bool:
+        """Add to a lane; False when it stayed full (no wait without a timeout). Without `wake`,
+        the writer sees it at the next `wake` (a batch: one wake-up for all of it)."""
         lane = self._lanes[0 if decisive else 1]
         with self._ready:
             if len(lane) >= self.size and not (timeout and self._ready.wait_for(
                     lambda: len(lane) < self.size, timeout)):
                 return False
             lane.append(item)
-            self._ready.notify_all()
+            if wake:
+                self._ready.notify_all()
         return True
+
+    def wake(self) -> None:
+        """Let the writer take what was put without a wake-up."""
+        with self._ready:
+            self._ready.notify_all()
 
     def take(self, most: int) -> list[bytes | None]:
         """Wait for frames; then up to `most` from each lane, merged oldest first (each lane is

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import resource
+import select
+import struct
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from sensor import events as ev
 from sensor.containers.model import Container
@@ -25,10 +27,21 @@ from sensor.containers.resolve import ContainerConfig, ContainerResolver
 from sensor.probe import procfs, program, records
 from sensor.probe.identity import BinaryIdentity
 from sensor.probe.lanes import LAST, Lanes
+from sensor.probe.loader import Loaded, load_in_child
+from sensor.probe.ringbuf import RingReader
 from sensor.probe.routes import Router
 
 STATS_INTERVAL_S = 1.0
-POLL_BATCH = 4096  # records held for ordering at most, while one poll goes on
+# The kernel submits records without waking the reader (RB_FLAGS in sensor/bpf/common.bpf.c):
+# the reader drains both rings this often, and at once when it finds them not empty, so a record
+# waits at most this long and a steady thousand records a second cost ~50 wake-ups, not 1,000.
+FLUSH_S = 0.02
+POLL_BATCH = 4096  # records taken from each ring at a time, ordered by time together
+FINAL_ROUNDS = 64  # at a stop, batches read at most (a flood does not stop with us)
+_U32 = struct.Struct("<I")
+_GPU_COUNT_KEY = struct.Struct("<IIB3x")  # struct gpu_count_key: tgid, cmd_id, kind
+_GPU_COUNT = struct.Struct("<4Q")  # struct gpu_count: calls, errors, suppressed, last_ts
+_U64 = struct.Struct("<Q")
 
 
 class FrameSink(Protocol):
@@ -53,7 +66,8 @@ class Probe:
         self._stop = threading.Event()  # the threads' signal; also set by a failing thread
         self._stopped = False
         self._threads: list[threading.Thread] = []
-        self.bpf: Any = None
+        self.bpf: Loaded | None = None
+        self._rings: tuple[RingReader, RingReader] | None = None  # decisive, events
         self.records: Counter[str] = Counter()  # records read, by type
         self.probe_drops: Counter[str] = Counter()  # queue full, by type
         self.decode_errors = 0
@@ -72,13 +86,12 @@ class Probe:
 
     def start(self) -> None:
         self.started_at = time.monotonic()
-        self.bpf = program.load(self.config)
+        self.bpf = load_in_child(self.config)  # BCC's compiler stays in the child: sensor/probe/loader.py
+        maps = self.bpf.maps
+        self._rings = (RingReader("decisive", maps["decisive"].fd, maps["decisive"].max_entries),
+                       RingReader("events", maps["events"].fd, maps["events"].max_entries))
         self.exclude(self._exclude)
         self._emit_snapshot()
-        # Both rings share one poll; the records a poll brings are handled in time order
-        # (sensor/bpf/common.bpf.c: why there are two).
-        self.bpf[b"decisive"].open_ring_buffer(self._on_decisive)
-        self.bpf[b"events"].open_ring_buffer(self._on_record)
         for target, name in ((self._read_loop, "ringbuf"), (self._write_loop, "writer"),
                              (self._stats_loop, "stats")):
             thread = threading.Thread(target=target, name=f"probe-{name}", daemon=True)
@@ -87,9 +100,10 @@ class Probe:
 
     def exclude(self, pids: Iterable[int]) -> None:
         """Filter these processes (the agent's own) out in the kernel."""
-        table = self.bpf[b"self_tgids"]
+        assert self.bpf is not None
+        table = self.bpf.maps["self_tgids"]
         for pid in pids:
-            table[table.Key(pid)] = table.Leaf(1)
+            table.update(_U32.pack(pid), b"\x01")
 
     def stop(self, reason: str = "stopped", after_last_frame: Callable[[], None] | None = None) -> None:
         """Stop on purpose (or after a thread failed): detach, drain what the kernel sent, the
@@ -113,6 +127,10 @@ class Probe:
         if after_last_frame is not None:
             after_last_frame()
         if self.bpf is not None:
+            reader_gone = not any(t.name == "probe-ringbuf" and t.is_alive() for t in self._threads)
+            if self._rings is not None and reader_gone:  # never unmap what a thread still reads
+                for ring in self._rings:
+                    ring.close()
             _detach(self.bpf)
             self.bpf = None
         self.router.close()
@@ -126,26 +144,24 @@ class Probe:
 
     # -- the hot path ---------------------------------------------------------------------
 
-    def _on_decisive(self, _ctx: Any, data: int, size: int) -> None:
-        self._on_record(_ctx, data, size, decisive=True)
+    def _on_decisive(self, data: int, size: int) -> None:
+        self._on_record(data, size, decisive=True)
 
-    def _on_record(self, _ctx: Any, data: int, size: int, decisive: bool = False) -> None:
-        """Decoded at once (the ring's memory is reused when this returns), handled after the poll."""
+    def _on_record(self, data: int, size: int, decisive: bool = False) -> None:
+        """Decoded at once (the ring's memory is reused when the read returns), handled after it."""
         try:
             self._polled.append((records.decode(data, size), decisive))
         except records.RecordError:
             self.decode_errors += 1
-        if len(self._polled) >= POLL_BATCH:
-            # a poll lasts as long as records keep coming (a flood): handle them in batches
-            self._handle_polled()
 
     def _handle_polled(self) -> None:
-        """What one poll brought from both rings, oldest first: a process's exec (decisive ring)
+        """What one batch brought from both rings, oldest first: a process's exec (decisive ring)
         before its connects (the other), as they happened."""
         polled, self._polled = self._polled, []
         polled.sort(key=_event_ts)
         for event, decisive in polled:
             self._handle(event, decisive)
+        self._queue.wake()  # the writer takes the batch at once: one wake-up for all of it
 
     def _handle(self, event: ev.Event, decisive: bool) -> None:
         kind = ev.KIND_NAMES[event.KIND]
@@ -188,20 +204,36 @@ class Probe:
     def _emit(self, event: ev.Event, block: bool = False, decisive: bool = True) -> None:
         """Queue a frame on its lane (the probe's own frames are decisive); a full lane drops it,
         counted, unless `block` (the probe's own frames wait up to a second)."""
-        if not self._queue.put((event.ts, ev.encode(event)), decisive, timeout=1.0 if block else None):
+        # The reader's frames wait for the end of its drain (one wake-up for the writer); the
+        # probe's own (block) wake it at once.
+        if not self._queue.put((event.ts, ev.encode(event)), decisive, timeout=1.0 if block else None, wake=block):
             self.probe_drops[ev.KIND_NAMES[event.KIND]] += 1
 
     # -- threads --------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        assert self._rings is not None
+        poller = select.poll()
+        for ring in self._rings:
+            poller.register(ring.fd, select.POLLIN)
         try:
             while not self._stop.is_set():
-                self.bpf.ring_buffer_poll(100)
-                self._handle_polled()
-            self.bpf.ring_buffer_consume()  # what arrived before the stop
-            self._handle_polled()
+                poller.poll(FLUSH_S * 1000)  # at once if records wait; the kernel wakes nobody
+                self._drain(rounds=1 << 62)
+            self._drain(rounds=FINAL_ROUNDS)  # what arrived before the stop
         except BaseException as exc:
             self._fail(exc)
+
+    def _drain(self, rounds: int) -> None:
+        """Both rings, in batches until they are empty (or the probe stops): each batch takes the
+        decisive ring first, so a flooded `events` ring never keeps it waiting."""
+        assert self._rings is not None
+        decisive, events = self._rings
+        for _ in range(rounds):
+            read = decisive.read(self._on_decisive, POLL_BATCH) + events.read(self._on_record, POLL_BATCH)
+            self._handle_polled()
+            if not read or (self._stop.is_set() and rounds != FINAL_ROUNDS):
+                return
 
     def _write_loop(self) -> None:
         try:
@@ -237,13 +269,13 @@ class Probe:
 
     def kernel_drops(self) -> dict[str, int]:
         """Ring-buffer reserve failures by record type, summed over CPUs."""
+        assert self.bpf is not None
         drops: dict[str, int] = {}
-        table = self.bpf[b"ringbuf_drops"]
+        table = self.bpf.maps["ringbuf_drops"]
         for kind in ev.Kind:
             if kind >= 32:
                 continue
-            total = sum(table[table.Key(int(kind))])
-            drops[ev.KIND_NAMES[kind]] = int(total)
+            drops[ev.KIND_NAMES[kind]] = sum(_U64.unpack(v)[0] for v in table.per_cpu(_U32.pack(kind)))
         return drops
 
     def gpu_counters(self) -> ev.GpuCounters:
@@ -251,24 +283,28 @@ class Probe:
 
         Entries of processes that exited are removed once their final totals are read, so
         the kernel map holds only live processes."""
-        table = self.bpf[b"gpu_counts"]
+        assert self.bpf is not None
+        table = self.bpf.maps["gpu_counts"]
         exited, self._exited = self._exited, set()
         changed: list[list[int]] = []
         gone = []
-        for key, per_cpu in table.items():
-            ident = (key.tgid, key.kind, key.cmd_id)
-            total = (sum(v.calls for v in per_cpu), sum(v.errors for v in per_cpu),
-                     sum(v.suppressed for v in per_cpu), max(v.last_ts for v in per_cpu))
+        for key in list(table.keys()):
+            tgid, cmd_id, kind = _GPU_COUNT_KEY.unpack(key)
+            ident = (tgid, kind, cmd_id)
+            per_cpu = [_GPU_COUNT.unpack(v) for v in table.per_cpu(key)]
+            if not per_cpu:
+                continue  # removed since the walk began
+            total = (sum(v[0] for v in per_cpu), sum(v[1] for v in per_cpu),
+                     sum(v[2] for v in per_cpu), max(v[3] for v in per_cpu))
             if self._gpu_totals.get(ident) != total:
                 self._gpu_totals[ident] = total
-                changed.append([key.tgid, key.kind, key.cmd_id, *total])
-            if key.tgid in exited:
+                changed.append([tgid, kind, cmd_id, *total])
+            if tgid in exited:
                 gone.append((key, ident))
         for key, ident in gone:
-            del table[key]
+            table.delete(key)
             self._gpu_totals.pop(ident, None)
-        overflow_table = self.bpf[b"gpu_count_overflow"]
-        overflow = int(sum(overflow_table[overflow_table.Key(0)]))
+        overflow = sum(_U64.unpack(v)[0] for v in self.bpf.maps["gpu_count_overflow"].per_cpu(_U32.pack(0)))
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         return ev.GpuCounters(now, os.getpid(), os.getpid(), changed, overflow)
 
@@ -302,17 +338,16 @@ def _container_frame(container: Container, ts: int) -> ev.Container:
                         container.pod_namespace, container.container_name, list(container.gpus))
 
 
-def _detach(bpf: Any) -> None:
+def _detach(loaded: Loaded) -> None:
     """Detach every program, without making the agent wait for the kernel to finish.
 
-    Each tracepoint's detach waits for RCU grace periods: for our 17, over a second one after
-    another (BCC's cleanup, or the kernel's at exit), still about 0.6 s all at once, and a
-    failing agent must be gone within a second. So the last references to the tracepoints'
-    perf events go to a detached process that holds nothing else: it waits until we have
-    dropped ours (each close here is then only a reference dropped), then exits, and the
-    kernel releases them there, after we are gone."""
-    fds = sorted(getattr(bpf, "tracepoint_fds", {}).values())
-    bpf.tracepoint_fds.clear()  # BCC's cleanup must not close them again
+    Each tracepoint's detach waits for RCU grace periods: for our 18, over a second one after
+    another, still about 0.6 s all at once, and a failing agent must be gone within a second.
+    So the last references to the attachments go to a detached process that holds nothing
+    else: it waits until we have dropped ours (each close here is then only a reference
+    dropped), then exits, and the kernel releases them there, after we are gone."""
+    fds, loaded.links = sorted(loaded.links), []
+    loaded.close_maps()
     if fds:
         ours_dropped, go = os.pipe()
         middle = os.fork()
@@ -322,7 +357,6 @@ def _detach(bpf: Any) -> None:
         for fd in (ours_dropped, *fds):
             os.close(fd)
         os.close(go)  # now the last references are its
-    bpf.cleanup()
 
 
 def _release_in_background(keep: list[int]) -> None:

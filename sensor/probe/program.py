@@ -134,9 +134,10 @@ def source_text() -> str:
     return "\n".join(parts)
 
 
-def preflight() -> None:
-    """The checks without which nothing can load, each as one clear error."""
-    checks = (features.check_privileges, features.check_bcc, features.check_headers,
+def preflight(load_bcc: bool = True) -> None:
+    """The checks without which nothing can load, each as one clear error (`load_bcc`: see
+    features.check_bcc; the agent checks early without it, its loader child with it)."""
+    checks = (features.check_privileges, lambda: features.check_bcc(load_bcc), features.check_headers,
               features.check_btf, lambda: features.check_tracefs(mount=True), features.check_tracepoints)
     for run_check in checks:  # in order: a later check may need what an earlier one ensured
         check = run_check()
