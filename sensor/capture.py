@@ -98,7 +98,10 @@ class FrameWriter:
 
 
 def _read_exact(src: BinaryIO, n: int) -> bytes:
-    chunks, got = [], 0
+    first = src.read(n)
+    if len(first) == n or not first:  # nearly always: the whole of it, or the end
+        return first
+    chunks, got = [first], len(first)
     while got < n:
         chunk = src.read(n - got)
         if not chunk:

@@ -160,6 +160,8 @@ def consume(reader: FrameReader, printer: Printer | None = None, aggregator: Agg
 
 def group(alerts: list[pb.Alert], book: IncidentBook) -> list[pb.Incident]:
     """Without the API (analyze): the alerts join their incidents, and nothing is journaled."""
+    if not alerts:
+        return []  # most events: nothing to group
     return [book.render(incident_id) for incident_id in book.add_all(alerts)]
 
 

@@ -50,11 +50,23 @@ def by_range(address: str) -> Destination:
     return Destination.EGRESS
 
 
+ALLOWED_CACHE = 4096  # addresses whose answer is remembered (a host talks to few; a scan is cleared)
+
+
 class EgressPolicy:
     def __init__(self, allowlist: list[str] | None = None) -> None:
         self.allowlist = [ipaddress.ip_network(net, strict=False) for net in allowlist or []]
+        self._allowed: dict[str, bool] = {}  # parsing an address costs more than the rest of a connect
 
     def allowed(self, address: str) -> bool:
+        answer = self._allowed.get(address)
+        if answer is None:
+            if len(self._allowed) >= ALLOWED_CACHE:
+                self._allowed.clear()
+            answer = self._allowed[address] = self._allowed_now(address)
+        return answer
+
+    def _allowed_now(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

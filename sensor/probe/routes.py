@@ -158,7 +158,22 @@ class Router:
             self._socket(netns, pid)
 
     def route(self, address: str, netns: int = 0, pid: int = 0) -> tuple[Destination, bool]:
-        """(destination, decided by address ranges) for a connection to `address`."""
+        """(destination, decided by address ranges) for a connection to `address`; remembered by
+        the address as given, so a repeated one costs neither a lookup nor a parse."""
+        key = (netns or self.own, address)
+        now = time.monotonic_ns()
+        cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < CACHE_TTL_NS:
+            self._cache.move_to_end(key)
+            return cached[1], False
+        destination, by_range = self._route(address, key[0], pid)
+        if not by_range:
+            self._cache[key] = (now, destination)
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return destination, by_range
+
+    def _route(self, address: str, netns: int, pid: int) -> tuple[Destination, bool]:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -167,22 +182,11 @@ class Router:
             ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
         if ip.is_loopback:
             return Destination.LOOPBACK, False
-        netns = netns or self.own
-        key = (netns, str(ip))
-        now = time.monotonic_ns()
-        cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < CACHE_TTL_NS:
-            self._cache.move_to_end(key)
-            return cached[1], False
         sock = self._socket(netns, pid)
         if sock is None:
             self.stats.by_range += 1
             return by_range(str(ip)), True
-        destination = self._ask(sock, ip)
-        self._cache[key] = (now, destination)
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return destination, False
+        return self._ask(sock, ip), False
 
     def _ask(self, sock: socket.socket, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Destination:
         self.stats.lookups += 1
