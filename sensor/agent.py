@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
 AGENT_USER = "gpusentry"
 VIEW_WAIT_S = 30
-POLL_S = 0.05  # how soon the death of one of the agent's processes is noticed
+POLL_S = 0.05  # how long a dead reader's exit status may lag its closed pipe
+CHECK_S = 1.0  # the watch's wait between checks: deaths and signals wake it at once (SIGCHLD)
 
 
 def _container_config(args: argparse.Namespace) -> ContainerConfig:
@@ -79,16 +80,23 @@ class Watch:
         self._wake = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        # a child (the aggregator, the view) that ends wakes the watch: no polling while all is well
+        signal.signal(signal.SIGCHLD, lambda *_: self._wake.set())
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.signalled = signal.Signals(signum).name
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look again now (the probe failed)."""
+        self._wake.set()
+
     def until_stop(self, probe_failed: threading.Event, errors: list[BaseException],
                    aggregator: subprocess.Popen[bytes] | None = None,
                    viewer: subprocess.Popen[bytes] | None = None) -> Stop:
-        waited = 0.0
+        deadline = time.monotonic() + self.duration if self.duration is not None else None
         while True:
+            self._wake.clear()  # before the checks: a wake during them is not lost
             if self.signalled is not None:
                 return Stop(f"stopped by {self.signalled}")
             if probe_failed.is_set() and not _aggregator_gone_first(errors, aggregator):
@@ -99,10 +107,9 @@ class Watch:
                 return Stop(cause, RuntimeFailure(cause, "see its message above, then start the agent again"))
             if viewer is not None and viewer.poll() is not None:
                 return _view_ended(viewer)
-            if self.duration is not None and waited >= self.duration:
+            if deadline is not None and time.monotonic() >= deadline:
                 return Stop(f"stopped after {self.duration:g} s")
-            self._wake.wait(POLL_S)
-            waited += POLL_S
+            self._wake.wait(CHECK_S if deadline is None else max(0.0, min(CHECK_S, deadline - time.monotonic())))
 
 
 def _aggregator_gone_first(errors: list[BaseException], aggregator: subprocess.Popen[bytes] | None) -> bool:
@@ -127,7 +134,7 @@ def _exit_text(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def _start_probe(limits: ProbeConfig, sink: FrameWriter, exclude: Sequence[int] = (),
+def _start_probe(limits: ProbeConfig, sink: FrameWriter, watch: Watch, exclude: Sequence[int] = (),
                  containers: ContainerConfig | None = None) -> tuple[Probe, threading.Event, list[BaseException]]:
     from sensor.probe.probe import Probe
 
@@ -137,18 +144,19 @@ def _start_probe(limits: ProbeConfig, sink: FrameWriter, exclude: Sequence[int] 
     def on_error(exc: BaseException) -> None:
         errors.append(exc)
         failed.set()
+        watch.wake()
 
     probe = Probe(limits, sink, exclude_pids=exclude, on_error=on_error, containers=containers)
     probe.start()
     return probe, failed, errors
 
 
-def _start_probe_or_end(limits: ProbeConfig, sink: FrameWriter, exclude: Sequence[int],
+def _start_probe_or_end(limits: ProbeConfig, sink: FrameWriter, watch: Watch, exclude: Sequence[int],
                         containers: ContainerConfig) -> tuple[Probe, threading.Event, list[BaseException]]:
     """The probe, started; if it cannot start, the stream still ends with End, saying why,
     so the aggregator ends its run cleanly instead of recording a dead probe."""
     try:
-        return _start_probe(limits, sink, exclude, containers)
+        return _start_probe(limits, sink, watch, exclude, containers)
     except Exception as exc:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         with contextlib.suppress(OSError):
@@ -238,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         meta = StreamMeta(config=limits.to_dict(), features=program.kernel_features(limits))
         writer = FrameWriter(stream, meta)
         watch = Watch()
-        probe, failed, errors = _start_probe_or_end(limits, writer, [child.pid], _container_config(args))
+        probe, failed, errors = _start_probe_or_end(limits, writer, watch, [child.pid], _container_config(args))
         viewer = _start_view(args, probe, run_as) if view else None
         kept = _narrow_probe(privileges.AGENT_PROBE_CAPS)
         who = run_as.user or "root"
@@ -463,7 +471,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
         writer = FrameWriter(out, StreamMeta(config=limits.to_dict(), features=program.kernel_features(limits)))
         watch = Watch(args.duration)
-        probe, failed, errors = _start_probe(limits, writer, containers=_container_config(args))
+        probe, failed, errors = _start_probe(limits, writer, watch, containers=_container_config(args))
         kept = _narrow_probe(privileges.PROBE_CAPS)
         print(f"gpusentry: recording to {args.write} (probe with {kept}); Ctrl-C stops", file=sys.stderr)
         stop = watch.until_stop(failed, errors)

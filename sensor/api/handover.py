@@ -116,6 +116,7 @@ class Handover:
         self._backlog: list[int] = []
         self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
+        self._outstanding = threading.Event()  # a batch, bytes or a hole wait: the flusher has work
 
     def journaled_before(self, cursor: int) -> None:
         """Records up to this cursor were journaled before the API existed: none will be published."""
@@ -156,6 +157,7 @@ class Handover:
             # records journaled since INIT were published to nobody: subscribers start after them
             self._pending += wire.frame(wire.ITEMS, [list(NOTHING), self._last_cursor, []])
             self._write()
+            self._mark_outstanding()
         self._closed.clear()
         self._flusher = threading.Thread(target=self._flush_old, name="api handover", daemon=True)
         self._flusher.start()
@@ -164,6 +166,7 @@ class Handover:
         """The stream process stops: its subscribers get `grace` seconds. What is still pending
         and does not fit in the pipe now is not waited for."""
         self._closed.set()
+        self._outstanding.set()  # the flusher wakes, and ends
         with self._lock:
             if self._batch:
                 self._flush()
@@ -186,6 +189,7 @@ class Handover:
             if self._fd >= 0:
                 self._pending += wire.frame(wire.RULES, sorted(rule_ids))
                 self._write()
+                self._mark_outstanding()
 
     # -- the aggregator's thread: never blocks --------------------------------------------
 
@@ -210,6 +214,12 @@ class Handover:
             # journaled records go at once: alerts are what someone waits for
             if self._batch_cursor or len(self._batch) >= BATCH or time.monotonic() - self._batch_born >= BATCH_AGE_S:
                 self._flush()
+            self._mark_outstanding()
+
+    def _mark_outstanding(self) -> None:
+        """Wake the flusher when something waits (under the lock); an idle agent wakes nobody."""
+        if (self._batch or self._pending or self._lost != NOTHING) and not self._outstanding.is_set():
+            self._outstanding.set()
 
     def _in_order(self, items: list[Item]) -> int:
         """The last cursor among these items, once they are known to follow the ones published."""
@@ -259,12 +269,18 @@ class Handover:
 
     def _flush_old(self) -> None:
         """The last items of a burst, and what the pipe could not take, go without waiting for more."""
-        while not self._closed.wait(FLUSH_EVERY_S):
+        while not self._closed.is_set():
+            self._outstanding.wait()  # nothing waits: no wake-ups at all
+            if self._closed.wait(FLUSH_EVERY_S):
+                return
             with self._lock:
                 if self._fd < 0:
+                    self._outstanding.clear()  # nobody to hand anything to: until attached again
                     continue
                 if (self._batch and time.monotonic() - self._batch_born >= BATCH_AGE_S) or self._lost != NOTHING:
                     self._flush()  # a hole with no batch after it is told at once, in an empty frame
                 elif self._pending:
                     self._write()
+                if not (self._batch or self._pending or self._lost != NOTHING):
+                    self._outstanding.clear()
 

@@ -35,7 +35,7 @@ STATS_INTERVAL_S = 1.0
 # The kernel submits records without waking the reader (RB_FLAGS in sensor/bpf/common.bpf.c):
 # the reader drains both rings this often, and at once when it finds them not empty, so a record
 # waits at most this long and a steady thousand records a second cost ~50 wake-ups, not 1,000.
-FLUSH_S = 0.02
+FLUSH_S = 0.05
 POLL_BATCH = 4096  # records taken from each ring at a time, ordered by time together
 FINAL_ROUNDS = 64  # at a stop, batches read at most (a flood does not stop with us)
 _U32 = struct.Struct("<I")
@@ -157,6 +157,8 @@ class Probe:
     def _handle_polled(self) -> None:
         """What one batch brought from both rings, oldest first: a process's exec (decisive ring)
         before its connects (the other), as they happened."""
+        if not self._polled:
+            return  # an empty drain (the timer's): nobody to wake
         polled, self._polled = self._polled, []
         polled.sort(key=_event_ts)
         for event, decisive in polled:
