@@ -56,8 +56,12 @@ LRU_HASH(decisive_budget, u32, struct decisive_window, 16384);
 /* Records that could not be sent, by record type: per-CPU, so counting needs no atomics. */
 BPF_PERCPU_ARRAY(ringbuf_drops, u64, REC_TYPE_MAX);
 
-/* The agent's own processes: their events are never reported. */
-BPF_HASH(self_tgids, u32, u8, 64);
+/* The agent's own processes: their events are never reported. The value says whether the
+ * processes it starts are the agent's too (the aggregator's: SELF_AND_DESCENDANTS), or not (the
+ * probe's own process, which is also a test's process in the kernel tests). */
+#define SELF_ONLY 1
+#define SELF_AND_DESCENDANTS 2
+BPF_HASH(self_tgids, u32, u8, 256);
 
 static __always_inline void count_drop(u32 type)
 {

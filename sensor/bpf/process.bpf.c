@@ -326,8 +326,14 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	if (ids.pid != ids.tgid)
 		return 0;
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (is_self(tgid))
+	u8 *self = self_tgids.lookup(&tgid);
+	if (self) {
+		/* The agent's own: what the aggregator starts (the API's stream process, the sinks)
+		 * is the agent's too. A full table leaves the child visible, not hidden. */
+		if (*self == SELF_AND_DESCENDANTS)
+			self_tgids.update(&ids.pid, self);
 		return 0;
+	}
 	struct fork_rec *rec = decisive.ringbuf_reserve(sizeof(struct fork_rec));
 	if (!rec) {
 		count_drop(REC_FORK);
@@ -353,8 +359,12 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 #endif
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (is_self(tgid))
+	u8 *self = self_tgids.lookup(&tgid);
+	if (self) {
+		if (*self == SELF_AND_DESCENDANTS)
+			self_tgids.delete(&tgid); /* its room, for the next one */
 		return 0;
+	}
 	struct exit_rec *rec = decisive.ringbuf_reserve(sizeof(struct exit_rec));
 	if (!rec) {
 		count_drop(REC_EXIT);

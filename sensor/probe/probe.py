@@ -42,6 +42,7 @@ _U32 = struct.Struct("<I")
 _GPU_COUNT_KEY = struct.Struct("<IIB3x")  # struct gpu_count_key: tgid, cmd_id, kind
 _GPU_COUNT = struct.Struct("<4Q")  # struct gpu_count: calls, errors, suppressed, last_ts
 _U64 = struct.Struct("<Q")
+SELF_ONLY, SELF_AND_DESCENDANTS = b"\x01", b"\x02"  # self_tgids values, as in common.bpf.c
 
 
 class FrameSink(Protocol):
@@ -60,6 +61,9 @@ class Probe:
     ) -> None:
         self.config = config
         self._sink = sink
+        # the agent's other processes (the aggregator) are its own with all they start; this
+        # process alone is (in the kernel tests it is pytest, whose children are the workload)
+        self._exclude_trees = set(exclude_pids)
         self._exclude = {os.getpid(), *exclude_pids}
         self._on_error = on_error
         self._queue = Lanes(config.queue_size)
@@ -90,7 +94,8 @@ class Probe:
         maps = self.bpf.maps
         self._rings = (RingReader("decisive", maps["decisive"].fd, maps["decisive"].max_entries),
                        RingReader("events", maps["events"].fd, maps["events"].max_entries))
-        self.exclude(self._exclude)
+        self.exclude([os.getpid()])
+        self.exclude(self._exclude_trees, descendants=True)
         self._emit_snapshot()
         for target, name in ((self._read_loop, "ringbuf"), (self._write_loop, "writer"),
                              (self._stats_loop, "stats")):
@@ -98,12 +103,13 @@ class Probe:
             thread.start()
             self._threads.append(thread)
 
-    def exclude(self, pids: Iterable[int]) -> None:
-        """Filter these processes (the agent's own) out in the kernel."""
+    def exclude(self, pids: Iterable[int], descendants: bool = False) -> None:
+        """Filter these processes (the agent's own) out in the kernel; with `descendants`, the
+        processes they start from now on too (sensor/bpf/common.bpf.c, self_tgids)."""
         assert self.bpf is not None
         table = self.bpf.maps["self_tgids"]
         for pid in pids:
-            table.update(_U32.pack(pid), b"\x01")
+            table.update(_U32.pack(pid), SELF_AND_DESCENDANTS if descendants else SELF_ONLY)
 
     def stop(self, reason: str = "stopped", after_last_frame: Callable[[], None] | None = None) -> None:
         """Stop on purpose (or after a thread failed): detach, drain what the kernel sent, the
@@ -323,11 +329,30 @@ class Probe:
         return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records), missed)
 
     def _emit_snapshot(self) -> None:
-        for proc in procfs.snapshot():
-            if proc.tgid not in self._exclude:
+        procs = list(procfs.snapshot())
+        # what the aggregator started before the programs were attached is the agent's too
+        started = _descendants({proc.tgid: proc.ppid for proc in procs}, self._exclude_trees)
+        self.exclude(started, descendants=True)
+        for proc in procs:
+            if proc.tgid not in self._exclude and proc.tgid not in started:
                 self.router.prepare(proc.netns, proc.tgid)
                 proc.container = self._container_of(proc.tgid, proc.cgroup_id, proc.ts)
                 self._emit(proc, block=True)
+
+
+def _descendants(parent_of: dict[int, int], roots: set[int]) -> set[int]:
+    """Every process below `roots` (not the roots themselves), from a pid -> ppid map."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent_of.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child not in roots:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _event_ts(polled: tuple[ev.Event, bool]) -> int:

@@ -385,6 +385,41 @@ def test_kill_9_of_the_apis_stream_process_stops_the_agent_naming_it(agents: lis
     psutil_wait(aggregator)
 
 
+def test_what_the_aggregator_starts_is_the_agent_s_own_and_never_reported(agents: list[Agent]) -> None:
+    """The API's stream process, started by the aggregator after the probe attached, makes no
+    events: the kernel excludes the aggregator with all it starts. A process of the test's own
+    is seen, so the table is up to date when the stream process is looked up."""
+    agent = Agent("--quiet", json_lines=False)
+    agents.append(agent)
+    sock = agent.tmp / "api.sock"
+    wait_until(lambda: sock.exists() and _status(sock).subscribers == 0, what="the API")
+    (stream,) = [int(pid) for task in Path(f"/proc/{agent.aggregator_pid}/task").iterdir()
+                 for pid in (task / "children").read_text().split()
+                 if b"sensor.api.stream" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    stub = _api(sock)
+    with subprocess.Popen(["sleep", "30"]) as ours:
+        try:
+            wait_until(lambda: _known(stub, ours.pid), what="the test's own process in the agent's table")
+        finally:
+            ours.kill()
+    assert not _known(stub, stream)
+    assert not _known(stub, agent.aggregator_pid)
+
+
+def _known(stub: Any, pid: int) -> bool:
+    import grpc
+
+    from sensor.api.v1 import gpusentry_pb2 as pb
+
+    try:
+        stub.GetProcess(pb.GetProcessRequest(pid=pid))
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 MARKER_RULE = """rules:
   - id: {rule_id}
     title: Marker seen
