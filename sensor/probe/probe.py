@@ -1,9 +1,11 @@
 """The probe: BPF ring buffer -> events -> bounded queue -> frame sink.
 
-Three threads: the ring-buffer reader (decodes each record at once, since the buffer is
-reused when the callback returns, and makes the verdicts that need this host: what an
-exec'd binary is, where a connection goes), the writer (encodes and writes frames to the
-sink), and the stats timer (kernel drop counters every second). The queue between reader
+The programs are loaded by a short-lived child (sensor/probe/loader.py); this process holds
+their file descriptors. Three threads: the ring-buffer reader (drains both rings in place
+every FLUSH_S, or at once when an exec wakes it; decodes each record at once, since its room
+goes back to the kernel after the read; makes the verdicts that need this host: what an
+exec'd binary is, where a connection goes; encodes the frames), the writer (writes each
+drain's frames to the sink), and the stats timer (kernel drop counters every second). The queue between reader
 and writer is bounded; when it is full the event is dropped and counted, never silently
 lost, and the counts travel downstream in every Stats frame. A stop on purpose ends the
 stream with an End frame: a stream cut without one means the probe died.
@@ -227,20 +229,23 @@ class Probe:
         try:
             while not self._stop.is_set():
                 poller.poll(FLUSH_S * 1000)  # at once if records wait; the kernel wakes nobody
-                self._drain(rounds=1 << 62)
-            self._drain(rounds=FINAL_ROUNDS)  # what arrived before the stop
+                self._drain()
+            self._drain(final=True)  # what arrived before the stop
         except BaseException as exc:
             self._fail(exc)
 
-    def _drain(self, rounds: int) -> None:
-        """Both rings, in batches until they are empty (or the probe stops): each batch takes the
-        decisive ring first, so a flooded `events` ring never keeps it waiting."""
+    def _drain(self, final: bool = False) -> None:
+        """Both rings, in batches until they are empty (or the probe stops; the `final` drain, after
+        the stop, takes at most FINAL_ROUNDS batches): each batch takes the decisive ring first,
+        so a flooded `events` ring never keeps it waiting."""
         assert self._rings is not None
         decisive, events = self._rings
-        for _ in range(rounds):
+        rounds = 0
+        while True:
             read = decisive.read(self._on_decisive, POLL_BATCH) + events.read(self._on_record, POLL_BATCH)
             self._handle_polled()
-            if not read or (self._stop.is_set() and rounds != FINAL_ROUNDS):
+            rounds += 1
+            if not read or (final and rounds >= FINAL_ROUNDS) or (not final and self._stop.is_set()):
                 return
 
     def _write_loop(self) -> None:
