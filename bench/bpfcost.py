@@ -40,6 +40,7 @@ from typing import Any
 from bench.figures import spread
 from bench.pipeline import closed_port
 from sensor.probe import program
+from sensor.probe.features import bpf_syscall
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("bare", "empty", "counting", "ours")
@@ -49,7 +50,7 @@ STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 11, 13, 15
 INFO_SIZE, INFO_TYPE, INFO_RUN_TIME_NS, INFO_RUN_CNT = 232, 0, 192, 200
 TRACING_PROG_TYPES = {2, 5, 17, 26}  # kprobe, tracepoint, raw tracepoint, tracing (fentry)
-SYS_BPF = 321  # x86_64
+SYS_BPF = bpf_syscall() or 321  # the project's table of bpf(2) numbers by architecture
 DRAIN_S = 0.005  # how often the real programs' rings are drained while they are loaded
 
 
