@@ -101,6 +101,11 @@ def _read_exact(src: BinaryIO, n: int) -> bytes:
     first = src.read(n)
     if len(first) == n or not first:  # nearly always: the whole of it, or the end
         return first
+    return _read_rest(src, first, n)
+
+
+def _read_rest(src: BinaryIO, first: bytes, n: int) -> bytes:
+    """`first`, a short read, completed to n bytes (or to the end of the stream)."""
     chunks, got = [first], len(first)
     while got < n:
         chunk = src.read(n - got)
@@ -160,17 +165,22 @@ class FrameReader:
         return meta
 
     def __iter__(self) -> Iterator[ev.Event]:
+        src, read, size = self._src, self._src.read, _FRAME.size  # _read_exact inlined: this runs per frame
         while True:
             start = self.offset
-            head = _read_exact(self._src, _FRAME.size)
-            if not head:
-                return
-            if len(head) < _FRAME.size:
-                raise self._fail(f"truncated frame (the stream ends {len(head)} bytes into its length)", start)
+            head = read(size)
+            if len(head) != size:
+                if not head:
+                    return
+                head = _read_rest(src, head, size)
+                if len(head) < size:
+                    raise self._fail(f"truncated frame (the stream ends {len(head)} bytes into its length)", start)
             length, crc = _FRAME.unpack(head)
             if length > MAX_FRAME:
                 raise self._fail(f"corrupt frame (length {length})", start)
-            payload = _read_exact(self._src, length)
+            payload = read(length)
+            if len(payload) != length and payload:
+                payload = _read_rest(src, payload, length)
             if len(payload) < length:
                 raise self._fail(f"truncated frame ({len(payload)} of {length} bytes)", start)
             if zlib.crc32(payload) != crc:

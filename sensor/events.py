@@ -356,15 +356,21 @@ def encode(event: Event) -> bytes:
     return payload
 
 
+# Per kind: its class, and the fewest and most fields a frame of it carries (one lookup per frame).
+_SHAPES: dict[int, tuple[type[Event], int, int]] = {
+    kind: (cls, _REQUIRED[cls], len(_FIELDS[cls])) for kind, cls in EVENT_TYPES.items()
+}
+
+
 def from_list(item: Any) -> Event:
     if not isinstance(item, list) or not item or not isinstance(item[0], int):
         raise FrameError("a frame is not an array beginning with an event kind")
-    cls = EVENT_TYPES.get(item[0])
-    if cls is None:
+    shape = _SHAPES.get(item[0])
+    if shape is None:
         raise FrameError(f"unknown event kind {item[0]}")
-    names = _FIELDS[cls]
-    if not _REQUIRED[cls] <= len(item) - 1 <= len(names):
-        raise FrameError(f"{cls.__name__} frame has {len(item) - 1} fields, expected {len(names)}")
+    cls, required, most = shape
+    if not required <= len(item) - 1 <= most:
+        raise FrameError(f"{cls.__name__} frame has {len(item) - 1} fields, expected {most}")
     return cls(*item[1:])
 
 

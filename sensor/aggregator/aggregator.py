@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from sensor import events as ev
 from sensor.aggregator.containers import ContainerTable
-from sensor.aggregator.detector import Detector, DetectorConfig
+from sensor.aggregator.detector import FACT_EVENTS, Detector, DetectorConfig
 from sensor.aggregator.facts import Fact
 from sensor.aggregator.gpu import GpuTracker
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
@@ -22,9 +22,11 @@ from sensor.rules.alert import Alert
 from sensor.rules.model import RuleSet
 
 REAP_EVERY_NS = 1_000_000_000
+# The events facts come of: the detector's and the GPU tracker's.
+CONCLUDING: tuple[type[ev.Event], ...] = (*FACT_EVENTS, ev.GpuIoctl, ev.GpuOpen)
 
 
-@dataclass
+@dataclass(slots=True)
 class Observation:
     """One event, the process it concerns, and what the aggregator concluded from it."""
 
@@ -67,20 +69,32 @@ class Aggregator:
             ev.Container: self._on_container,  # type: ignore[dict-item]
         }
         self._waiting_for_parent: dict[int, list[Process]] = {}  # snapshot: ppid -> children
+        self._concluding: dict[type[ev.Event], bool] = {}  # event type -> _concludes
 
     def handle(self, event: ev.Event) -> Observation:
+        kind = type(event)
         self.counters.events[ev.KIND_NAMES[event.KIND]] += 1
         self.now_ns = max(self.now_ns, event.ts)
-        handler = self._handlers.get(type(event), self._on_activity)
-        process = handler(event)
-        facts = self._conclude(event, process) if process is not None else []
-        alerts = self.detector.evaluate(facts, process) if self.detector and process is not None else []
+        process = self._handlers.get(kind, self._on_activity)(event)
+        facts: list[Fact] = []
+        alerts: list[Alert] = []
+        if process is not None and self._concludes(kind):
+            facts = self._conclude(event, process)
+            if facts and self.detector is not None:
+                alerts = self.detector.evaluate(facts, process)
         if self.now_ns - self._last_reap >= REAP_EVERY_NS:
             self._last_reap = self.now_ns
             self.table.reap(self.now_ns)
             if self.detector is not None:
                 self.detector.expire(self.now_ns)
         return Observation(event, process, facts, alerts)
+
+    def _concludes(self, kind: type[ev.Event]) -> bool:
+        """Whether facts can come of this kind of event (most events give none: a fork, an exit)."""
+        concludes = self._concluding.get(kind)
+        if concludes is None:
+            concludes = self._concluding[kind] = issubclass(kind, CONCLUDING)
+        return concludes
 
     def _conclude(self, event: ev.Event, process: Process) -> list[Fact]:
         facts: list[Fact] = []

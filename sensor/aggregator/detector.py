@@ -16,13 +16,13 @@ from typing import Any
 from sensor import events as ev
 from sensor.aggregator import facts as f
 from sensor.aggregator.containers import ContainerTable
+from sensor.aggregator.exec_reading import ExecReadings
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
 from sensor.aggregator.taint import TunnelTaint
 from sensor.classify.binaries import basename
-from sensor.classify.egress import Destination, EgressPolicy
+from sensor.classify.egress import DESTINATION_TEXT, Destination, EgressPolicy
 from sensor.classify.miner import MinerClassifier
 from sensor.classify.scan import ScanDetector
-from sensor.classify.tunnel import classify_tunnel
 from sensor.events import text
 from sensor.gpu_classes import device_name
 from sensor.rules.alert import Alert, AlertProcess
@@ -32,6 +32,8 @@ from sensor.rules.model import Rule, RuleSet
 MAX_ANCESTORS_SHOWN = 8
 LINEAGE_CACHE = 16384
 UNSET = 0xFFFFFFFF
+# The events facts_of reads (the aggregator passes it no other: they give no facts).
+FACT_EVENTS: tuple[type[ev.Event], ...] = (ev.Exec, ev.Connect, ev.TcpEstablished, ev.Accept, ev.GpuOpen)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Detector:
         self.egress_flags = config.egress_allowlist  # --egress-allow: joined with the rules' allowed_egress list
         self.egress = EgressPolicy(list(ruleset.egress_allowlist(self.egress_flags)))
         self.miner = MinerClassifier(ruleset.lists)
+        self.readings = ExecReadings(self.miner)
         self.scan = ScanDetector(config.scan_threshold, config.scan_window_s)
         self.taint = TunnelTaint()
         self.engine = RuleEngine(ruleset, self)
@@ -64,12 +67,14 @@ class Detector:
         follows the rules' allowed_egress list."""
         self.egress = EgressPolicy(list(ruleset.egress_allowlist(self.egress_flags)))
         self.miner = MinerClassifier(ruleset.lists)
+        self.readings = ExecReadings(self.miner)  # what it remembered was read with the old lists
         self.engine.load(ruleset)
         self._lineage.clear()
 
     # -- events to facts ------------------------------------------------------------------
 
     def facts_of(self, event: ev.Event, process: Process) -> list[f.Fact]:
+        """Facts from the events in FACT_EVENTS; any other gives none."""
         match event:
             case ev.Exec() if event.result == 0:
                 return self._exec_facts(event, process)
@@ -77,7 +82,7 @@ class Detector:
                 return self._connect_facts(event, process)
             case ev.TcpEstablished():
                 destination = self.egress.judge(event.daddr, event.route, event.route_by_range).destination
-                self.taint.on_tcp(process, event, destination.value)
+                self.taint.on_tcp(process, event, DESTINATION_TEXT[destination])
             case ev.Accept():
                 self.taint.on_accept(process, event)
             case ev.GpuOpen():
@@ -90,27 +95,23 @@ class Detector:
 
     def _exec_facts(self, event: ev.Exec, process: Process) -> list[f.Fact]:
         known_tool = event.tool
-        argv = tuple(text(a) for a in event.argv)
-        exe = text(event.filename)
-        name = basename(exe)
-        out: list[f.Fact] = [f.ExecFact(event.ts, process.key, exe, name, argv, " ".join(argv), event.uid,
-                                        event.loginuid, known_tool)]
-        tunnel = classify_tunnel(list(event.argv), event.filename, known_tool or None)
-        if tunnel is not None:
+        reading = self.readings.read(event.filename, event.argv, known_tool)
+        out: list[f.Fact] = [f.ExecFact(event.ts, process.key, reading.exe, reading.name, reading.argv,
+                                        reading.cmdline, event.uid, event.loginuid, known_tool)]
+        if reading.tunnel is not None:
+            tunnel = reading.tunnel.tunnel
             label = f"tunnel:{process.exec_id}"
             if tunnel.is_reverse:
                 process.tunnel_scopes = process.tunnel_scopes | {label}
-            forwards = tuple(_forward_text(fw) for fw in tunnel.forwards)
-            out.append(f.TunnelFact(event.ts, process.key, tunnel.tool, tunnel.is_reverse,
-                                    tuple(sorted(d.value for d in tunnel.directions)), tunnel.remote_host,
-                                    tunnel.remote_user, tunnel.remote_port, forwards, label))
-        out += [f.MinerFact(event.ts, process.key, s.reason, s.detail, s.address, s.port)
-                for s in self.miner.on_exec(name, argv)]
+            out.append(f.TunnelFact(event.ts, process.key, tunnel.tool, tunnel.is_reverse, reading.tunnel.directions,
+                                    tunnel.remote_host, tunnel.remote_user, tunnel.remote_port,
+                                    reading.tunnel.forwards, label))
+        out += [f.MinerFact(event.ts, process.key, s.reason, s.detail, s.address, s.port) for s in reading.miner]
         return out
 
     def _connect_facts(self, event: ev.Connect, process: Process) -> list[f.Fact]:
         verdict = self.egress.judge(event.address, event.route, event.route_by_range)
-        destination = verdict.destination.value
+        destination = DESTINATION_TEXT[verdict.destination]
         out: list[f.Fact] = [f.ConnectFact(event.ts, process.key, event.family, event.address, event.port,
                                            event.result, destination, verdict.allowed)]
         if verdict.destination is Destination.EGRESS and not verdict.allowed:
@@ -217,8 +218,3 @@ def container_detail(c: ev.Container) -> dict[str, dict[str, Any]]:
 def _name(process: Process) -> str:
     return basename(process.exe) if process.exe else text(process.comm)
 
-
-def _forward_text(forward: Any) -> str:
-    listen = forward.listen_path or f"{forward.listen_host}:{forward.listen_port}".lstrip(":")
-    target = forward.target_path or (f"{forward.target_host}:{forward.target_port}" if forward.target_host else "")
-    return f"{forward.direction.value} {listen}" + (f" -> {target}" if target else "")

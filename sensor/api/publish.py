@@ -34,6 +34,9 @@ class Publisher:
         The alerts join their incidents before anything is journaled, so that an alert another
         alert of the same observation merged elsewhere is journaled with the incident it ends
         up in, and an incident that lived only for a moment is never journaled."""
+        if not alerts and not self._wanted():  # most observations: nothing to journal, nobody to tell
+            self._rules_changed()
+            return []
         touched = book.add_all(alerts)
         journal = self.state.journal
         items = []
@@ -54,6 +57,12 @@ class Publisher:
         broker.publish(items)
         self._rules_changed()
         return versions
+
+    def _wanted(self) -> bool:
+        """Whether a subscriber or a sink takes events or facts."""
+        broker, sinks = self.state.broker, self.state.sinks
+        return broker.wants_events or broker.wants_facts or \
+            (sinks is not None and (sinks.wants_events or sinks.wants_facts))
 
     def _rules_changed(self) -> None:
         """After a reload, subscriptions are checked against the new rules (in another process)."""

@@ -76,8 +76,14 @@ class EgressPolicy:
     def judge(self, address: str, route: str, route_by_range: bool) -> Verdict:
         """The probe's routing verdict (or the address ranges, without one) under the allowlist."""
         if route in _DESTINATIONS:
+            if type(route_by_range) is bool:  # nearly always: one of the few verdicts there are, made once
+                return _VERDICTS[route, self.allowed(address), route_by_range]
             return Verdict(Destination(route), self.allowed(address), route_by_range)
         return Verdict(by_range(address), self.allowed(address), True)
 
 
 _DESTINATIONS = frozenset(d.value for d in Destination)
+_VERDICTS = {(d.value, allowed, ranged): Verdict(d, allowed, ranged)
+             for d in Destination for allowed in (False, True) for ranged in (False, True)}
+# A destination as the plain text facts carry (Destination.value is a property: slower to read).
+DESTINATION_TEXT: dict[Destination, str] = {d: d.value for d in Destination}
