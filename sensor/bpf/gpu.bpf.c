@@ -117,26 +117,14 @@ static __always_inline void *fd_to_file(s32 fd)
 {
 	if (fd < 0)
 		return 0;
-	void *task = (void *)bpf_get_current_task();
-	void *files = (void *)read_kptr(task, OFF_TASK_FILES);
-	void *fdt = (void *)read_kptr(files, OFF_FILES_FDT);
+	/* Plain loads down to the fd array (common.bpf.c: current_task); its slot, indexed by a
+	 * number the verifier cannot bound, and the file are read as any kernel memory. */
+	const void *files = (const void *)load_kptr(current_task(), OFF_TASK_FILES);
+	const void *fdt = (const void *)load_kptr(files, OFF_FILES_FDT);
 	if (!fdt)
 		return 0;
-	u32 max_fds;
-	void *fd_array;
-	if (OFF_FDT_MAX_FDS == 0 && OFF_FDT_FD == 8) {
-		/* struct fdtable starts {max_fds, fd}: both in one read. */
-		union {
-			u64 words[2];
-			u32 halves[4];
-		} head = {};
-		bpf_probe_read_kernel(&head, sizeof(head), fdt);
-		max_fds = head.halves[0];
-		fd_array = (void *)head.words[1];
-	} else {
-		max_fds = read_ku32(fdt, OFF_FDT_MAX_FDS);
-		fd_array = (void *)read_kptr(fdt, OFF_FDT_FD);
-	}
+	u32 max_fds = load_ku32(fdt, OFF_FDT_MAX_FDS);
+	const void *fd_array = (const void *)load_kptr(fdt, OFF_FDT_FD);
 	if ((u32)fd >= max_fds)
 		return 0;
 	return (void *)read_kptr(fd_array, (u32)fd * 8);

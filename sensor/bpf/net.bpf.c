@@ -26,7 +26,7 @@ struct accept_args {
 	u64 uaddr;
 	u64 uaddrlen;
 	s32 listen_fd;
-	u32 _pad;
+	u32 pending; /* set at entry, cleared at exit */
 };
 
 struct sock_owner {
@@ -36,9 +36,9 @@ struct sock_owner {
 	u32 _pad;
 };
 
-/* Per thread, the arguments of its connect() under way. An entry outlives the call and the
- * thread's next connect rewrites it in place: a lookup takes no lock, where an update and a
- * delete per call (an element allocation and two bucket locks each time) cost more than the
+/* Per thread, the arguments of its connect() or accept() under way. An entry outlives the call
+ * and the thread's next call rewrites it in place: a lookup takes no lock, where an update and
+ * a delete per call (an element allocation and two bucket locks each time) cost more than the
  * rest of both programs. The LRU evicts the entries of threads that are gone. */
 LRU_HASH(connect_args_by_tid, u32, struct connect_args, 10240);
 LRU_HASH(accept_args_by_tid, u32, struct accept_args, 10240);
@@ -128,7 +128,15 @@ static __always_inline int accept_enter(u64 uaddr, u64 uaddrlen, s32 listen_fd)
 	if (is_self(id >> 32))
 		return 0;
 	u32 tid = id;
-	struct accept_args saved = {.uaddr = uaddr, .uaddrlen = uaddrlen, .listen_fd = listen_fd};
+	struct accept_args *slot = accept_args_by_tid.lookup(&tid);
+	if (slot) {
+		slot->uaddr = uaddr;
+		slot->uaddrlen = uaddrlen;
+		slot->listen_fd = listen_fd;
+		slot->pending = 1;
+		return 0;
+	}
+	struct accept_args saved = {.uaddr = uaddr, .uaddrlen = uaddrlen, .listen_fd = listen_fd, .pending = 1};
 	accept_args_by_tid.update(&tid, &saved);
 	return 0;
 }
@@ -137,10 +145,10 @@ static __always_inline int accept_exit(long ret)
 {
 	u32 tid = bpf_get_current_pid_tgid();
 	struct accept_args *saved = accept_args_by_tid.lookup(&tid);
-	if (!saved)
+	if (!saved || !saved->pending)
 		return 0;
 	struct accept_args call = *saved;
-	accept_args_by_tid.delete(&tid);
+	saved->pending = 0;
 	if (ret == -11) /* EAGAIN: a non-blocking accept found nothing; not an event */
 		return 0;
 	struct accept_rec *rec = reserve_on(decisive_take((u32)(bpf_get_current_pid_tgid() >> 32)), sizeof(struct accept_rec));

@@ -341,7 +341,11 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	}
 	fill_hdr(&rec->hdr, REC_FORK, sizeof(*rec));
 	rec->child_pid = ids.pid;
-	rec->parent_tgid = task_tgid(ids.real_parent);
+	/* The child's real parent is the forking task itself unless CLONE_PARENT: then no read. */
+	if ((u64)ids.real_parent == bpf_get_current_task())
+		rec->parent_tgid = tgid;
+	else
+		rec->parent_tgid = task_tgid(ids.real_parent);
 	rec->child_start_ns = read_kptr(child, OFF_TASK_START_BOOTTIME);
 	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
@@ -371,10 +375,10 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 		return 0;
 	}
 	fill_hdr(&rec->hdr, REC_EXIT, sizeof(*rec));
-	void *task = (void *)bpf_get_current_task();
-	rec->exit_code = read_ku32(task, OFF_TASK_EXIT_CODE);
+	const void *task = current_task();
+	rec->exit_code = load_ku32(task, OFF_TASK_EXIT_CODE);
 	rec->_pad = 0;
-	rec->start_ns = read_kptr(task, OFF_TASK_START_BOOTTIME);
+	rec->start_ns = load_kptr(task, OFF_TASK_START_BOOTTIME);
 	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }
