@@ -51,12 +51,13 @@ def text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-# exec flags: 0x1-0x1f come from the kernel record (EXEC_* in sensor/bpf/events.h)
+# exec flags: 0x1-0x3f come from the kernel record (EXEC_* in sensor/bpf/events.h)
 ARGV_TRUNCATED = 0x1
 ARG_CUT = 0x2
 ARGV_UNREAD = 0x4
 FILENAME_CUT = 0x8
 ARGC_UNKNOWN = 0x10
+CGROUPS_INHERITED = 0x20  # its cgroups are its parent's (only where the v2 cgroup id tells none)
 ARGV_FROM_PROCFS = 0x100  # argv filled in from /proc/PID/cmdline after a failed read
 
 

@@ -33,8 +33,9 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* Records are submitted without waking the reader (BPF_RB_NO_WAKEUP): it drains both rings on
  * a short timer instead (FLUSH_S in sensor/probe/probe.py), so a thousand records a second cost
  * the agent a few dozen wake-ups, not a thousand. Only an exec wakes it (RB_WAKE), with
- * everything waiting before it: the probe reads the new process's /proc (its binary, its
- * container) and a short-lived one is gone within milliseconds. */
+ * everything waiting before it, and only when the probe must read the new process's /proc (a
+ * binary it has not judged, a container it has not placed: process.bpf.c, exec_settled): a
+ * short-lived process is gone within milliseconds. */
 #ifndef RB_FLAGS
 #define RB_FLAGS BPF_RB_NO_WAKEUP
 #endif

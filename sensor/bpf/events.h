@@ -46,6 +46,7 @@ struct rec_hdr {
 #define EXEC_ARGV_UNREAD 0x4    /* argv could not be read from the new image */
 #define EXEC_FILENAME_CUT 0x8
 #define EXEC_ARGC_UNKNOWN 0x10  /* failed exec: argc counted only up to MAX_ARGS */
+#define EXEC_CGROUPS_INHERITED 0x20 /* its cgroups are its parent's (set where the v2 id tells none) */
 
 /* Each argument in exec_rec.argv: a u16 (captured length, ARGV_ENTRY_CUT if the argument
  * was longer), then the captured bytes, no terminator. */
@@ -75,6 +76,8 @@ struct exec_rec {
 	u32 loginuid;   /* the login user (audit): unchanged by su, sudo or setuid */
 	u32 sessionid;  /* the login session (audit): only a new login changes it */
 	u32 netns;      /* network namespace inode */
+	u64 exe_size;     /* the executable's size and ctime (ns), as its inode says: with exe_ino */
+	u64 exe_ctime_ns; /* and exe_dev, what the probe's verdict on the file is cached by */
 	char comm[16];
 	char filename[FILENAME_LEN];
 	u8 argv[ARGV_BLOB];

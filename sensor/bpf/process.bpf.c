@@ -134,24 +134,97 @@ static __always_inline void read_audit_ids(const void *task, struct exec_rec *re
 	rec->sessionid = read_ku32(task, OFF_TASK_SESSIONID);
 }
 
-/* The executable's inode number and its superblock's device. inode->i_sb and i_ino lie within
- * a few words of each other: one read of the span between them, when it is short. */
+/* The executable's identity as its inode says: device (the superblock's), inode number, size
+ * and ctime. The fields lie within a hundred bytes of i_sb: one read of the span, when they do
+ * (every kernel since 4.x; the offsets are BTF constants, so the test folds away). */
+#define INODE_SPAN (OFF_INODE_CTIME_NSEC + 4 - OFF_INODE_SB)
+#define INODE_IN_SPAN(off) ((off) > OFF_INODE_SB && (off) + 4 <= OFF_INODE_CTIME_NSEC + 4)
 static __always_inline void read_exe_identity(const void *mm, struct exec_rec *rec)
 {
-	void *inode = (void *)read_kptr((void *)read_kptr(mm, OFF_MM_EXE_FILE), OFF_FILE_INODE);
+	const char *inode = (const char *)read_kptr((void *)read_kptr(mm, OFF_MM_EXE_FILE), OFF_FILE_INODE);
 	if (!inode)
 		return;
 	void *sb = 0;
-	if (OFF_INODE_INO > OFF_INODE_SB && OFF_INODE_INO - OFF_INODE_SB <= 56 && (OFF_INODE_INO - OFF_INODE_SB) % 8 == 0) {
-		u64 span[8] = {};
-		bpf_probe_read_kernel(span, OFF_INODE_INO - OFF_INODE_SB + 8, (const char *)inode + OFF_INODE_SB);
-		sb = (void *)span[0];
-		rec->exe_ino = span[((OFF_INODE_INO - OFF_INODE_SB) / 8) & 7];
+	s64 ctime_sec = 0;
+	u32 ctime_nsec = 0;
+	if (INODE_SPAN <= 128 && INODE_IN_SPAN(OFF_INODE_INO) && INODE_IN_SPAN(OFF_INODE_SIZE) &&
+	    INODE_IN_SPAN(OFF_INODE_CTIME_SEC) && INODE_IN_SPAN(OFF_INODE_CTIME_NSEC)) {
+		u8 span[128] = {};
+		bpf_probe_read_kernel(span, INODE_SPAN <= 128 ? INODE_SPAN : 128, inode + OFF_INODE_SB);
+		__builtin_memcpy(&sb, span, 8);
+		__builtin_memcpy(&rec->exe_ino, span + ((OFF_INODE_INO - OFF_INODE_SB) & 127), 8);
+		__builtin_memcpy(&rec->exe_size, span + ((OFF_INODE_SIZE - OFF_INODE_SB) & 127), 8);
+		__builtin_memcpy(&ctime_sec, span + ((OFF_INODE_CTIME_SEC - OFF_INODE_SB) & 127), 8);
+		__builtin_memcpy(&ctime_nsec, span + ((OFF_INODE_CTIME_NSEC - OFF_INODE_SB) & 127), 4);
 	} else {
 		sb = (void *)read_kptr(inode, OFF_INODE_SB);
 		rec->exe_ino = read_kptr(inode, OFF_INODE_INO);
+		rec->exe_size = read_kptr(inode, OFF_INODE_SIZE);
+		ctime_sec = read_kptr(inode, OFF_INODE_CTIME_SEC);
+		ctime_nsec = read_ku32(inode, OFF_INODE_CTIME_NSEC); /* a u32, or the low half of a long */
 	}
+	/* Since 6.13 the top bit of i_ctime_nsec flags a queried ctime (multigrain timestamps);
+	 * nanoseconds never reach bit 30. */
+	rec->exe_ctime_ns = ctime_sec * 1000000000ULL + (ctime_nsec & ((1U << 30) - 1));
 	rec->exe_dev = read_ku32(sb, OFF_SB_DEV);
+}
+
+/* Whether the process's cgroups are its parent's, on every hierarchy (the same css_set): then
+ * its container is its parent's, and the probe need not read its /proc at once to place it. A
+ * process that moved itself (a container runtime's init, joining the container's cgroups before
+ * its exec) has a css_set of its own. */
+static __always_inline int cgroups_inherited(const void *task)
+{
+	const void *parent = (const void *)read_kptr(task, OFF_TASK_REAL_PARENT);
+	u64 own = read_kptr(task, OFF_TASK_CGROUPS);
+	return own && own == read_kptr(parent, OFF_TASK_CGROUPS);
+}
+
+/* What the probe has settled (sensor/probe/settled.py): binaries it has judged, by inode with
+ * size and ctime; v2 cgroups it has placed and network namespaces it has a route socket in. An
+ * exec whose binary, cgroup and namespace are settled (or whose cgroups are its parent's, where
+ * the v2 id does not tell cgroups apart) needs nothing read from /proc at once, so it waits for
+ * the probe's next timed drain instead of waking it. */
+struct exe_key {
+	u64 ino;
+	u32 dev;
+	u32 _pad;
+};
+struct exe_stamp {
+	u64 size;
+	u64 ctime_ns;
+};
+struct scope_key {
+	u64 id;
+	u32 kind;
+	u32 _pad;
+};
+#define SCOPE_CGROUP2 1
+#define SCOPE_NETNS 2
+LRU_HASH(known_exes, struct exe_key, struct exe_stamp, 8192);
+LRU_HASH(known_scopes, struct scope_key, u8, 8192);
+
+static __always_inline int scope_known(u64 id, u32 kind)
+{
+	struct scope_key key = {.id = id, .kind = kind};
+	return known_scopes.lookup(&key) != 0;
+}
+
+static __always_inline int exec_settled(const struct exec_rec *rec)
+{
+	if ((rec->hdr.flags & EXEC_ARGV_UNREAD) || !rec->exe_ino)
+		return 0;
+	struct exe_key key = {.ino = rec->exe_ino, .dev = rec->exe_dev};
+	struct exe_stamp *stamp = known_exes.lookup(&key);
+	if (!stamp || stamp->size != rec->exe_size || stamp->ctime_ns != rec->exe_ctime_ns)
+		return 0;
+	if (rec->cgroup_id && rec->cgroup_id != CGROUP2_ROOT_ID) {
+		if (!scope_known(rec->cgroup_id, SCOPE_CGROUP2))
+			return 0;
+	} else if (!(rec->hdr.flags & EXEC_CGROUPS_INHERITED)) {
+		return 0;
+	}
+	return !rec->netns || scope_known(rec->netns, SCOPE_NETNS);
 }
 
 static __always_inline struct exec_rec *exec_rec_init(void)
@@ -172,6 +245,8 @@ static __always_inline struct exec_rec *exec_rec_init(void)
 	rec->result = 0;
 	rec->exe_ino = 0;
 	rec->exe_dev = 0;
+	rec->exe_size = 0;
+	rec->exe_ctime_ns = 0;
 	rec->old_tid = rec->hdr.tid;
 	rec->argc = 0;
 	rec->argv_count = 0;
@@ -181,14 +256,14 @@ static __always_inline struct exec_rec *exec_rec_init(void)
 	return rec;
 }
 
-static __always_inline void exec_rec_send(struct exec_rec *rec, u32 argv_size)
+static __always_inline void exec_rec_send(struct exec_rec *rec, u32 argv_size, u64 wake)
 {
 	u32 size = offsetof(struct exec_rec, argv) + argv_size;
 	if (size > sizeof(*rec))
 		size = sizeof(*rec);
 	rec->argv_size = argv_size;
 	rec->hdr.size = size;
-	if (decisive.ringbuf_output(rec, size, RB_WAKE) < 0)
+	if (decisive.ringbuf_output(rec, size, wake) < 0)
 		count_drop(REC_EXEC);
 }
 
@@ -210,19 +285,22 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	void *task = (void *)bpf_get_current_task();
 	void *mm = (void *)read_kptr(task, OFF_TASK_MM);
 	read_exe_identity(mm, rec);
+	if ((!rec->cgroup_id || rec->cgroup_id == CGROUP2_ROOT_ID) && cgroups_inherited(task))
+		rec->hdr.flags |= EXEC_CGROUPS_INHERITED;
 
 	/* mm->start_stack points at argc, followed by the argv pointers (create_elf_tables). */
 	struct mm_args area = read_mm_args(mm);
 	u64 argc = 0;
 	if (!area.start_stack || bpf_probe_read_user(&argc, sizeof(argc), (void *)area.start_stack) < 0) {
 		rec->hdr.flags |= EXEC_ARGV_UNREAD;
-		exec_rec_send(rec, 0);
+		exec_rec_send(rec, 0, RB_WAKE);
 		return 0;
 	}
 	rec->argc = argc;
 	if (argc > MAX_ARGS)
 		rec->hdr.flags |= EXEC_ARGV_TRUNCATED;
-	exec_rec_send(rec, read_arg_area(rec, area.arg_start, area.arg_end, area.start_stack + 8, argc));
+	u32 size = read_arg_area(rec, area.arg_start, area.arg_end, area.start_stack + 8, argc);
+	exec_rec_send(rec, size, exec_settled(rec) ? RB_FLAGS : RB_WAKE);
 	return 0;
 }
 
@@ -264,7 +342,7 @@ static __always_inline int exec_exit(long ret)
 	rec->argc = rec->argv_count;
 	if (rec->argv_count == MAX_ARGS)
 		rec->hdr.flags |= EXEC_ARGC_UNKNOWN;
-	exec_rec_send(rec, size);
+	exec_rec_send(rec, size, RB_FLAGS); /* the old image runs on: nothing to read at once */
 	return 0;
 }
 

@@ -10,8 +10,10 @@ allocated GPUs, and sends a Container frame ahead of the exec that named it.
 The BPF cgroup id (v2) keys a cache where it tells cgroups apart: a process in a v2 cgroup
 other than the root is placed by it, and its /proc file read once per cgroup. On cgroup v1
 and hybrid hosts (these machines, and many GPU fleets still) the v2 id is the root's for most
-processes, so those are read at each exec: one small file of a process that is there (it
-has just exec'd), about 13 us here, its parse cached by the file's text.
+processes, so those are read at each exec: one small file, about 13 us here, its parse cached
+by the file's text. There the kernel says whether the process's cgroups are its parent's (the
+same css_set); such an exec does not wake the probe at once (sensor/probe/settled.py), and if
+the process is gone before its file is read, it keeps its parent's container, which is its own.
 
 Lookups block the ring-buffer thread (a new container's first exec waits for its name, so
 that the alert it raises carries it), so each has a short timeout and there is a budget of
@@ -35,7 +37,7 @@ from sensor.containers.containerd import ContainerdClient, ContainerdError
 from sensor.containers.kubelet import PodResourcesClient, PodResourcesError, pod_names
 from sensor.containers.model import Container, ContainerRef, Metadata, PodGpus
 from sensor.containers.podman import PodmanClient, PodmanError
-from sensor.probe import procfs
+from sensor.probe import settled
 
 MAX_CONTAINERS = 4096
 MAX_CGROUP_TEXTS = 8192
@@ -50,16 +52,6 @@ CONTAINER_NAME = "io.kubernetes.container.name"
 
 
 Where = ContainerRef | tuple[str, str] | None  # a container, a pod (uid, qos), or the host
-
-
-def _cgroup2_root_id() -> int:
-    """The v2 cgroup id of the hierarchy's root: BPF's id for every process on a cgroup v1 host
-    (whose unified hierarchy is empty), and for most on a hybrid one."""
-    mount = procfs.cgroup2_mount()
-    try:
-        return mount.stat().st_ino if mount is not None else 1
-    except OSError:
-        return 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +70,7 @@ class ResolverStats:
     containers: int = 0  # distinct containers seen
     unnamed: int = 0  # lookups that failed or were over budget: name and image unknown
     cgroup_unread: int = 0  # execs whose cgroup could not be read (the process was gone)
+    cgroup_inherited: int = 0  # ... whose cgroups the kernel found to be their parent's: not a miss
     cgroup_read: int = 0  # /proc/PID/cgroup reads
     by_cgroup_id: int = 0  # execs placed by their v2 cgroup id alone, without a read
     gpus_unread: int = 0  # pod-resources calls that failed: those containers' GPUs unknown
@@ -114,15 +107,17 @@ class ContainerResolver:
         self._budget = _Budget(lookups_per_s, clock)
         self._parsed: OrderedDict[str, Where] = OrderedDict()  # by the text of /proc/PID/cgroup
         self._by_cgroup_id: OrderedDict[int, Where] = OrderedDict()  # by the v2 cgroup id, where it tells
-        self._root_id = _cgroup2_root_id()
+        self.settled = settled.Settled()  # the kernel's copy of which cgroups are placed (the probe's maps)
+        self._root_id = settled.cgroup2_root_id()
         self._known: OrderedDict[str, Container] = OrderedDict()
         self._retry_at: dict[str, float] = {}  # keys whose lookup failed: when to try again
         self._pods: dict[str, tuple[str, str]] = {}  # pod UID -> (namespace, name), from the log dir
 
-    def of_process(self, pid: int, cgroup_id: int = 0) -> tuple[str, list[Container]]:
+    def of_process(self, pid: int, cgroup_id: int = 0, inherited: bool = False) -> tuple[str, list[Container]]:
         """The container key of a process ("" on the host, ev.CONTAINER_UNREAD when its cgroup
-        could not be read), and the containers to describe before it (new, or learnt more of).
-        `cgroup_id` is the v2 cgroup id BPF reported, 0 when unknown."""
+        was not read: it stays in the container it was in), and the containers to describe
+        before it (new, or learnt more of). `cgroup_id` is the v2 cgroup id BPF reported (0 when
+        unknown); `inherited`, that the kernel found its cgroups to be its parent's."""
         keyed = cgroup_id not in (0, self._root_id)
         if keyed and cgroup_id in self._by_cgroup_id:
             self.stats.by_cgroup_id += 1
@@ -132,14 +127,15 @@ class ContainerResolver:
             try:
                 text = _read_small(f"{self.config.proc}/{pid}/cgroup")
             except OSError:
-                self.stats.cgroup_unread += 1
+                if inherited:  # gone, and its container is its parent's: the aggregator keeps that
+                    self.stats.cgroup_inherited += 1
+                else:
+                    self.stats.cgroup_unread += 1
                 return ev.CONTAINER_UNREAD, []
             self.stats.cgroup_read += 1
             where = self._parse(text)
             if keyed:
-                self._by_cgroup_id[cgroup_id] = where
-                if len(self._by_cgroup_id) > MAX_CGROUP_TEXTS:
-                    self._by_cgroup_id.popitem(last=False)
+                self._place(cgroup_id, where)
         if where is None:
             return "", []
         ref = where if isinstance(where, ContainerRef) else None
@@ -155,6 +151,13 @@ class ContainerResolver:
             return key, []
         self._remember(found)
         return key, [found]
+
+    def _place(self, cgroup_id: int, where: Where) -> None:
+        self._by_cgroup_id[cgroup_id] = where
+        self.settled.scope(settled.SCOPE_CGROUP2, cgroup_id)
+        if len(self._by_cgroup_id) > MAX_CGROUP_TEXTS:
+            gone, _ = self._by_cgroup_id.popitem(last=False)
+            self.settled.forget_scope(settled.SCOPE_CGROUP2, gone)
 
     def _parse(self, text: str) -> Where:
         if text in self._parsed:

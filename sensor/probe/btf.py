@@ -8,6 +8,7 @@ kernel). Every struct field the programs read is named in `KERNEL_FIELDS`, resol
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class KernelField:
 
     macro: str
     struct: str
-    path: str  # dotted member path, through nested and anonymous members
+    path: str  # dotted member path, through nested and anonymous members; "a|b": the first found
     why: str
 
 
@@ -58,6 +59,14 @@ KERNEL_FIELDS: tuple[KernelField, ...] = (
     KernelField("OFF_INODE_RDEV", "inode", "i_rdev", "device major and minor"),
     KernelField("OFF_INODE_INO", "inode", "i_ino", "executable identity"),
     KernelField("OFF_INODE_SB", "inode", "i_sb", "executable identity"),
+    KernelField("OFF_INODE_SIZE", "inode", "i_size", "an executable the probe has judged: unchanged?"),
+    # ctime, not mtime: an owner can set mtime back after rewriting a file, never ctime. Its
+    # name moved twice (i_ctime; __i_ctime in 6.6; i_ctime_sec/_nsec in 6.11).
+    KernelField("OFF_INODE_CTIME_SEC", "inode", "i_ctime_sec|__i_ctime.tv_sec|i_ctime.tv_sec",
+                "an executable the probe has judged: unchanged?"),
+    KernelField("OFF_INODE_CTIME_NSEC", "inode", "i_ctime_nsec|__i_ctime.tv_nsec|i_ctime.tv_nsec",
+                "an executable the probe has judged: unchanged?"),
+    KernelField("OFF_TASK_CGROUPS", "task_struct", "cgroups", "cgroup v1: are its cgroups its parent's?"),
     KernelField("OFF_SB_DEV", "super_block", "s_dev", "executable identity"),
     KernelField("OFF_DENTRY_NAME", "dentry", "d_name.name", "name of an fd's file"),
 )
@@ -185,6 +194,14 @@ class KernelBtf:
             raise BtfError(f"{struct}.{path} is a bit field; gpusentry reads only whole fields")
         return total_bits // 8
 
+    def field_offset(self, struct: str, paths: str) -> int:
+        """offsetof for the first of "a|b|c" this kernel has (a field renamed across versions)."""
+        *earlier, last = paths.split("|")
+        for path in earlier:
+            with contextlib.suppress(BtfError):
+                return self.offsetof(struct, path)
+        return self.offsetof(struct, last)
+
     def has_struct(self, struct: str) -> bool:
         return int(self._lib.btf__find_by_name_kind(self._btf, struct.encode(), _KIND_STRUCT)) >= 0
 
@@ -192,4 +209,4 @@ class KernelBtf:
 def resolve_offsets(fields: tuple[KernelField, ...] = KERNEL_FIELDS, path: Path = VMLINUX_BTF) -> dict[str, int]:
     """Macro name -> byte offset, for each kernel field the BPF programs read."""
     with KernelBtf(path) as btf:
-        return {f.macro: btf.offsetof(f.struct, f.path) for f in fields}
+        return {f.macro: btf.field_offset(f.struct, f.path) for f in fields}

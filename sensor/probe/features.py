@@ -76,7 +76,7 @@ def check_btf() -> Check:
     try:
         with KernelBtf() as btf:
             for f in KERNEL_FIELDS:
-                btf.offsetof(f.struct, f.path)
+                btf.field_offset(f.struct, f.path)
     except BtfError as exc:
         return Check("btf", False, str(exc), "report this kernel version: a field gpusentry reads has moved")
     return Check("btf", True, f"{VMLINUX_BTF}: all {len(KERNEL_FIELDS)} kernel fields resolved")

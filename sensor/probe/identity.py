@@ -8,10 +8,15 @@ file (device and inode). A file that is one of the tools (same device and inode:
 a symlink, a renamed path) is that tool; a copy has a new inode, and when its size equals a
 known tool's, its content is hashed and compared.
 
-Verdicts are cached by (device, inode, size, mtime), so a file rewritten in place is judged
-again, and only when the file was really read: a verdict made without evidence (the process
-gone and its path no longer that file) is "unread" and never cached, so a later exec of the
-same file is judged afresh (THREAT-MODEL.md: the adversary probes our caches).
+Verdicts are cached by (device, inode, size, ctime), so a file rewritten in place is judged
+again (ctime, not mtime: the file's owner can set mtime back, never ctime), and only when the
+file was really read: a verdict made without evidence (the process gone and its path no longer
+that file) is "unread" and never cached, so a later exec of the same file is judged afresh
+(THREAT-MODEL.md: the adversary probes our caches).
+
+The exec record carries the same four values as the kernel read them from the inode: a file
+judged before is known from them alone, with nothing opened, and the kernel is told which files
+are judged (sensor/probe/settled.py) so that their execs need not wake the probe at once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sensor.classify.binaries import TOOLS
+from sensor.probe.settled import Settled
 
 MAX_HASHED = 256 * 1024 * 1024
 CACHE_SIZE = 65536
@@ -43,11 +49,11 @@ class FileId:
     dev: int
     ino: int
     size: int
-    mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileId:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Identity:
 class IdentityStats:
     hashed: int = 0  # files read whole to compare content
     unread: int = 0  # execs whose file could not be read (no verdict)
+    unopened: int = 0  # execs of a judged file, known from the kernel's inode values alone
 
 
 def _sha256(fd: int) -> str:
@@ -93,6 +100,7 @@ class BinaryIdentity:
         self._hashes: dict[str, str] = {}  # path of a known tool -> sha256
         self._cache: OrderedDict[FileId, Identity] = OrderedDict()
         self.stats = IdentityStats()
+        self.settled = Settled()  # the kernel's copy of which files are judged (the probe's maps)
         for tool in tools:
             found = shutil.which(tool, path=search_path)
             if found is None:
@@ -101,8 +109,14 @@ class BinaryIdentity:
             self._tools[(st.st_dev, st.st_ino)] = tool
             self._by_size.setdefault(st.st_size, []).append((tool, os.path.realpath(found)))
 
-    def identify(self, pid: int, dev: int, ino: int, path: bytes) -> Identity:
-        """The exec'd file of process `pid` (device and inode from the kernel; `path` as exec'd)."""
+    def identify(self, pid: int, dev: int, ino: int, path: bytes, stamp: tuple[int, int] | None = None) -> Identity:
+        """The exec'd file of process `pid` (device and inode from the kernel, and its (size,
+        ctime) when the kernel read them; `path` as exec'd)."""
+        if stamp is not None:
+            known = self._cached(FileId(dev, ino, *stamp))
+            if known is not None:
+                self.stats.unopened += 1
+                return known
         fd = _open_checked(f"/proc/{pid}/exe", dev, ino)
         if fd is None and path.startswith(b"/"):
             fd = _open_checked(os.fsdecode(path), dev, ino)
@@ -110,23 +124,32 @@ class BinaryIdentity:
             self.stats.unread += 1
             return Identity("", How.UNREAD)
         try:
-            return self._judge(fd)
+            file = FileId.of(os.fstat(fd))
+            verdict = self._judge(fd, file)
         except OSError:
             self.stats.unread += 1
             return Identity("", How.UNREAD)
         finally:
             os.close(fd)
+        if stamp is not None and (file.size, file.ctime_ns) == stamp:
+            self.settled.exe(dev, ino, *stamp)  # the very file the kernel saw: judged
+        return verdict
 
-    def _judge(self, fd: int) -> Identity:
-        file = FileId.of(os.fstat(fd))
+    def _cached(self, file: FileId) -> Identity | None:
         cached = self._cache.get(file)
         if cached is not None:
             self._cache.move_to_end(file)
+        return cached
+
+    def _judge(self, fd: int, file: FileId) -> Identity:
+        cached = self._cached(file)
+        if cached is not None:
             return cached
         verdict = self._by_content(fd, file)
         self._cache[file] = verdict
         if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+            gone, _ = self._cache.popitem(last=False)
+            self.settled.forget_exe(gone.dev, gone.ino)
         return verdict
 
     def _by_content(self, fd: int, file: FileId) -> Identity:

@@ -32,6 +32,7 @@ from sensor.probe.lanes import LAST, Lanes
 from sensor.probe.loader import Loaded, load_in_child
 from sensor.probe.ringbuf import RingReader
 from sensor.probe.routes import Router
+from sensor.probe.settled import Settled
 
 STATS_INTERVAL_S = 1.0
 # The kernel submits records without waking the reader (RB_FLAGS in sensor/bpf/common.bpf.c):
@@ -80,8 +81,9 @@ class Probe:
         self.started_at = 0.0
         self._gpu_totals: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
         self._exited: set[int] = set()  # processes whose GPU counters go after the next read
-        self._polled: list[tuple[ev.Event, bool]] = []  # decoded records of the poll under way, and
-        # whether each came from the decisive ring
+        # decoded records of the poll under way: whether each came from the decisive ring, and
+        # for an exec what the kernel read of its file
+        self._polled: list[tuple[ev.Event, bool, records.ExecFacts | None]] = []
         # Host lookups, made here at event time so that the frames carry their verdicts
         # (the aggregator never reads this host): used by the ring-buffer thread only.
         self.identity = BinaryIdentity()
@@ -98,6 +100,9 @@ class Probe:
                        RingReader("events", maps["events"].fd, maps["events"].max_entries))
         self.exclude([os.getpid()])
         self.exclude(self._exclude_trees, descendants=True)
+        known = Settled(maps["known_exes"], maps["known_scopes"])
+        self.identity.settled = self.containers.settled = self.router.settled = known
+        self.router.prepare(self.router.own, os.getpid())
         self._emit_snapshot()
         for target, name in ((self._read_loop, "ringbuf"), (self._write_loop, "writer"),
                              (self._stats_loop, "stats")):
@@ -158,9 +163,11 @@ class Probe:
     def _on_record(self, data: int, size: int, decisive: bool = False) -> None:
         """Decoded at once (the ring's memory is reused when the read returns), handled after it."""
         try:
-            self._polled.append((records.decode(data, size), decisive))
+            event = records.decode(data, size)
         except records.RecordError:
             self.decode_errors += 1
+            return
+        self._polled.append((event, decisive, records.exec_facts(data) if type(event) is ev.Exec else None))
 
     def _handle_polled(self) -> None:
         """What one batch brought from both rings, oldest first: a process's exec (decisive ring)
@@ -169,16 +176,16 @@ class Probe:
             return  # an empty drain (the timer's): nobody to wake
         polled, self._polled = self._polled, []
         polled.sort(key=_event_ts)
-        for event, decisive in polled:
-            self._handle(event, decisive)
+        for event, decisive, facts in polled:
+            self._handle(event, decisive, facts)
         self._queue.wake()  # the writer takes the batch at once: one wake-up for all of it
 
-    def _handle(self, event: ev.Event, decisive: bool) -> None:
+    def _handle(self, event: ev.Event, decisive: bool, facts: records.ExecFacts | None = None) -> None:
         kind = ev.KIND_NAMES[event.KIND]
         self.records[kind] += 1
         if isinstance(event, ev.Exec):
             _fill_argv_from_procfs(event, self.config)
-            self._judge_exec(event)
+            self._judge_exec(event, facts or records.ExecFacts(0, 0))
         elif isinstance(event, ev.Connect):
             if event.family in ("inet", "inet6"):
                 event.route, event.route_by_range = self._route(event.address, event.netns, event.tgid)
@@ -190,19 +197,22 @@ class Probe:
             self._exited.add(event.tgid)
         self._emit(event, decisive=decisive)
 
-    def _judge_exec(self, event: ev.Exec) -> None:
-        """What the new image is, read now, while the process (or at least its file) is there."""
+    def _judge_exec(self, event: ev.Exec, facts: records.ExecFacts) -> None:
+        """What the new image is, read now, while the process (or at least its file) is there;
+        what the probe has settled before comes from the kernel's values alone (settled.py)."""
         if event.result != 0:
             return  # the old image runs on
-        verdict = self.identity.identify(event.tgid, event.exe_dev, event.exe_ino, event.filename)
+        stamp = (facts.exe_size, facts.exe_ctime_ns) if facts.exe_ctime_ns else None
+        verdict = self.identity.identify(event.tgid, event.exe_dev, event.exe_ino, event.filename, stamp)
         event.tool, event.identity = verdict.tool, verdict.how.value
         self.router.prepare(event.netns, event.tgid)  # its namespace, while a process is in it
-        event.container = self._container_of(event.tgid, event.cgroup_id, event.ts)
+        inherited = bool(event.flags & ev.CGROUPS_INHERITED)
+        event.container = self._container_of(event.tgid, event.cgroup_id, event.ts, inherited)
 
-    def _container_of(self, pid: int, cgroup_id: int, ts: int) -> str:
+    def _container_of(self, pid: int, cgroup_id: int, ts: int, inherited: bool = False) -> str:
         """The process's container key; a container seen for the first time (or learnt more of)
         is described in a frame of its own ahead of the event that names it."""
-        key, described = self.containers.of_process(pid, cgroup_id)
+        key, described = self.containers.of_process(pid, cgroup_id, inherited)
         for container in described:
             self._emit(_container_frame(container, ts), block=True)
         return key
@@ -360,7 +370,7 @@ def _descendants(parent_of: dict[int, int], roots: set[int]) -> set[int]:
     return found
 
 
-def _event_ts(polled: tuple[ev.Event, bool]) -> int:
+def _event_ts(polled: tuple[ev.Event, bool, records.ExecFacts | None]) -> int:
     return polled[0].ts
 
 

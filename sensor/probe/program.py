@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.errors import GpusentryError, UsageError
-from sensor.probe import features
+from sensor.probe import features, settled
 from sensor.probe.btf import BtfError, resolve_offsets
 
 
@@ -184,10 +184,15 @@ def load(config: ProbeConfig) -> Any:
     config.validate()
     preflight()
     try:
-        offsets = resolve_offsets()
+        offsets = kernel_constants()
     except BtfError as exc:
         raise LoadError(f"cannot start the probe: {exc}") from exc
     return compile_text(source_text(), cflags(config, offsets))
+
+
+def kernel_constants() -> dict[str, int]:
+    """What the programs take from the running kernel: struct offsets, and how to name a cgroup."""
+    return {**resolve_offsets(), **settled.kernel_defines()}
 
 
 def compile_text(text: str, flags: list[str]) -> Any:
@@ -206,7 +211,7 @@ def final_source(config: ProbeConfig) -> str:
     """The exact C that `load` compiles, with its -D constants, for `--ebpf`."""
     config.validate()
     try:
-        offsets = resolve_offsets()
+        offsets = kernel_constants()
     except BtfError as exc:
         raise LoadError(str(exc)) from exc
     lines = []

@@ -13,6 +13,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
+from typing import NamedTuple
 
 from sensor import events as ev
 
@@ -47,6 +48,8 @@ class ExecRec(ctypes.Structure):
         ("loginuid", u32),
         ("sessionid", u32),
         ("netns", u32),
+        ("exe_size", u64),
+        ("exe_ctime_ns", u64),
         ("comm", ctypes.c_char * 16),
         ("filename", ctypes.c_char * FILENAME_LEN),
     ]
@@ -237,6 +240,22 @@ def decode_exec(data: int, size: int) -> ev.Exec:
         sessionid=rec.sessionid,
         netns=rec.netns,
     )
+
+
+class ExecFacts(NamedTuple):
+    """What the kernel read at an exec that the frame does not carry: the probe's cache key."""
+
+    exe_size: int
+    exe_ctime_ns: int
+
+
+_EXEC_FACTS = struct.Struct("<QQ")
+_EXEC_FACTS_AT = ExecRec.exe_size.offset
+
+
+def exec_facts(data: int) -> ExecFacts:
+    """Of an exec record already decoded (so known to be whole)."""
+    return ExecFacts(*_EXEC_FACTS.unpack(ctypes.string_at(data + _EXEC_FACTS_AT, _EXEC_FACTS.size)))
 
 
 # The records that come by the thousand are unpacked in one call from one copy, not field by

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from sensor.classify.egress import Destination, by_range
+from sensor.probe.settled import SCOPE_NETNS, Settled
 
 CLONE_NEWNET = 0x40000000
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
@@ -145,6 +146,7 @@ class Router:
         self._cache: OrderedDict[tuple[int, str], tuple[int, Destination]] = OrderedDict()
         self._seq = 0
         self.stats = RouteStats()
+        self.settled = Settled()  # the kernel's copy of which namespaces have a socket (the probe's maps)
 
     def close(self) -> None:
         for sock in self._sockets.values():
@@ -154,8 +156,8 @@ class Router:
 
     def prepare(self, netns: int, pid: int) -> None:
         """Open the namespace's socket while a process in it is alive (its first sighting)."""
-        if netns and netns not in self._sockets:
-            self._socket(netns, pid)
+        if netns and netns not in self._sockets and self._socket(netns, pid) is not None:
+            self.settled.scope(SCOPE_NETNS, netns)
 
     def route(self, address: str, netns: int = 0, pid: int = 0) -> tuple[Destination, bool]:
         """(destination, decided by address ranges) for a connection to `address`; remembered by
@@ -216,6 +218,8 @@ class Router:
             return None
         self._sockets[netns] = sock
         if len(self._sockets) > MAX_NAMESPACES:
-            self._sockets.popitem(last=False)[1].close()
+            gone, gone_sock = self._sockets.popitem(last=False)
+            gone_sock.close()
+            self.settled.forget_scope(SCOPE_NETNS, gone)
         self.stats.namespaces = len(self._sockets)
         return sock

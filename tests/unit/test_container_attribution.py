@@ -16,6 +16,7 @@ from sensor.api import convert
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.containers.resolve import ContainerConfig, ContainerResolver
 from sensor.output import alert_lines
+from sensor.probe import settled
 from sensor.rules.loader import RuleError, load_rules
 from sensor.sinks.webhook import _container_fields
 from sensor.where import place
@@ -206,3 +207,23 @@ def test_the_webhook_names_container_and_pod_with_falcos_fields() -> None:
         "container.image": "img:1", "container.type": "cri", "k8s.pod.uid": POD_UID, "k8s.pod.name": "trainer-0",
         "k8s.ns.name": "ml", "gpusentry.k8s.container.name": "trainer", "gpusentry.k8s.pod.gpus": "GPU-a, GPU-b"}
     assert _container_fields(pb.Process(pid=8)) == {"container.id": "host"}
+
+
+def test_a_process_gone_whose_cgroups_were_its_parent_s_keeps_its_container_and_is_no_miss(tmp_path: Path) -> None:
+    resolver = ContainerResolver(fake_proc(tmp_path, {}))
+    root = resolver._root_id
+    assert resolver.of_process(4242, cgroup_id=root, inherited=True) == (ev.CONTAINER_UNREAD, [])
+    assert (resolver.stats.cgroup_inherited, resolver.stats.cgroup_unread) == (1, 0)
+
+
+def test_a_v2_cgroup_placed_is_settled_in_the_kernel_and_taken_back_when_the_cache_lets_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sensor.containers.resolve.MAX_CGROUP_TEXTS", 1)
+    resolver = ContainerResolver(fake_proc(tmp_path, {10: v1_cgroup("/"), 11: v1_cgroup("/")}))
+    calls: list[tuple[str, int, int]] = []
+    resolver.settled.scope = lambda kind, ident: calls.append(("scope", kind, ident))  # type: ignore[method-assign]
+    resolver.settled.forget_scope = lambda kind, ident: calls.append(("forget", kind, ident))  # type: ignore[method-assign]
+    resolver.of_process(10, cgroup_id=4242)
+    resolver.of_process(11, cgroup_id=4343)
+    assert calls == [("scope", settled.SCOPE_CGROUP2, 4242), ("scope", settled.SCOPE_CGROUP2, 4343),
+                     ("forget", settled.SCOPE_CGROUP2, 4242)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sensor.probe.identity import BinaryIdentity, How, Identity
+from sensor.probe.settled import Settled
 
 NO_PROCESS = 0  # /proc/0/exe does not exist: the path must do
 
@@ -104,3 +105,64 @@ def test_a_file_rewritten_in_place_is_judged_again(tools: Path, tmp_path: Path) 
         rewrite.write((tools / "ssh").read_bytes())
     assert target.stat().st_ino == inode
     assert judge(identity, target) == Identity("ssh", How.CONTENT)
+
+
+class Recorded(Settled):
+    """What the identity tells the kernel, recorded (the maps themselves are tested in
+    tests/kernel/test_settled.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def exe(self, dev: int, ino: int, size: int, ctime_ns: int) -> None:
+        self.calls.append(("exe", (dev, ino, size, ctime_ns)))
+
+    def forget_exe(self, dev: int, ino: int) -> None:
+        self.calls.append(("forget", (dev, ino)))
+
+
+def test_a_judged_file_is_known_again_from_the_kernel_s_values_without_opening_it(tools: Path, tmp_path: Path) -> None:
+    identity = BinaryIdentity(tools=("ssh",), search_path=str(tools))
+    identity.settled = recorded = Recorded()
+    target = tmp_path / "helper"
+    shutil.copy("/bin/true", target)
+    st = target.stat()
+    stamp = (st.st_size, st.st_ctime_ns)
+    assert identity.identify(NO_PROCESS, st.st_dev, st.st_ino, str(target).encode(), stamp) == Identity("", How.SIZE)
+    assert recorded.calls == [("exe", (st.st_dev, st.st_ino, *stamp))]
+    target.rename(tmp_path / "elsewhere")  # neither /proc nor the path can be read now
+    assert identity.identify(NO_PROCESS, st.st_dev, st.st_ino, b"/nowhere", stamp) == Identity("", How.SIZE)
+    assert identity.stats.unopened == 1
+    # other values (a rewrite changes ctime) are not known: without the file, no verdict
+    changed = (st.st_size, st.st_ctime_ns + 1)
+    assert identity.identify(NO_PROCESS, st.st_dev, st.st_ino, b"/nowhere", changed) == Identity("", How.UNREAD)
+
+
+def test_a_file_the_kernel_saw_otherwise_than_the_probe_reads_it_is_not_settled(tools: Path, tmp_path: Path) -> None:
+    identity = BinaryIdentity(tools=("ssh",), search_path=str(tools))
+    identity.settled = recorded = Recorded()
+    target = tmp_path / "helper"
+    shutil.copy("/bin/true", target)
+    st = target.stat()
+    # rewritten between the exec and the probe's read: the verdict is the new file's, not settled
+    assert judge(identity, target) == Identity("", How.SIZE)
+    assert identity.identify(NO_PROCESS, st.st_dev, st.st_ino, str(target).encode(),
+                             (st.st_size, st.st_ctime_ns - 1)) == Identity("", How.SIZE)
+    assert recorded.calls == []
+
+
+def test_a_verdict_the_cache_lets_go_of_is_taken_back_from_the_kernel(tools: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sensor.probe.identity.CACHE_SIZE", 1)
+    identity = BinaryIdentity(tools=("ssh",), search_path=str(tools))
+    identity.settled = recorded = Recorded()
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copy("/bin/true", first)
+    shutil.copy("/bin/true", second)
+    for path in (first, second):
+        st = path.stat()
+        identity.identify(NO_PROCESS, st.st_dev, st.st_ino, str(path).encode(), (st.st_size, st.st_ctime_ns))
+    st = first.stat()
+    assert recorded.calls[1:] == [("forget", (st.st_dev, st.st_ino)), ("exe", recorded.calls[2][1])]
+    assert recorded.calls[2][1][1] == second.stat().st_ino
