@@ -135,12 +135,6 @@ static __always_inline u32 task_tgid(const void *task)
 	return read_ku32(task, OFF_TASK_TGID);
 }
 
-static __always_inline u32 task_netns(const void *task)
-{
-	void *nsproxy = (void *)read_kptr(task, OFF_TASK_NSPROXY);
-	return read_ku32((void *)read_kptr(nsproxy, OFF_NSPROXY_NET_NS), OFF_NET_INUM);
-}
-
 /* The current task's fields by plain loads through its BTF pointer (bpf_get_current_task_btf,
  * kernel 5.11): the verifier checks each OFF_* against the kernel's BTF, and a load costs a few
  * ns where a bpf_probe_read_kernel costs about 50 here (bench/bpfcost.py). A field that is a
@@ -191,10 +185,5 @@ static __always_inline u32 current_netns(void)
 {
 	const void *nsproxy = (const void *)load_kptr(current_task(), OFF_TASK_NSPROXY);
 	return load_ku32((const void *)load_kptr(nsproxy, OFF_NSPROXY_NET_NS), OFF_NET_INUM);
-}
-
-static __always_inline u32 task_parent_tgid(const void *task)
-{
-	return task_tgid((const void *)read_kptr(task, OFF_TASK_REAL_PARENT));
 }
 

@@ -103,70 +103,38 @@ struct mm_args {
 	u64 arg_end;
 };
 
-/* mm->start_stack, arg_start and arg_end: one read when they lie in a row, as they do in
- * every kernel since 2.6 (the offsets are constants from BTF, so the test folds away). */
+/* mm->start_stack, arg_start and arg_end: `mm` is the current task's (common.bpf.c: load_kptr). */
 static __always_inline struct mm_args read_mm_args(const void *mm)
 {
 	struct mm_args area = {};
-	if (!mm)
-		return area;
-	if (OFF_MM_ARG_START == OFF_MM_START_STACK + 8 && OFF_MM_ARG_END == OFF_MM_START_STACK + 16) {
-		bpf_probe_read_kernel(&area, sizeof(area), (const char *)mm + OFF_MM_START_STACK);
-		return area;
-	}
-	area.start_stack = read_kptr(mm, OFF_MM_START_STACK);
-	area.arg_start = read_kptr(mm, OFF_MM_ARG_START);
-	area.arg_end = read_kptr(mm, OFF_MM_ARG_END);
+	area.start_stack = load_kptr(mm, OFF_MM_START_STACK);
+	area.arg_start = load_kptr(mm, OFF_MM_ARG_START);
+	area.arg_end = load_kptr(mm, OFF_MM_ARG_END);
 	return area;
 }
 
-/* task->loginuid and sessionid: one read when they lie in a row (they do: both audit). */
+/* The current task's loginuid and sessionid (audit). */
 static __always_inline void read_audit_ids(const void *task, struct exec_rec *rec)
 {
-	if (OFF_TASK_SESSIONID == OFF_TASK_LOGINUID + 4) {
-		u32 ids[2] = {};
-		bpf_probe_read_kernel(ids, sizeof(ids), (const char *)task + OFF_TASK_LOGINUID);
-		rec->loginuid = ids[0];
-		rec->sessionid = ids[1];
-		return;
-	}
-	rec->loginuid = read_ku32(task, OFF_TASK_LOGINUID);
-	rec->sessionid = read_ku32(task, OFF_TASK_SESSIONID);
+	rec->loginuid = load_ku32(task, OFF_TASK_LOGINUID);
+	rec->sessionid = load_ku32(task, OFF_TASK_SESSIONID);
 }
 
 /* The executable's identity as its inode says: device (the superblock's), inode number, size
- * and ctime. The fields lie within a hundred bytes of i_sb: one read of the span, when they do
- * (every kernel since 4.x; the offsets are BTF constants, so the test folds away). */
-#define INODE_SPAN (OFF_INODE_CTIME_NSEC + 4 - OFF_INODE_SB)
-#define INODE_IN_SPAN(off) ((off) > OFF_INODE_SB && (off) + 4 <= OFF_INODE_CTIME_NSEC + 4)
+ * and ctime, through the current task's mm (plain loads: common.bpf.c, load_kptr). */
 static __always_inline void read_exe_identity(const void *mm, struct exec_rec *rec)
 {
-	const char *inode = (const char *)read_kptr((void *)read_kptr(mm, OFF_MM_EXE_FILE), OFF_FILE_INODE);
+	const void *file = (const void *)load_kptr(mm, OFF_MM_EXE_FILE);
+	const void *inode = (const void *)load_kptr(file, OFF_FILE_INODE);
 	if (!inode)
 		return;
-	void *sb = 0;
-	s64 ctime_sec = 0;
-	u32 ctime_nsec = 0;
-	if (INODE_SPAN <= 128 && INODE_IN_SPAN(OFF_INODE_INO) && INODE_IN_SPAN(OFF_INODE_SIZE) &&
-	    INODE_IN_SPAN(OFF_INODE_CTIME_SEC) && INODE_IN_SPAN(OFF_INODE_CTIME_NSEC)) {
-		u8 span[128] = {};
-		bpf_probe_read_kernel(span, INODE_SPAN <= 128 ? INODE_SPAN : 128, inode + OFF_INODE_SB);
-		__builtin_memcpy(&sb, span, 8);
-		__builtin_memcpy(&rec->exe_ino, span + ((OFF_INODE_INO - OFF_INODE_SB) & 127), 8);
-		__builtin_memcpy(&rec->exe_size, span + ((OFF_INODE_SIZE - OFF_INODE_SB) & 127), 8);
-		__builtin_memcpy(&ctime_sec, span + ((OFF_INODE_CTIME_SEC - OFF_INODE_SB) & 127), 8);
-		__builtin_memcpy(&ctime_nsec, span + ((OFF_INODE_CTIME_NSEC - OFF_INODE_SB) & 127), 4);
-	} else {
-		sb = (void *)read_kptr(inode, OFF_INODE_SB);
-		rec->exe_ino = read_kptr(inode, OFF_INODE_INO);
-		rec->exe_size = read_kptr(inode, OFF_INODE_SIZE);
-		ctime_sec = read_kptr(inode, OFF_INODE_CTIME_SEC);
-		ctime_nsec = read_ku32(inode, OFF_INODE_CTIME_NSEC); /* a u32, or the low half of a long */
-	}
+	rec->exe_ino = load_kptr(inode, OFF_INODE_INO);
+	rec->exe_size = load_kptr(inode, OFF_INODE_SIZE);
 	/* Since 6.13 the top bit of i_ctime_nsec flags a queried ctime (multigrain timestamps);
-	 * nanoseconds never reach bit 30. */
-	rec->exe_ctime_ns = ctime_sec * 1000000000ULL + (ctime_nsec & ((1U << 30) - 1));
-	rec->exe_dev = read_ku32(sb, OFF_SB_DEV);
+	 * nanoseconds never reach bit 30. Before 6.11 it is a long's low half. */
+	u32 ctime_nsec = load_ku32(inode, OFF_INODE_CTIME_NSEC) & ((1U << 30) - 1);
+	rec->exe_ctime_ns = load_kptr(inode, OFF_INODE_CTIME_SEC) * 1000000000ULL + ctime_nsec;
+	rec->exe_dev = load_ku32((const void *)load_kptr(inode, OFF_INODE_SB), OFF_SB_DEV);
 }
 
 /* Whether the process's cgroups are its parent's, on every hierarchy (the same css_set): then
@@ -175,9 +143,9 @@ static __always_inline void read_exe_identity(const void *mm, struct exec_rec *r
  * its exec) has a css_set of its own. */
 static __always_inline int cgroups_inherited(const void *task)
 {
-	const void *parent = (const void *)read_kptr(task, OFF_TASK_REAL_PARENT);
-	u64 own = read_kptr(task, OFF_TASK_CGROUPS);
-	return own && own == read_kptr(parent, OFF_TASK_CGROUPS);
+	const void *parent = (const void *)load_kptr(task, OFF_TASK_REAL_PARENT);
+	u64 own = load_kptr(task, OFF_TASK_CGROUPS);
+	return own && own == load_kptr(parent, OFF_TASK_CGROUPS);
 }
 
 /* What the probe has settled (sensor/probe/settled.py): binaries it has judged, by inode with
@@ -239,9 +207,9 @@ static __always_inline struct exec_rec *exec_rec_init(void)
 	rec->gid = uid_gid >> 32;
 	rec->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
-	void *task = (void *)bpf_get_current_task();
-	rec->ppid = task_parent_tgid(task);
-	rec->start_ns = read_kptr(task, OFF_TASK_START_BOOTTIME);
+	const void *task = current_task();
+	rec->ppid = load_ku32((const void *)load_kptr(task, OFF_TASK_REAL_PARENT), OFF_TASK_TGID);
+	rec->start_ns = load_kptr(task, OFF_TASK_START_BOOTTIME);
 	rec->result = 0;
 	rec->exe_ino = 0;
 	rec->exe_dev = 0;
@@ -252,7 +220,7 @@ static __always_inline struct exec_rec *exec_rec_init(void)
 	rec->argv_count = 0;
 	rec->argv_size = 0;
 	read_audit_ids(task, rec);
-	rec->netns = task_netns(task);
+	rec->netns = current_netns();
 	return rec;
 }
 
@@ -282,8 +250,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
 	if (n == sizeof(rec->filename))
 		rec->hdr.flags |= EXEC_FILENAME_CUT;
 
-	void *task = (void *)bpf_get_current_task();
-	void *mm = (void *)read_kptr(task, OFF_TASK_MM);
+	const void *task = current_task();
+	const void *mm = (const void *)load_kptr(task, OFF_TASK_MM);
 	read_exe_identity(mm, rec);
 	if ((!rec->cgroup_id || rec->cgroup_id == CGROUP2_ROOT_ID) && cgroups_inherited(task))
 		rec->hdr.flags |= EXEC_CGROUPS_INHERITED;

@@ -27,7 +27,7 @@ def test_known_arguments_exact_with_uid_and_parent(live: LiveProbe) -> None:
     assert event.filename == b"/bin/true"
     assert event.argv == [b"/bin/true", *args]
     assert event.argc == len(args) + 1
-    assert event.flags == 0
+    assert event.flags == ev.CGROUPS_INHERITED  # nothing cut or unread; in this process's cgroups
     assert event.result == 0
     assert event.uid == NOBODY
     assert event.gid == NOBODY
@@ -73,7 +73,7 @@ def test_argument_of_exactly_arg_len_is_not_marked_cut(live: LiveProbe) -> None:
     (event,) = live.wait_for(exec_of(pid))
     assert isinstance(event, ev.Exec)
     assert event.argv == [b"/bin/true", exact]
-    assert event.flags == 0
+    assert event.flags == ev.CGROUPS_INHERITED
 
 
 def test_exec_of_missing_path_reports_errno(live: LiveProbe, tmp_path: Path) -> None:
@@ -155,5 +155,6 @@ def test_a_thousand_execs_with_untouched_literals_all_exact(live: LiveProbe, tmp
     events = live.wait_for(from_helper, count=count, timeout=60, what="1000 execs")
     assert len(events) == count
     got = sorted((e.argv, e.flags) for e in events if isinstance(e, ev.Exec))
-    want = sorted(([b"true", literal(i, 0).encode(), literal(i, 1).encode()], 0) for i in range(count))
+    want = sorted(([b"true", literal(i, 0).encode(), literal(i, 1).encode()], ev.CGROUPS_INHERITED)
+                  for i in range(count))
     assert got == want
