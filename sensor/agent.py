@@ -7,6 +7,11 @@ Privileges (README, "Privileges"): the aggregator and the view are started throu
 probe keeps uid 0 but, once its programs are attached, only the capabilities its polling,
 /proc reads and namespace route lookups need.
 
+The probe process lives as long as the agent, so it imports only what it runs: the checks
+that need the rules, the API's settings and the journal (and their modules: the rule engine,
+the aggregator, the API, sqlite) run in short-lived forked children (`_apart`), and what they
+built and imported never weighs on the probe.
+
 No half-alive agent: when any of its processes dies, the agent stops at once with one line
 naming which and how, and a non-zero status, so that a supervisor restarts it; the blind time
 is journaled (sensor/consume.py, RunLog).
@@ -18,6 +23,7 @@ import argparse
 import contextlib
 import fcntl
 import io
+import json
 import os
 import pwd
 import resource
@@ -26,25 +32,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, TypeVar, cast
 
 from sensor import config, privileges
 from sensor import events as ev
-from sensor.api.server import DEFAULT_SOCKET, answers, socket_in_use
+from sensor.api.endpoint import answers, socket_in_use
 from sensor.capture import FrameWriter, StreamMeta
-from sensor.consume import DEFAULT_JOURNAL, endpoint_of, load_detection
 from sensor.containers.resolve import ContainerConfig
 from sensor.errors import GpusentryError, RuntimeFailure, UsageError
-from sensor.journal import Journal
 from sensor.probe.program import ProbeConfig
-from sensor.rules.loader import rule_files as rule_files_in
 
 if TYPE_CHECKING:
     from sensor.probe.probe import Probe
 
+T = TypeVar("T")
 AGENT_USER = "gpusentry"
 VIEW_WAIT_S = 30
 POLL_S = 0.05  # how long a dead reader's exit status may lag its closed pipe
@@ -221,21 +226,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.ebpf:
         print(program.final_source(limits))
         return 0
-    load_detection(args)  # an invalid rule file, API setting or journal stops the agent before anything starts
-    endpoint_of(args)
-    # privileges first: without them, nothing below is the real problem; BCC only found here, not
-    # imported (the probe's loader child imports it: sensor/probe/loader.py)
-    program.preflight(load_bcc=False)
+    # an invalid rule file, API setting or journal stops the agent before anything starts; the
+    # rules are checked apart while this process checks the privileges
+    checked_rules = _start_apart(lambda: _check_detection(args))
+    try:
+        # privileges next: without them, nothing below is the real problem; BCC only found here,
+        # not imported (the probe's loader child imports it: sensor/probe/loader.py)
+        program.preflight(load_bcc=False)
+    except BaseException:
+        checked_rules()  # a rule's error is said first, as it was when checked here
+        raise
+    rule_files = [Path(path) for path in checked_rules()]
     if args.socket != "none" and answers(Path(args.socket)):
         raise socket_in_use(Path(args.socket))  # here, one line; in the aggregator it would be two
     view = args.view if args.view is not None else (sys.stdout.isatty() and not args.json)
     if view and args.socket == "none":
         raise UsageError("the live view reads the API's socket, and --socket is none", "keep a socket, or --no-view")
     run_as = _run_as(args)
-    _check_readable(args.rules, run_as)
+    _check_readable(args.rules, rule_files, run_as)
     _check_config_readable(args.settings, run_as)
     _prepare_directories(args, run_as)  # before the journal is opened: a directory it made would be root's
-    Journal(Path(args.journal)).close()
+    _apart(lambda: _check_journal(args))
     _own_journal(args, run_as)
     child = subprocess.Popen(run_as.command(_aggregate_command(args, view), group=args.socket_group),
                              stdin=subprocess.PIPE, start_new_session=True)
@@ -265,6 +276,84 @@ def cmd_run(args: argparse.Namespace) -> int:
     if stop.error is not None:
         raise stop.error
     return 0
+
+
+def _apart(check: Callable[[], T]) -> T:
+    """`check()` in a forked child: its result (plain data, sent back as JSON), or its error
+    raised here (as a GpusentryError with the same line and exit status). What it imports and
+    builds goes with the child, not into the long-lived probe process."""
+    return _start_apart(check)()
+
+
+def _start_apart(check: Callable[[], T]) -> Callable[[], T]:
+    """_apart, started: this process goes on meanwhile; the function returned waits for it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child ends in os._exit)
+        try:
+            os.close(read)
+            _report(check, write)
+        finally:
+            os._exit(0)  # whatever happens, the child never goes on as the agent
+    os.close(write)
+
+    def outcome() -> T:
+        with os.fdopen(read, "rb") as pipe:
+            answer = pipe.read()
+        os.waitpid(pid, 0)
+        if not answer:
+            raise RuntimeFailure("the agent's check process died before it answered", "start the agent again")
+        kind, *rest = json.loads(answer)  # plain data only: nothing in it is ever run
+        if kind == "interrupted":
+            raise KeyboardInterrupt
+        if kind == "failed":
+            problem, fix, exit_code = rest
+            error = GpusentryError(problem, fix)
+            error.exit_code = exit_code
+            raise error
+        return cast(T, rest[0])
+
+    return outcome
+
+
+def _report(check: Callable[[], object], fd: int) -> None:
+    """In the child: what `check()` gave, or the one line of its error, onto `fd`. A bug's
+    traceback goes to stderr from here, and the parent reports it as a runtime failure."""
+    outcome: tuple[object, ...]
+    try:
+        outcome = ("ok", check())
+    except GpusentryError as exc:
+        outcome = ("failed", exc.problem, exc.fix, exc.exit_code)
+    except KeyboardInterrupt:
+        outcome = ("interrupted",)
+    except BaseException as exc:  # a bug: the parent says it, and the agent stops
+        traceback.print_exc()
+        outcome = ("failed", f"the agent's checks failed: {type(exc).__name__}: {exc}",
+                   "report it, with the traceback above", RuntimeFailure.exit_code)
+    with contextlib.suppress(Exception), os.fdopen(fd, "wb") as out:
+        out.write(json.dumps(outcome).encode())
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def _check_detection(args: argparse.Namespace) -> list[str]:
+    """The rules and the API's settings, checked as the aggregator will read them; the rule
+    files, for _check_readable."""
+    from sensor.consume import endpoint_of, load_detection
+    from sensor.rules.loader import rule_files
+
+    load_detection(args)
+    endpoint_of(args)
+    return [str(path) for path in rule_files(Path(given) for given in args.rules)[0]]
+
+
+def _check_journal(args: argparse.Namespace) -> None:
+    """A journal at --journal (created if new), or the error that says what is there instead."""
+    from sensor.journal import Journal
+
+    Journal(Path(args.journal)).close()
 
 
 def _close(stream: BinaryIO) -> None:
@@ -370,10 +459,10 @@ def _prepare_directories(args: argparse.Namespace, run_as: RunAs) -> None:
     (alerts are sensitive), the socket's 0755 (the socket itself is 0660). An existing
     directory elsewhere is never chowned (it may be /tmp): it must already let that user in."""
     journal_dir = Path(args.journal).parent
-    wanted = [(journal_dir, 0o700, journal_dir == DEFAULT_JOURNAL.parent)]
+    wanted = [(journal_dir, 0o700, journal_dir == Path(config.DEFAULT_JOURNAL).parent)]
     if args.socket != "none":
         socket_dir = Path(args.socket).parent
-        wanted.append((socket_dir, 0o755, socket_dir == DEFAULT_SOCKET.parent))
+        wanted.append((socket_dir, 0o755, socket_dir == Path(config.DEFAULT_SOCKET).parent))
     for directory, mode, default in wanted:
         _prepare(directory, mode, default, run_as)
 
@@ -405,25 +494,26 @@ def _prepare(directory: Path, mode: int, default: bool, run_as: RunAs) -> None:
         raise UsageError(f"cannot prepare {directory}: {exc}", "check --journal and --socket") from exc
 
 
-def _check_readable(rule_files: list[str], run_as: RunAs) -> None:
+def _check_readable(given: list[str], rule_files: list[Path], run_as: RunAs) -> None:
     """What the aggregator and the view read as their own user: this Python and the gpusentry
-    package (a clone under /root is not theirs to read), and the rule files (again on SIGHUP)."""
+    package (a clone under /root is not theirs to read), the rule directories given and the rule
+    files in them (read again on SIGHUP)."""
     if run_as.account is None:
         return
     for code in (Path(sys.executable).parent, Path(__file__).parent):
         if not _usable_by(code, run_as.account, 0o5):
             raise UsageError(f"the aggregator runs as {run_as.user} and cannot read {code}",
                              f"install gpusentry where {run_as.user} can read it (e.g. under /opt), or --user root")
-    for given in rule_files:
-        if Path(given).is_dir() and not _usable_by(Path(given), run_as.account, 0o5):
-            raise UsageError(f"the aggregator runs as {run_as.user} and cannot list the rule directory {given}",
+    for directory in given:
+        if Path(directory).is_dir() and not _usable_by(Path(directory), run_as.account, 0o5):
+            raise UsageError(f"the aggregator runs as {run_as.user} and cannot list the rule directory {directory}",
                              f"make it readable by {run_as.user} (e.g. /etc/gpusentry/rules.d, mode 0755), "
                              "or --user root")
-        for path in rule_files_in([Path(given)])[0]:
-            if not _usable_by(path, run_as.account, 0o4):
-                raise UsageError(f"the aggregator runs as {run_as.user} and cannot read the rule file {path}",
-                                 f"make it readable by {run_as.user} (e.g. in /etc/gpusentry, mode 0644), "
-                                 "or --user root")
+    for path in rule_files:
+        if not _usable_by(path, run_as.account, 0o4):
+            raise UsageError(f"the aggregator runs as {run_as.user} and cannot read the rule file {path}",
+                             f"make it readable by {run_as.user} (e.g. in /etc/gpusentry, mode 0644), "
+                             "or --user root")
 
 
 def _check_config_readable(settings: config.Settings, run_as: RunAs) -> None:

@@ -473,7 +473,7 @@ def _probe(settings: Settings) -> Any:
 
 
 def _endpoint(settings: Settings) -> Any:
-    from sensor.api.server import Endpoint
+    from sensor.api.endpoint import Endpoint
 
     def path(dotted: str) -> Path | None:
         value = settings[dotted]

@@ -12,17 +12,27 @@ child carries its parent's exec identity (binary, argv) until it execs itself.
 
 Memory is bounded: exited processes are reaped after a grace period unless a live process
 descends from them, and the table never holds more than `max_processes`; past that the
-oldest exited entries go first, and every eviction is counted.
+oldest exited entries go first, and every eviction is counted. Under churn (a build, a
+shell loop: thousands of short-lived processes a second) the grace period alone would hold
+every one of them for a minute; so at most `max_exited` exited processes wait out their
+grace period, and past that the oldest without a live descendant is reaped once it has been
+gone for `min_grace_ns` (the time a late event, or the GPU counters, may take). Nothing
+that detection reads is lost: a process with a live descendant stays (its lineage), and a
+fork copies what a child inherits (taint) when it happens. What goes early is only what the
+API could still have shown of a process long gone, and what a late event would have found.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar, cast
 
 from sensor.events import NS_PER_TICK
+
+V = TypeVar("V")
 
 
 class ProcKey(NamedTuple):
@@ -84,18 +94,50 @@ class Process:
 class TableStats:
     processes: int = 0
     reaped: int = 0
+    reaped_early: int = 0  # of those, reaped past max_exited before their grace period ended
     evicted: int = 0  # removed under the size cap before their grace period ended
     pid_reuse: int = 0  # a PID came back with a new start time before its exit was seen
 
 
+class SharedValues:
+    """One copy of each value that exited processes hold alike. Every exec frame decodes its
+    own bytes and ints, so a thousand runs of /bin/true hold a thousand copies of the same
+    path, argv, cgroup and namespace ids; once a process has exited (it changes no more) its
+    values are swapped for the one copy. Bounded: past `limit` values it starts afresh."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._values: dict[object, object] = {}
+        self._argvs: dict[tuple[bytes, ...], list[bytes]] = {}
+
+    def compact(self, proc: Process) -> None:
+        if len(self._values) > self.limit or len(self._argvs) > self.limit:
+            self._values.clear()
+            self._argvs.clear()
+        one = self.one
+        proc.ppid, proc.uid, proc.gid = one(proc.ppid), one(proc.uid), one(proc.gid)
+        proc.cgroup_id, proc.exe_dev, proc.exe_ino, proc.netns = \
+            one(proc.cgroup_id), one(proc.exe_dev), one(proc.exe_ino), one(proc.netns)
+        proc.loginuid, proc.sessionid = one(proc.loginuid), one(proc.sessionid)
+        proc.comm, proc.exe, proc.container = one(proc.comm), one(proc.exe), one(proc.container)
+        proc.argv = self._argvs.setdefault(tuple(proc.argv), proc.argv)
+
+    def one(self, value: V) -> V:
+        return cast(V, self._values.setdefault(value, value))
+
+
 class ProcessTable:
-    def __init__(self, max_processes: int = 65536, grace_ns: int = 60 * 1_000_000_000) -> None:
+    def __init__(self, max_processes: int = 65536, grace_ns: int = 60 * 1_000_000_000,
+                 max_exited: int = 2048, min_grace_ns: int = 5 * 1_000_000_000) -> None:
         self.max_processes = max_processes
         self.grace_ns = grace_ns
+        self.max_exited = max_exited
+        self.min_grace_ns = min(min_grace_ns, grace_ns)
         self._by_key: dict[ProcKey, Process] = {}
         self._by_pid: dict[int, ProcKey] = {}  # the current holder of each PID
         self._exited: OrderedDict[ProcKey, int] = OrderedDict()  # key -> exit ts, oldest first
         self.stats = TableStats()
+        self._shared = SharedValues()
         self.on_remove: list[Callable[[ProcKey], None]] = []  # state kept elsewhere per process
 
     def __len__(self) -> int:
@@ -169,6 +211,9 @@ class ProcessTable:
             proc.exited_ts = ts
             proc.exit_code = exit_code
             self._exited[proc.key] = ts
+            self._shared.compact(proc)
+            if len(self._exited) > self.max_exited:
+                self._reap_oldest(ts)
 
     def reap(self, now_ns: int) -> int:
         """Drop processes that exited more than the grace period ago and have no live descendant."""
@@ -187,8 +232,37 @@ class ProcessTable:
         self.stats.reaped += reaped
         return reaped
 
+    def _reap_oldest(self, now_ns: int) -> None:
+        """Exited processes over `max_exited` go before their grace period ends: the oldest gone
+        for `min_grace_ns` without a live descendant. It looks at two, so that the cost per exit
+        stays bounded and an excess drains; one kept for its descendants goes to the end of the
+        line with its exit time, and reap() looks at it in its turn."""
+        for key, exited_ts in list(itertools.islice(self._exited.items(), 2)):
+            if len(self._exited) <= self.max_exited or now_ns - exited_ts < self.min_grace_ns:
+                return
+            proc = self._by_key.get(key)
+            if proc is not None and self._has_live_descendant(proc):
+                self._exited.move_to_end(key)
+                continue
+            self._remove(key)
+            self.stats.reaped += 1
+            self.stats.reaped_early += 1
+
     def _has_live_descendant(self, proc: Process) -> bool:
-        return any(child.alive for child in self.descendants(proc.key))
+        stack, seen = [proc.key], {proc.key}
+        while stack:
+            parent = self._by_key.get(stack.pop())
+            if parent is None:
+                continue
+            for child_key in parent.children:
+                child = self._by_key.get(child_key)
+                if child is None or child_key in seen:
+                    continue
+                if child.alive:
+                    return True
+                seen.add(child_key)
+                stack.append(child_key)
+        return False
 
     def _remove(self, key: ProcKey) -> None:
         proc = self._by_key.pop(key, None)

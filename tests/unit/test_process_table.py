@@ -142,3 +142,34 @@ def test_exec_for_unknown_process_is_created_and_counted() -> None:
     proc = agg.table.by_pid(40)
     assert proc is not None and proc.argv == [b"/bin/x"]
     assert agg.counters.unknown_process == 1
+
+
+def test_churn_holds_at_most_max_exited_once_their_minimum_grace_is_over() -> None:
+    table = ProcessTable(grace_ns=60 * SEC, max_exited=100, min_grace_ns=SEC)
+    agg = Aggregator(table)
+    for i in range(5_000):  # 1,000 exits a second: a shell loop
+        start = SEC + i * SEC // 1000
+        feed(agg, fork(1, 10_000 + i, start), exit_event(10_000 + i, start, start + 10))
+    assert len(table._exited) <= 100 + 1_000  # the last second's exits wait out their minimum grace
+    assert table.stats.reaped_early >= 3_900 and table.stats.evicted == 0
+    newest = table.by_pid(10_000 + 4_999)
+    assert newest is not None and not newest.alive  # still shown by the API, and found by a late event
+
+
+def test_churn_never_takes_the_lineage_of_a_live_process() -> None:
+    table = ProcessTable(grace_ns=60 * SEC, max_exited=10, min_grace_ns=0)
+    agg = Aggregator(table)
+    # a daemon's double fork: 20 forks 21 and exits, 21 forks 22 (alive) and exits
+    feed(agg, fork(1, 20, SEC), fork(20, 21, 2 * SEC), fork(21, 22, 3 * SEC),
+         exit_event(20, SEC, 4 * SEC), exit_event(21, 2 * SEC, 4 * SEC))
+    for i in range(1_000):
+        start = 5 * SEC + i * 1000
+        feed(agg, fork(1, 1_000 + i, start), exit_event(1_000 + i, start, start + 10))
+    assert len(table._exited) <= 10
+    daemon = table.by_pid(22)
+    assert daemon is not None and [p.pid for p in table.ancestors(daemon.key)] == [21, 20]
+    feed(agg, exit_event(22, 3 * SEC, 10 * SEC), fork(1, 5_000, 11 * SEC), exit_event(5_000, 11 * SEC, 11 * SEC))
+    for i in range(20):
+        start = 12 * SEC + i * 1000
+        feed(agg, fork(1, 6_000 + i, start), exit_event(6_000 + i, start, start + 10))
+    assert table.by_pid(20) is None and table.by_pid(21) is None and table.by_pid(22) is None
