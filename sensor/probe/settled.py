@@ -66,7 +66,6 @@ class Settled:
 
     def __init__(self, exes: BpfMap | None = None, scopes: BpfMap | None = None) -> None:
         self._exes, self._scopes = exes, scopes
-        self.failed = 0  # map updates refused: those execs keep waking the probe
 
     def exe(self, dev: int, ino: int, size: int, ctime_ns: int) -> None:
         if self._exes is not None:
@@ -85,9 +84,9 @@ class Settled:
             self._scopes.delete(_SCOPE_KEY.pack(ident, kind))
 
     def _update(self, bpf_map: BpfMap, key: bytes, value: bytes) -> None:
+        """An update the kernel refuses (no memory) loses nothing: those execs keep waking the probe."""
         try:
             bpf_map.update(key, value)
         except OSError as exc:
             if exc.errno not in (errno.E2BIG, errno.ENOMEM):
                 raise
-            self.failed += 1
