@@ -5,16 +5,20 @@
  *     hook_loop connect COUNT PORT   UDP connect() to 127.0.0.1:PORT (no handshake, one syscall)
  *     hook_loop open COUNT PATH      openat() + close() of a regular file
  *     hook_loop getpid COUNT         getpid(): a syscall none of the programs hooks
+ *     hook_loop uring COUNT          one io_uring NOP submitted and waited for: what following
+ *                                    io_uring opens costs every other io_uring request
  *
  * Built static, so that an exec opens no shared libraries: the fork+exec+exit figure is then
  * the process lifecycle alone, not the dynamic loader's openat calls as well. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/io_uring.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -40,6 +44,38 @@ static void fork_exec(const char *self)
 		waitpid(child, NULL, 0);
 }
 
+/* COUNT NOPs, each submitted and reaped alone, on a ring set up with raw syscalls. */
+static int uring_nops(long count)
+{
+	struct io_uring_params p;
+	memset(&p, 0, sizeof(p));
+	int fd = syscall(__NR_io_uring_setup, 4, &p);
+	if (fd < 0)
+		return 2;
+	char *sq = mmap(0, p.sq_off.array + p.sq_entries * sizeof(unsigned), PROT_READ | PROT_WRITE,
+			MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+	char *cq = mmap(0, p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe), PROT_READ | PROT_WRITE,
+			MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+	struct io_uring_sqe *sqes = mmap(0, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+					 MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+	if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED)
+		return 2;
+	unsigned *sq_tail = (unsigned *)(sq + p.sq_off.tail), *sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+	unsigned *sq_array = (unsigned *)(sq + p.sq_off.array), *cq_head = (unsigned *)(cq + p.cq_off.head);
+	for (long i = 0; i < count; i++) {
+		unsigned index = *sq_tail & *sq_mask;
+		memset(&sqes[index], 0, sizeof(sqes[index]));
+		sqes[index].opcode = IORING_OP_NOP;
+		sq_array[index] = index;
+		__atomic_store_n(sq_tail, *sq_tail + 1, __ATOMIC_RELEASE);
+		if (syscall(__NR_io_uring_enter, fd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+			return 2;
+		__atomic_store_n(cq_head, *cq_head + 1, __ATOMIC_RELEASE);
+	}
+	close(fd);
+	return 0;
+}
+
 static int loop(const char *mode, long count, const char *extra, const char *self)
 {
 	if (strcmp(mode, "forkexec") == 0) {
@@ -55,6 +91,8 @@ static int loop(const char *mode, long count, const char *extra, const char *sel
 	} else if (strcmp(mode, "open") == 0 && extra) {
 		for (long i = 0; i < count; i++)
 			close(openat(AT_FDCWD, extra, O_RDONLY));
+	} else if (strcmp(mode, "uring") == 0) {
+		return uring_nops(count);
 	} else if (strcmp(mode, "getpid") == 0) {
 		for (long i = 0; i < count; i++)
 			syscall(SYS_getpid); /* the real syscall, whatever the C library caches */
@@ -69,7 +107,7 @@ int main(int argc, char **argv)
 	if (argc >= 2 && strcmp(argv[1], "exit") == 0)
 		return 0;
 	if (argc < 3) {
-		fprintf(stderr, "usage: hook_loop forkexec|connect|open|getpid COUNT [PORT|PATH]\n");
+		fprintf(stderr, "usage: hook_loop forkexec|connect|open|getpid|uring COUNT [PORT|PATH]\n");
 		return 2;
 	}
 	char self[4096];

@@ -581,6 +581,9 @@ static __always_inline int gpu_open_exit(long ret)
 	return 0;
 }
 
+/* Every syscall that opens a path into a new fd. open_tree and open(O_PATH) give O_PATH fds only
+ * (no ioctl, no mmap) and are seen here only through openat; dup, fcntl, SCM_RIGHTS and
+ * pidfd_getfd copy an open file, which the ioctl path classifies when it is used. */
 TRACEPOINT_PROBE(syscalls, sys_exit_openat)
 {
 	return gpu_open_exit(args->ret);
@@ -590,3 +593,79 @@ TRACEPOINT_PROBE(syscalls, sys_exit_open)
 {
 	return gpu_open_exit(args->ret);
 }
+
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2)
+{
+	return gpu_open_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_creat)
+{
+	return gpu_open_exit(args->ret);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_open_by_handle_at)
+{
+	return gpu_open_exit(args->ret);
+}
+
+#if HAVE_IO_URING_OPENS
+/* io_uring opens a file without an open syscall: IORING_OP_OPENAT and OPENAT2, and
+ * FIXED_FD_INSTALL, which puts a direct descriptor (a file io_uring holds outside the fd table)
+ * into the fd table. Opcodes are uapi (include/uapi/linux/io_uring.h). The request is noted at
+ * submission, where its opcode is known; its completion carries the result, the new fd, and runs
+ * in the submitting task or in one of its io-wq workers, threads of the same process that share
+ * its fd table: the new fd is classified from the current task's table, as at an open's exit.
+ * Not seen: an open whose success posts no completion (IOSQE_CQE_SKIP_SUCCESS: no
+ * io_uring_complete) and an open into a direct descriptor, which has no fd until it is
+ * installed; the ioctl path still classifies such a file when an ioctl uses it. */
+#define IORING_OP_OPENAT 18
+#define IORING_OP_OPENAT2 28
+#define IORING_OP_FIXED_FD_INSTALL 54
+#define REQ_F_CQE_SKIP (1ULL << 6) /* the request's flags mirror IOSQE_CQE_SKIP_SUCCESS_BIT */
+
+LRU_HASH(uring_opens, u64, u32, 4096); /* request -> submitting tgid, until its completion */
+/* Requests in uring_opens: every completion on the host passes io_uring_complete, and while
+ * none is pending it returns after one array read, with no hash lookup. A request evicted from
+ * the LRU keeps it above 0: completions then cost a lookup each, and nothing is missed. */
+BPF_ARRAY(uring_pending, s64, 1);
+
+TRACEPOINT_PROBE(io_uring, io_uring_submit_req)
+{
+	u8 op = args->opcode;
+	if (op != IORING_OP_OPENAT && op != IORING_OP_OPENAT2 && op != IORING_OP_FIXED_FD_INSTALL)
+		return 0;
+	if (args->flags & REQ_F_CQE_SKIP)
+		return 0; /* its success has no completion to wait for */
+	/* The request was prepared before this tracepoint: struct io_open (in the request's cmd
+	 * area) holds the direct-descriptor slot the open goes to, 0 for a plain fd. */
+	if (op != IORING_OP_FIXED_FD_INSTALL && read_ku32(args->req, OFF_IO_KIOCB_CMD + OFF_IO_OPEN_FILE_SLOT))
+		return 0;
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	u64 req = (u64)args->req;
+	u32 zero = 0;
+	s64 *pending = uring_pending.lookup(&zero);
+	if (!pending || uring_opens.update(&req, &tgid) < 0)
+		return 0;
+	__sync_fetch_and_add(pending, 1);
+	return 0;
+}
+
+TRACEPOINT_PROBE(io_uring, io_uring_complete)
+{
+	u32 zero = 0;
+	s64 *pending = uring_pending.lookup(&zero);
+	if (!pending || *pending <= 0)
+		return 0;
+	u64 req = (u64)args->req;
+	u32 *submitter = uring_opens.lookup(&req);
+	if (!submitter)
+		return 0;
+	u32 tgid = *submitter;
+	uring_opens.delete(&req);
+	__sync_fetch_and_add(pending, -1);
+	if (tgid != bpf_get_current_pid_tgid() >> 32)
+		return 0; /* not in the submitter's process: its fd table is not the one with the fd */
+	return gpu_open_exit(args->res);
+}
+#endif

@@ -71,6 +71,13 @@ KERNEL_FIELDS: tuple[KernelField, ...] = (
     KernelField("OFF_DENTRY_NAME", "dentry", "d_name.name", "name of an fd's file"),
 )
 
+# Read only where io_uring opens are followed (features.io_uring_opens): a kernel without them
+# still loads everything else. struct io_open lies in the request's cmd area.
+IO_URING_FIELDS: tuple[KernelField, ...] = (
+    KernelField("OFF_IO_KIOCB_CMD", "io_kiocb", "cmd", "an io_uring request's per-opcode data"),
+    KernelField("OFF_IO_OPEN_FILE_SLOT", "io_open", "file_slot", "an io_uring open into a direct descriptor"),
+)
+
 
 class BtfError(RuntimeError):
     """BTF is missing or does not describe a field we need."""

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from sensor.probe.btf import KERNEL_FIELDS, VMLINUX_BTF, BtfError, KernelBtf
+from sensor.probe.btf import IO_URING_FIELDS, KERNEL_FIELDS, VMLINUX_BTF, BtfError, KernelBtf
 
 TRACEFS = Path("/sys/kernel/tracing")
 SETUP = "scripts/install"  # the README's installer does every fix below
@@ -29,7 +29,15 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
     "accept": ("syscalls/sys_enter_accept", "syscalls/sys_exit_accept",
                "syscalls/sys_enter_accept4", "syscalls/sys_exit_accept4"),
     "gpu": ("syscalls/sys_enter_ioctl", "syscalls/sys_exit_ioctl", "syscalls/sys_exit_openat",
-            "syscalls/sys_exit_open"),
+            "syscalls/sys_exit_open", "syscalls/sys_exit_openat2", "syscalls/sys_exit_creat",
+            "syscalls/sys_exit_open_by_handle_at"),
+}
+
+# GPU opens through io_uring (gpu.bpf.c), where the kernel has these tracepoints with these fields
+# (5.19 and later); without them the probe loads all the rest and `doctor` says what is unseen.
+IO_URING_TRACEPOINTS: dict[str, tuple[str, ...]] = {
+    "io_uring/io_uring_submit_req": ("req", "opcode", "flags"),
+    "io_uring/io_uring_complete": ("req", "res"),
 }
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -135,6 +143,48 @@ def exit_has_group_dead() -> bool:
         return False
 
 
+def tracepoint_fields(tracepoint: str, tracefs: Path = TRACEFS) -> set[str]:
+    """The field names in a tracepoint's format file ("field:void * req;\toffset:16;..."); empty
+    when it has none or cannot be read."""
+    try:
+        text = (tracefs / "events" / tracepoint / "format").read_text()
+    except OSError:
+        return set()
+    names = set()
+    for line in text.splitlines():
+        declaration = line.strip().removeprefix("field:").partition(";")[0]
+        if line.strip().startswith("field:") and declaration.split():
+            names.add(declaration.split()[-1].partition("[")[0])
+    return names
+
+
+def io_uring_opens(tracefs: Path = TRACEFS, btf_path: Path = VMLINUX_BTF) -> tuple[dict[str, int], str]:
+    """The -D constants that make gpu.bpf.c follow opens through io_uring, and what was found;
+    no constants when this kernel lacks what it needs (the reason says what)."""
+    for tracepoint, fields in IO_URING_TRACEPOINTS.items():
+        missing = sorted(set(fields) - tracepoint_fields(tracepoint, tracefs))
+        if missing:
+            return {}, (f"tracepoint {tracepoint} is missing" if len(missing) == len(fields)
+                        else f"tracepoint {tracepoint} has no field {', '.join(missing)}")
+    try:
+        with KernelBtf(btf_path) as btf:
+            offsets = {f.macro: btf.field_offset(f.struct, f.path) for f in IO_URING_FIELDS}
+    except BtfError as exc:
+        return {}, str(exc)
+    return {**offsets, "HAVE_IO_URING_OPENS": 1}, "IORING_OP_OPENAT, OPENAT2 and FIXED_FD_INSTALL followed"
+
+
+def check_io_uring(tracefs: Path = TRACEFS, btf_path: Path = VMLINUX_BTF) -> Check:
+    """Optional: without it, a GPU device opened through io_uring has no gpu_open record (its
+    ioctls are still seen)."""
+    defines, detail = io_uring_opens(tracefs, btf_path)
+    if defines:
+        return Check("io_uring opens", True, detail, required=False)
+    return Check("io_uring opens", False,
+                 f"{detail}: GPU devices opened through io_uring give no gpu_open record (their ioctls are "
+                 "still seen)", "a kernel of 5.19 or later with CONFIG_IO_URING and BTF", required=False)
+
+
 def kernel_build_dir() -> Path:
     return Path("/lib/modules") / platform.release() / "build"
 
@@ -204,6 +254,7 @@ def run_checks(mount: bool = False) -> list[Check]:
         check_btf(),
         check_tracefs(mount=mount),
         check_tracepoints(),
+        check_io_uring(),
         check_ringbuf(),
         check_headers(),
         check_bcc(),

@@ -115,6 +115,7 @@ def cflags(config: ProbeConfig, offsets: dict[str, int]) -> list[str]:
 
 def kernel_features(config: ProbeConfig) -> dict[str, str]:
     """What the probe found and uses, for the stream header and GetStatus."""
+    uring_defines, uring_detail = features.io_uring_opens()
     return {
         "btf": "yes (struct offsets from /sys/kernel/btf/vmlinux)",
         "ring_buffer": f"{config.ringbuf_pages * 4} KiB",
@@ -122,6 +123,7 @@ def kernel_features(config: ProbeConfig) -> dict[str, str]:
         "nvidia_uvm_major": str(uvm_major() or "not loaded"),
         "possible_cpus": str(possible_cpus()),
         "argv": f"{config.max_args} args x {config.arg_len} bytes",
+        "io_uring_opens": "yes" if uring_defines else f"no ({uring_detail})",
     }
 
 
@@ -191,8 +193,9 @@ def load(config: ProbeConfig) -> Any:
 
 
 def kernel_constants() -> dict[str, int]:
-    """What the programs take from the running kernel: struct offsets, and how to name a cgroup."""
-    return {**resolve_offsets(), **settled.kernel_defines()}
+    """What the programs take from the running kernel: struct offsets, how to name a cgroup, and
+    whether to follow io_uring opens."""
+    return {**resolve_offsets(), **settled.kernel_defines(), **features.io_uring_opens()[0]}
 
 
 def compile_text(text: str, flags: list[str]) -> Any:

@@ -348,7 +348,7 @@ def _flood(helpers: Path, target: Path, count: int) -> tuple[int, int, int]:
 
 def test_closed_file_struct_reused_for_a_gpu_is_not_mistaken(live: LiveProbe, helpers: Path, tmp_path: Path) -> None:
     """A plain file's ioctl caches "not a GPU"; it is closed, and a GPU-named file opened with
-    openat2 (not hooked) gets the same fd and, from the slab, usually the same struct file."""
+    open_tree (not hooked) gets the same fd and, from the slab, usually the same struct file."""
     target = tmp_path / "nvidiactl"
     target.touch()
     count = 200

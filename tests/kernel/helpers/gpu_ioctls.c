@@ -3,7 +3,7 @@
  *   gpu_ioctls flood PATH COUNT   RM_ALLOC (a compute class) COUNT times on PATH, as fast as it can
  *   gpu_ioctls opath PATH         one RM_ALLOC on an O_PATH fd of PATH (no driver needed)
  *   gpu_ioctls reuse PATH COUNT   COUNT times: an ioctl on a plain file, close it, open PATH with
- *                                 openat2 (not hooked by the sensor), an ioctl on it
+ *                                 open_tree (an O_PATH open no program hooks), an ioctl on it
  *   gpu_ioctls rmalloc PATH       one RM_ALLOC on PATH opened normally
  *   gpu_ioctls pts DIR            in the devpts instance mounted at DIR: open DIR/ptmx, unlock
  *                                 and open its terminal, then one FIGETBSZ (ioctl 2, a number as
@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <linux/openat2.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,15 +66,14 @@ static int one(const char *path, int flags)
 static int reuse(const char *path, long count)
 {
 	uint32_t nvos54[8] = {0};
-	struct open_how how = {.flags = O_RDWR};
 	double start = now();
 	for (long i = 0; i < count; i++) {
 		int plain = open("/etc/hostname", O_RDONLY);
 		ioctl(plain, RM_CONTROL, nvos54); /* cached as "not a GPU" */
 		close(plain);
-		int gpu = syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
+		int gpu = syscall(SYS_open_tree, AT_FDCWD, path, 0);
 		if (gpu != plain) {
-			fprintf(stderr, "openat2 gave fd %d, not %d\n", gpu, plain);
+			fprintf(stderr, "open_tree gave fd %d, not %d\n", gpu, plain);
 			return 1;
 		}
 		ioctl(gpu, RM_CONTROL, nvos54);
