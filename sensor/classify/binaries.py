@@ -3,7 +3,8 @@ decides that on the host, at exec time), and the name of an executable path."""
 
 from __future__ import annotations
 
-TOOLS = ("ssh", "autossh", "chisel", "frpc", "ngrok", "cloudflared", "socat", "ncat", "bore")
+TOOLS = ("ssh", "autossh", "chisel", "frpc", "ngrok", "cloudflared", "socat", "ncat", "bore", "wstunnel", "gost",
+         "rathole", "iodine", "ptunnel-ng", "dbclient", "dropbearmulti", "plink")
 
 
 def basename(path: bytes | str) -> str:

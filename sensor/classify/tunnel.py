@@ -1,9 +1,18 @@
 """Which exec command lines set up a tunnel, and to where.
 
 A tunnel is a process that carries traffic between this host and another one outside the plain
-client pattern: ssh and autossh port forwards (-R, -L, -D and their -o spellings), the agents
-that expose a local service through a remote server (chisel, frpc, ngrok, cloudflared, bore),
-and relays built from socat or ncat.
+client pattern: ssh and autossh port forwards (-R, -L, -D and their -o spellings) and the other
+ssh clients (dropbear's dbclient, PuTTY's plink), the agents that expose a local service through
+a remote server (chisel, frpc, ngrok, cloudflared, bore, rathole) or carry forwards over another
+protocol (wstunnel over WebSocket/HTTP2, gost through a proxy chain, iodine over DNS, ptunnel-ng
+over ICMP), and relays built from socat or ncat.
+
+Which give the far end a way in (`is_reverse`): ssh/dbclient/plink -R, wstunnel -R, gost
+rtcp/rudp through a chain, chisel R:, frpc, ngrok, cloudflared, bore and rathole clients (REVERSE);
+ssh -R port and wstunnel -R socks5/http (REVERSE_DYNAMIC); iodine, whose far end gets a network
+interface to this host, every port of it (REVERSE_DYNAMIC); a ptunnel-ng proxy, which makes TCP
+connections from this host for anyone who can ping it, and socat/ncat relays (RELAY). -L and -D,
+the ptunnel-ng client and gost proxies through a chain only reach out (LOCAL, DYNAMIC).
 
 ssh gets the most care, because its command line is where tunnels hide. It is read the way
 OpenSSH 9.x's ssh.c reads it: BSD getopt without permutation, a second getopt pass over what
@@ -16,9 +25,12 @@ value), the bad part is dropped and the rest still counts: the argv we see may h
 short by the capture, and a newer version may accept what we do not know, so we err toward
 reporting. Options that make ssh exit before it connects (-V, -G, -Q, -1) do clear the verdict.
 
-What a command line cannot tell us: forwards from ssh_config files (~/.ssh/config, -F, Include),
-environment variables (${VAR} in forward specs, AUTOSSH_PORT, BORE_SERVER), and the config files
-of frpc, ngrok and cloudflared. Those leave fields unknown ("" or 0).
+What a command line cannot tell us: forwards from ssh_config files (~/.ssh/config, -F, Include;
+dropbear's ~/.ssh/dropbear_config), PuTTY saved sessions (-load, or a host argument naming one),
+environment variables (${VAR} in forward specs, AUTOSSH_PORT, BORE_SERVER, wstunnel's HTTP_PROXY),
+and the config files of frpc, ngrok, cloudflared, rathole (what it exposes, and where: a rathole
+run without --client or --server is taken for a client) and gost (-C: no verdict from argv alone).
+Those leave fields unknown ("" or 0).
 """
 
 from __future__ import annotations
@@ -61,7 +73,7 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Tunnel:
-    tool: str  # "ssh", "autossh", "chisel", "frpc", "ngrok", "cloudflared", "socat", "ncat", "bore"
+    tool: str  # a key of _PARSERS ("ssh", "chisel", "wstunnel", ...); dropbearmulti's client is "dbclient"
     remote_host: str  # the far end: ssh destination, chisel/bore server, socat/ncat peer ("" if unknown)
     remote_user: str  # "" if not given
     remote_port: int  # 0 if not given (for ssh, 0 means its default, 22)
@@ -634,14 +646,17 @@ class _LongOption(NamedTuple):
     # getopt_long's `val`: a short letter, "" for 0, or "*name" for a flag pointer. Options whose
     # takes_value and val agree are one option to its ambiguity check.
     val: str
+    optional: bool = False  # optional_argument: a value only as --name=VALUE
 
 
 def _gnu_getopt(
     args: list[str], value_letters: frozenset[str], long_options: Mapping[str, _LongOption] | None = None,
+    optional_letters: frozenset[str] = frozenset(),
 ) -> tuple[list[tuple[str, str | None]], list[str]]:
     """glibc getopt()/getopt_long(): options anywhere (it permutes) until `--`; `--name=value` or
-    `--name value`; a long name may be cut to a prefix that leaves no doubt. Returns (options,
-    operands); a long option is named by its short letter when it has one."""
+    `--name value`; a long name may be cut to a prefix that leaves no doubt; an optional value
+    (`x::`) only joined (`-xvalue`). Returns (options, operands); a long option is named by its
+    short letter when it has one."""
     found: list[tuple[str, str | None]] = []
     operands: list[str] = []
     index = 0
@@ -656,7 +671,7 @@ def _gnu_getopt(
         elif arg.startswith("--") and long_options is not None:
             index = _gnu_long_option(arg, args, index, long_options, found)
         else:
-            index = _gnu_short_options(arg, args, index, value_letters, found)
+            index = _gnu_short_options(arg, args, index, value_letters, found, optional_letters)
     return found, operands
 
 
@@ -668,6 +683,9 @@ def _gnu_long_option(
     if name is None:
         return index  # unknown or ambiguous: getopt_long would fail
     option = options[name]
+    if option.optional:
+        found.append((option.val if len(option.val) == 1 else name, value if equals else None))
+        return index
     if option.takes_value and not equals:
         value = args[index] if index < len(args) else ""
         index += 1
@@ -686,9 +704,13 @@ def _match_long_option(given: str, options: Mapping[str, _LongOption]) -> str | 
 
 def _gnu_short_options(
     arg: str, args: list[str], index: int, value_letters: frozenset[str], found: list[tuple[str, str | None]],
+    optional_letters: frozenset[str] = frozenset(),
 ) -> int:
     for pos in range(1, len(arg)):
         letter = arg[pos]
+        if letter in optional_letters:
+            found.append((letter, arg[pos + 1 :] or None))
+            break
         if letter not in value_letters:
             found.append((letter, None))
             continue
@@ -707,6 +729,7 @@ def _gnu_short_options(
 class _Cli(NamedTuple):
     flags: dict[str, str]  # canonical name -> last value given ("" for a switch)
     operands: list[str]
+    given: list[tuple[str, str]]  # every (name, value) in order: flags that may repeat (-L, -F)
 
 
 def _read_flags(
@@ -717,7 +740,7 @@ def _read_flags(
     pflag/clap short flags (`-x value`, `-xvalue`, `-x=value`, clusters). Go's flag package stops
     at the first operand; cobra and clap do not (`interspersed`). frp's `local_port` spellings are
     normalised to `local-port`. Unknown flags are taken as switches."""
-    cli = _Cli({}, [])
+    cli = _Cli({}, [], [])
     index = 0
     while index < len(args):
         arg = args[index]
@@ -737,6 +760,7 @@ def _read_flags(
                 index += 1
             else:
                 cli.flags[name] = joined
+            cli.given.append((name, cli.flags[name]))
     return cli
 
 
@@ -1128,9 +1152,410 @@ def _ncat_listen_address(operands: list[str], source_port: int) -> tuple[str, in
     return (operands[0] if operands else ""), source_port
 
 
+# -- wstunnel ----------------------------------------------------------------------------------
+
+# wstunnel 7+ (clap): `wstunnel client [-L spec]... [-R spec]... ws[s]|http[s]|wts://server`. The
+# Haskell versions before it had no subcommand and took `-L [BIND:]PORT:HOST:PORT` and `-D [BIND:]PORT`.
+_WSTUNNEL_SHORTHANDS = {
+    "L": "local-to-remote", "R": "remote-to-local", "D": "dynamicToRemote", "c": "connection-min-idle",
+    "p": "http-proxy", "P": "http-upgrade-path-prefix", "H": "http-headers", "h": "help", "V": "version",
+}
+_WSTUNNEL_VALUE_FLAGS = frozenset({
+    "local-to-remote", "remote-to-local", "socket-so-mark", "connection-min-idle", "connection-retry-max-backoff",
+    "connection-retry-max-backoff-sec", "reverse-tunnel-connection-retry-max-backoff",
+    "reverse-tunnel-connection-retry-max-backoff-sec", "tls-sni-override", "http-proxy", "http-proxy-login",
+    "http-proxy-password", "http-upgrade-path-prefix", "http-upgrade-credentials", "websocket-ping-frequency",
+    "websocket-ping-frequency-sec", "http-headers", "http-headers-file", "tls-certificate", "tls-private-key",
+    "dns-resolver", "log-lvl", "nb-worker-threads",
+    # the Haskell versions
+    "localToRemote", "dynamicToRemote", "restrictTo", "upgradePathPrefix", "httpProxy", "hostHeader", "tlsSNI",
+    "websocketPingFrequencySec", "upgradeCredentials", "udpTimeoutSec", "customHeaders",
+})
+_WSTUNNEL_LOCAL = frozenset({"local-to-remote", "localToRemote"})
+_WSTUNNEL_DYNAMIC_SCHEMES = frozenset({"socks5", "http", "tproxy+tcp", "tproxy+udp"})
+
+
+def _wstunnel(args: list[str]) -> Tunnel | None:
+    cli = _read_flags(args, _WSTUNNEL_VALUE_FLAGS, shorthands=_WSTUNNEL_SHORTHANDS)
+    if {"help", "version", "server"} & cli.flags.keys():
+        return None  # `--server`: the Haskell versions' server
+    command = cli.operands[:1]
+    if command == ["server"] or (command and command != ["client"] and "://" not in command[0]):
+        return None
+    server = next((operand for operand in cli.operands if "://" in operand), "")
+    forwards = [forward for name, value in cli.given if (forward := _wstunnel_forward(name, value)) is not None]
+    host, port = _url_host_port(server)
+    return Tunnel("wstunnel", host, "", port, tuple(forwards))
+
+
+def _wstunnel_forward(flag: str, spec: str) -> Forward | None:
+    """One -L or -R: `scheme://[BIND:]PORT:HOST:PORT[?options]` (7+), or the Haskell versions'
+    `[BIND:]PORT:HOST:PORT` (-L) and `[BIND:]PORT` (-D). wstunnel binds to 127.0.0.1 by default."""
+    if flag == "dynamicToRemote":
+        bind, port, _ = _wstunnel_bind(spec)
+        return Forward(Direction.DYNAMIC, bind, port, "", 0, spec=spec) if port else None
+    if flag not in _WSTUNNEL_LOCAL and flag != "remote-to-local":
+        return None
+    reverse = flag == "remote-to-local"
+    scheme, separator, rest = spec.partition("://")
+    if not separator:  # the Haskell versions' -L: always TCP
+        scheme, rest = ("tcp", spec) if flag in _WSTUNNEL_LOCAL else ("", "")
+    if scheme in _WSTUNNEL_DYNAMIC_SCHEMES:
+        if reverse and scheme.startswith("tproxy"):
+            return None  # refused: a transparent proxy listens here only
+        bind, port, _ = _wstunnel_bind(rest)
+        direction = Direction.REVERSE_DYNAMIC if reverse else Direction.DYNAMIC
+        return Forward(direction, bind, port, "", 0, spec=spec) if port else None
+    direction = Direction.REVERSE if reverse else Direction.LOCAL
+    if scheme == "unix":
+        path, _, target = rest.partition(":")
+        host, port = _split_host_port(target.partition("?")[0])
+        return Forward(direction, "", 0, host, port, listen_path=path, spec=spec)
+    if scheme not in ("tcp", "udp"):
+        return None  # stdio (plumbing for an ssh ProxyCommand, no listener) or unknown: refused
+    bind, listen_port, target = _wstunnel_bind(rest)
+    host, port = _split_host_port(target.partition("?")[0])
+    return Forward(direction, bind, listen_port, host, port, spec=spec) if listen_port and port else None
+
+
+def _wstunnel_bind(text: str) -> tuple[str, int, str]:
+    """parse_local_bind(): `[v6]:PORT`, `v4:PORT` or `PORT`, then what follows (after ':' or '?')."""
+    if text.startswith("["):
+        bind, _, rest = text[1:].partition("]")
+    else:
+        head, _, tail = text.partition(":")
+        bind, rest = (head, tail) if _is_ipv4(head) else ("127.0.0.1", text)
+    port_text, _, remaining = _partition_any(rest.lstrip(":"), ":?")
+    return bind, _go_port(port_text), remaining
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# -- gost --------------------------------------------------------------------------------------
+
+# gost v2 and v3 read their flags with Go's flag package: -L (a service) and -F (a hop of the
+# chain its traffic goes through) repeat. A node is `[scheme://][user:pass@][host]:port[/targets][?query]`,
+# the scheme `protocol+transport`; with no scheme, an auto (HTTP/SOCKS) proxy.
+_GOST_VALUE_FLAGS = frozenset({"L", "F", "C", "api", "metrics", "O"})
+_GOST_REVERSE = frozenset({"rtcp", "rudp"})  # the last hop of the chain listens and connects back here
+_GOST_FORWARD = frozenset({"tcp", "udp"})  # this host listens and connects to the target through the chain
+
+
+class _GostNode(NamedTuple):
+    protocol: str
+    user: str
+    host: str
+    port: int
+    targets: list[str]
+
+
+def _gost(args: list[str]) -> Tunnel | None:
+    cli = _read_flags(args, _GOST_VALUE_FLAGS, interspersed=False)
+    if "V" in cli.flags:
+        return None  # prints the version
+    chain = [_gost_node(value) for name, value in cli.given if name == "F"]
+    forwards = [forward for name, value in cli.given
+                if name == "L" and (forward := _gost_service(value, bool(chain))) is not None]
+    first = chain[0] if chain else _GostNode("", "", "", 0, [])
+    return Tunnel("gost", first.host, first.user, first.port, tuple(forwards))
+
+
+def _gost_service(spec: str, chained: bool) -> Forward | None:
+    """rtcp/rudp through a chain: REVERSE (without one they listen here, as tcp/udp do); tcp/udp
+    with a target: LOCAL; a proxy service with a chain: DYNAMIC. A proxy with no chain serves this
+    host's own network to whoever reaches it, and has no far end: not counted here."""
+    node = _gost_node(spec)
+    target_host, target_port = _split_host_port(node.targets[0]) if node.targets else ("", 0)
+    if node.protocol in _GOST_REVERSE | _GOST_FORWARD:
+        if not node.targets:
+            return None
+        direction = Direction.REVERSE if node.protocol in _GOST_REVERSE and chained else Direction.LOCAL
+        return Forward(direction, node.host, node.port, target_host, target_port, spec=spec)
+    if chained and node.protocol not in ("tun", "tap"):
+        return Forward(Direction.DYNAMIC, node.host, node.port, "", 0, spec=spec)
+    return None
+
+
+def _gost_node(text: str) -> _GostNode:
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        scheme, rest = "auto", text
+    authority, _, path = rest.partition("/")
+    authority, path = authority.partition("?")[0], path.partition("?")[0]
+    userinfo, _, host_port = authority.rpartition("@")
+    host, port = _split_host_port(host_port)
+    return _GostNode(scheme.partition("+")[0].lower(), userinfo.partition(":")[0], host, port,
+                     [target for target in path.split(",") if target])
+
+
+# -- rathole -----------------------------------------------------------------------------------
+
+_RATHOLE_SHORTHANDS = {"c": "client", "s": "server", "h": "help", "V": "version"}
+
+
+def _rathole(args: list[str]) -> Tunnel | None:
+    """`rathole [--client|--server] CONFIG`: a client exposes the services its config names on the
+    server (like frpc). Without --client or --server, the config's own section decides: counted as
+    a client, since the command line cannot tell."""
+    cli = _read_flags(args, frozenset(), shorthands=_RATHOLE_SHORTHANDS)
+    if {"help", "version", "server", "genkey"} & cli.flags.keys():
+        return None
+    config = cli.operands[0] if cli.operands else ""
+    return Tunnel("rathole", "", "", 0, (Forward(Direction.REVERSE, "", 0, "", 0, spec=config),))
+
+
+# -- iodine ------------------------------------------------------------------------------------
+
+_IODINE_VALUE_LETTERS = frozenset(re.findall(r"(.):", "46vfhru:t:d:R:P:m:M:F:T:O:L:I:z:"))
+
+
+def _iodine(args: list[str]) -> Tunnel | None:
+    """`iodine [options] [nameserver] topdomain`: an IP tunnel over DNS to the iodined server that
+    answers for topdomain. The far end gets a network interface to this host, every port of it:
+    REVERSE_DYNAMIC."""
+    found, operands = _gnu_getopt(args, _IODINE_VALUE_LETTERS)
+    if any(letter in ("v", "h") for letter, _ in found) or not 1 <= len(operands) <= 2:
+        return None  # version, help, or a usage error
+    forward = Forward(Direction.REVERSE_DYNAMIC, "", 0, "", 0, spec=" ".join(operands))
+    return Tunnel("iodine", operands[-1], "", 0, (forward,))
+
+
+# -- ptunnel-ng --------------------------------------------------------------------------------
+
+_PTUNNEL_VALUE_LETTERS = frozenset("mplcvP")
+_PTUNNEL_OPTIONAL_LETTERS = frozenset("rRLoduCge")  # getopt's `x::`: -r127.0.0.1, never -r 127.0.0.1
+_PTUNNEL_LONG = {
+    "magic": _LongOption(True, "m"), "proxy": _LongOption(True, "p"), "listen": _LongOption(True, "l"),
+    "remote-adr": _LongOption(True, "r", optional=True), "remote-port": _LongOption(True, "R", optional=True),
+    "connections": _LongOption(True, "c"), "verbosity": _LongOption(True, "v"),
+    "libpcap": _LongOption(True, "L", optional=True), "logfile": _LongOption(True, "o", optional=True),
+    "statistics": _LongOption(False, "s"), "passwd": _LongOption(True, "P"), "udp": _LongOption(False, "*udp"),
+    "unprivileged": _LongOption(False, "*unprivileged"), "daemon": _LongOption(True, "d", optional=True),
+    "syslog": _LongOption(False, "S"), "user": _LongOption(True, "u", optional=True),
+    "group": _LongOption(True, "g", optional=True), "chroot": _LongOption(True, "C", optional=True),
+    "setcon": _LongOption(True, "e", optional=True), "help": _LongOption(False, "h"),
+}
+
+
+def _ptunnel_ng(args: list[str]) -> Tunnel | None:
+    """TCP over ICMP echo (or UDP). With -p it is the client: it listens on -l (2222) and reaches
+    -r:-R (127.0.0.1:22) from the proxy: LOCAL. Without -p it is the proxy: anyone who can ping
+    this host gets TCP connections made from it, to -r:-R when given: RELAY, a way in."""
+    found, _ = _gnu_getopt(args, _PTUNNEL_VALUE_LETTERS, _PTUNNEL_LONG, _PTUNNEL_OPTIONAL_LETTERS)
+    values = {letter: value for letter, value in found if value is not None}
+    if any(letter == "h" for letter, _ in found):
+        return None
+    proxy = values.get("p")
+    if proxy is None:
+        forward = Forward(Direction.RELAY, "", 0, values.get("r", ""), _c_port(values.get("R", "")), spec="proxy")
+        return Tunnel("ptunnel-ng", "", "", 0, (forward,))
+    listen_port = _c_port(values["l"]) if "l" in values else 2222
+    target_port = _c_port(values["R"]) if "R" in values else 22
+    forward = Forward(Direction.LOCAL, "", listen_port, values.get("r", "127.0.0.1"), target_port,
+                      spec=f"{listen_port} via {proxy}")
+    return Tunnel("ptunnel-ng", proxy, "", 0, (forward,))
+
+
+_C_UNSIGNED = re.compile(r"[ \t\n\v\f\r]*\+?([0-9]+)")
+
+
+def _c_port(text: str) -> int:
+    """A port as strtoul() or atoi() reads it (leading digits, after spaces), 0 outside 1..65535."""
+    number = _C_UNSIGNED.match(text)
+    if number is None:
+        return 0
+    digits = number[1].lstrip("0")[:6]
+    return int(digits) if digits and int(digits) <= 65535 else 0
+
+
+# -- dbclient (dropbear) -----------------------------------------------------------------------
+
+# cli-runopts.c cli_getopts(): its own loop, not getopt. Letters cluster until one that takes a
+# value, whose value is the rest of the argument or the next one; options are read up to the
+# second operand (the first is the host), where the command starts. -F, -e, -D and -V print the
+# version and exit: dbclient has no dynamic forwarding. Unknown letters are ignored.
+_DBCLIENT_VALUE_LETTERS = frozenset("pilWKIcmJboLRB")
+_DBCLIENT_EXITS = frozenset("hFeDV")
+_DBCLIENT_PORT_OPTION = re.compile(r"\s*port(?:\s*=\s*|\s+)(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def _dbclient(args: list[str]) -> Tunnel | None:
+    host_arg = ""
+    options: list[tuple[str, str]] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if not arg.startswith("-"):
+            if host_arg:
+                break  # the remote command
+            host_arg = arg
+            continue
+        letters, value_letter = _dbclient_letters(arg)
+        if _DBCLIENT_EXITS & set(letters):
+            return None
+        if value_letter:
+            value = arg[len(letters) + 1 :]
+            if not value:
+                value = args[index] if index < len(args) else ""
+                index += 1
+            options.append((value_letter, value))
+    return _dbclient_tunnel(host_arg, options)
+
+
+def _dbclient_letters(arg: str) -> tuple[str, str]:
+    """The letters read from one argument, and the letter that takes a value ("" if none)."""
+    for pos in range(1, len(arg)):
+        if arg[pos] in _DBCLIENT_VALUE_LETTERS:
+            return arg[1 : pos + 1], arg[pos]
+    return arg[1:], ""
+
+
+def _dbclient_tunnel(host_arg: str, options: list[tuple[str, str]]) -> Tunnel:
+    user = port = ""
+    forwards: list[Forward] = []
+    for letter, value in options:
+        if letter == "l":
+            user = value
+        elif letter == "p":
+            port = value
+        elif letter == "o" and (match := _DBCLIENT_PORT_OPTION.fullmatch(value)):
+            port = match[1]
+        elif letter in "LR" and (forward := _dbclient_forward(letter, value)) is not None:
+            forwards.append(forward)
+    # [user@]host[^port or /port]; "a,b,c" hops through a and b to c
+    last_hop = host_arg.rpartition(",")[2]
+    at_user, at, host_port = last_hop.partition("@")
+    if not at:
+        at_user, host_port = "", last_hop
+    host, separator, hop_port = _partition_any(host_port, "^") if "^" in host_port else host_port.partition("/")
+    return Tunnel("dbclient", host, at_user or user, _c_port(hop_port if separator else port), tuple(forwards))
+
+
+def _dbclient_forward(letter: str, spec: str) -> Forward | None:
+    """addforward(): `[listenaddr:]listenport:connectaddr:connectport`, split at the first three
+    colons (no brackets: no IPv6 addresses)."""
+    parts = spec.split(":", 3)
+    if len(parts) == 3:
+        parts.insert(0, "")
+    if len(parts) != 4:
+        return None  # "Bad TCP forward"
+    listen_port, target_port = _dropbear_port(parts[1]), _dropbear_port(parts[3])
+    if listen_port is None or target_port is None:
+        return None  # "Bad TCP forward" or "Bad TCP port"
+    direction = Direction.REVERSE if letter == "R" else Direction.LOCAL
+    return Forward(direction, parts[0], listen_port, parts[2], target_port, spec=spec)
+
+
+def _dropbear_port(text: str) -> int | None:
+    """m_str_to_uint(): strtoul() that must read the whole text, then at most 65535."""
+    number = _C_UNSIGNED.fullmatch(text)
+    if number is None:
+        return None
+    digits = number[1].lstrip("0")[:6] or "0"
+    return int(digits) if int(digits) <= 65535 else None
+
+
+def _dropbearmulti(args: list[str]) -> Tunnel | None:
+    """The multi-call binary run by its own name takes the program's name first."""
+    if args[:1] in (["dbclient"], ["ssh"]):
+        return _dbclient(args[1:])
+    return None
+
+
+# -- plink (PuTTY) -----------------------------------------------------------------------------
+
+# cmdline.c and plink's main(): each option a whole word; those below take the next argument.
+# The first operand is the host ([proto,][user@]host), the next one starts the remote command.
+_PLINK_VALUE_OPTIONS = frozenset({
+    "-load", "-l", "-loghost", "-hostkey", "-L", "-R", "-D", "-nc", "-m", "-P", "-pw", "-pwfile", "-i",
+    "-sercfg", "-sessionlog", "-sshlog", "-sshrawlog", "-proxycmd",
+})
+_PLINK_EXITS = frozenset({"-V", "--version", "-pgpfp", "-h", "-?", "--help"})
+# Forwards work only over SSH; the last protocol option wins.
+_PLINK_PROTOCOLS = {"ssh": True, "ssh-connection": True, "telnet": False, "rlogin": False, "raw": False,
+                    "serial": False, "supdup": False}
+
+
+def _plink(args: list[str]) -> Tunnel | None:
+    host_arg = ""
+    ssh = True
+    options: list[tuple[str, str]] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if not arg.startswith("-"):
+            if host_arg:
+                break  # the remote command
+            host_arg, ssh = _plink_host(arg, ssh)
+        elif arg in _PLINK_EXITS:
+            return None
+        elif arg[1:] in _PLINK_PROTOCOLS:
+            ssh = _PLINK_PROTOCOLS[arg[1:]]
+        elif arg in _PLINK_VALUE_OPTIONS:
+            options.append((arg, args[index] if index < len(args) else ""))
+            index += 1
+    user, at, host = host_arg.rpartition("@")
+    user = user if at else next((value for name, value in reversed(options) if name == "-l"), "")
+    port = next((_c_port(value) for name, value in reversed(options) if name == "-P"), 0)
+    forwards = [forward for name, value in options if ssh and (forward := _plink_forward(name, value)) is not None]
+    return Tunnel("plink", host, user, port, tuple(forwards))
+
+
+def _plink_host(arg: str, ssh: bool) -> tuple[str, bool]:
+    """A `proto,` prefix naming a protocol sets it."""
+    prefix, comma, rest = arg.partition(",")
+    if comma and prefix in _PLINK_PROTOCOLS:
+        return rest, _PLINK_PROTOCOLS[prefix]
+    return arg, ssh
+
+
+def _plink_forward(option: str, spec: str) -> Forward | None:
+    """-L/-R `[srcaddr:]srcport:desthost:destport`, split at the second-to-last colon outside
+    brackets; -D `[srcaddr:]srcport`."""
+    colons = _colons_outside_brackets(spec)
+    if option == "-D":
+        listen_host, listen_port = _plink_end(spec, colons)
+        return Forward(Direction.DYNAMIC, listen_host, listen_port, "", 0, spec=spec) if listen_port else None
+    if option not in ("-L", "-R") or len(colons) < 2:
+        return None  # "expects at least two colons"
+    split = colons[-2]
+    listen_host, listen_port = _plink_end(spec[:split], [c for c in colons if c < split])
+    target_host, target_port = _plink_end(spec[split + 1 :], [colons[-1] - split - 1])
+    direction = Direction.REVERSE if option == "-R" else Direction.LOCAL
+    return Forward(direction, listen_host, listen_port, target_host, target_port, spec=spec)
+
+
+def _plink_end(text: str, colons: list[int]) -> tuple[str, int]:
+    """`[host:]port`, the host in brackets or not."""
+    if not colons:
+        return "", _c_port(text)
+    return text[: colons[-1]].strip("[]"), _c_port(text[colons[-1] + 1 :])
+
+
+def _colons_outside_brackets(text: str) -> list[int]:
+    colons, depth = [], 0
+    for pos, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(depth - 1, 0)
+        elif char == ":" and not depth:
+            colons.append(pos)
+    return colons
+
+
 # -- addresses ---------------------------------------------------------------------------------
 
-_SCHEME_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ssh": 22, "rdp": 3389, "smb": 445}
+_SCHEME_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "wts": 443, "ssh": 22, "rdp": 3389,
+                 "smb": 445}
 _LOCAL_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
 
 
@@ -1198,4 +1623,12 @@ _PARSERS: dict[str, Callable[[list[str]], Tunnel | None]] = {
     "bore": _bore,
     "socat": _socat,
     "ncat": _ncat,
+    "wstunnel": _wstunnel,
+    "gost": _gost,
+    "rathole": _rathole,
+    "iodine": _iodine,
+    "ptunnel-ng": _ptunnel_ng,
+    "dbclient": _dbclient,
+    "dropbearmulti": _dropbearmulti,
+    "plink": _plink,
 }
