@@ -98,10 +98,12 @@ def test_io_uring_open_of_a_device_node(live: LiveProbe, helpers: Path, mode: st
     assert [(o.fd, o.kind, o.minor, o.by_name) for o in opens_of(live, pid)] == [(fd, ev.GpuKind.DEV, 0, False)]
 
 
-def test_io_uring_open_completed_by_an_io_wq_worker(live: LiveProbe, helpers: Path) -> None:
-    """IOSQE_ASYNC: the open runs in an io-wq worker, a thread of the same process that shares
-    its fd table; the record is the process's, made on the worker's thread."""
-    pid, fd, _, threads = uring(helpers, "async")
+@pytest.mark.parametrize("mode", ["async", "sqpoll"])
+def test_io_uring_open_run_by_a_kernel_thread_of_the_process(live: LiveProbe, helpers: Path, mode: str) -> None:
+    """IOSQE_ASYNC: the open runs in an io-wq worker; IORING_SETUP_SQPOLL: the ring's own thread
+    submits and runs it. Either is a thread of the same process that shares its fd table: the
+    record is the process's, made on that thread."""
+    pid, fd, _, threads = uring(helpers, mode)
     assert threads > 1
     wait_for_ioctl(live, pid)
     (opened,) = opens_of(live, pid)
