@@ -1313,6 +1313,8 @@ def _rathole(args: list[str]) -> Tunnel | None:
 # -- iodine ------------------------------------------------------------------------------------
 
 _IODINE_VALUE_LETTERS = frozenset(re.findall(r"(.):", "46vfhru:t:d:R:P:m:M:F:T:O:L:I:z:"))
+# common.c check_topdomain(): 3 to 128 characters, labels of [a-zA-Z0-9-] up to 63, at least one dot.
+_IODINE_TOPDOMAIN = re.compile(r"(?=.{3,128}\Z)[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+", re.DOTALL)
 
 
 def _iodine(args: list[str]) -> Tunnel | None:
@@ -1322,6 +1324,8 @@ def _iodine(args: list[str]) -> Tunnel | None:
     found, operands = _gnu_getopt(args, _IODINE_VALUE_LETTERS)
     if any(letter in ("v", "h") for letter, _ in found) or not 1 <= len(operands) <= 2:
         return None  # version, help, or a usage error
+    if not _IODINE_TOPDOMAIN.fullmatch(operands[-1]):
+        return None  # check_topdomain() refuses it: iodine exits
     forward = Forward(Direction.REVERSE_DYNAMIC, "", 0, "", 0, spec=" ".join(operands))
     return Tunnel("iodine", operands[-1], "", 0, (forward,))
 

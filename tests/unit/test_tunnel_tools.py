@@ -133,6 +133,13 @@ NOT_TUNNELS = [
     ["iodine", "-h", "t1.example.com"],
     ["iodine"],
     ["iodine", "a", "b", "c"],
+    ["iodine", "-p", "3000"],  # Ruby's iodine web server: "3000" is no topdomain (no dot)
+    ["iodine", "t1..example.com"],
+    ["iodine", "t1.example.com."],
+    ["iodine", "t1.ex_ample.com"],
+    ["iodine", "a" * 64 + ".example.com"],
+    ["iodine", "t." + "a" * 127],
+    ["plink", "--bfile", "mydata", "--assoc", "--out", "results"],  # the genetics PLINK, by name
     ["ptunnel-ng", "-h"],
     ["dbclient", "-D", "1080", "host"],  # -D prints the version: no dynamic forwarding in dropbear
     ["dbclient", "-R", "9000:localhost:22", "-V", "host"],
