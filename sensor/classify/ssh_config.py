@@ -95,6 +95,7 @@ class ConfigFile(NamedTuple):
     uid: int = 0
     mode: int = 0
     problem: str = ""
+    cut: bool = False  # larger than the reader reads (MAX_FILE_BYTES): only its beginning
 
 
 class Files(Protocol):
@@ -469,6 +470,8 @@ class _Evaluation:
         if check_owner and ((found.uid not in (0, self.user.uid)) or found.mode & 0o022):
             self.result.note(f"{path}: bad owner or permissions (ssh refuses it and stops)")
             return
+        if found.cut:
+            self.result.note(f"{path}: over {MAX_FILE_BYTES} bytes, the rest not read")
         state_box = active if active is not None else [Tri.YES]
         context = _FileContext(path, user_file, depth, cap)
         for number, line in enumerate(_lines(found.text), 1):
