@@ -41,8 +41,9 @@ What is not evaluated:
 - `~` in Include paths is the passwd home, or $HOME when the caller gives it (glob(3) uses $HOME).
 
 Bounds, so that hostile files give a counted outcome and never an exception: at most
-MAX_FILE_BYTES read of a file (the reader's cap), MAX_LINE characters a line (longer lines are
-skipped), MAX_FILES files read in all (both passes), MAX_GLOB files from one Include pattern,
+MAX_FILE_BYTES read of a file (the reader's cap), MAX_TOTAL_CHARS in all, MAX_LINE characters a
+line (longer lines are skipped), MAX_LINES lines evaluated, MAX_FILES files read in all (both
+passes), MAX_GLOB files from one Include pattern,
 MAX_DEPTH nested includes, MAX_DIRECTIVES directives and MAX_NOTES notes carried.
 """
 
@@ -53,10 +54,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
 from typing import NamedTuple, Protocol
 
 from sensor.classify.tunnel import (
     _ASCII_LOWER,
+    ConfigLine,
     Direction,
     Forward,
     _a2port,
@@ -72,12 +75,15 @@ from sensor.classify.tunnel import (
 )
 
 MAX_DEPTH = 16  # readconf.c READCONF_MAX_DEPTH
-MAX_FILE_BYTES = 256 * 1024
+MAX_FILE_BYTES = 64 * 1024
+MAX_TOTAL_CHARS = 128 * 1024  # read in one evaluation, all files and both passes together
+MAX_LINES = 2000  # lines that say something, evaluated in one evaluation (a few ms of the reader's time)
 MAX_LINE = 4096
 MAX_FILES = 64
 MAX_GLOB = 64
 MAX_DIRECTIVES = 32
 MAX_NOTES = 8
+MAX_PARSED_KEPT = 64 * 1024  # characters of a file whose parse is remembered (32 such files)
 USER_CONFIG = ".ssh/config"
 SYSTEM_CONFIG = "/etc/ssh/ssh_config"
 SYSTEM_DIR = "/etc/ssh"
@@ -421,6 +427,8 @@ class _Evaluation:
         self.original = destination
         self.want_final = False
         self.reads = 0
+        self.chars = 0
+        self.lines = 0
 
     def run(self) -> None:
         self._pass(_Pass(self.original, final=False))
@@ -472,18 +480,23 @@ class _Evaluation:
             return
         if found.cut:
             self.result.note(f"{path}: over {MAX_FILE_BYTES} bytes, the rest not read")
+        self.chars += len(found.text)
+        if self.chars > MAX_TOTAL_CHARS:
+            self.result.note(f"{path}: not read, over {MAX_TOTAL_CHARS} characters in all")
+            return
         state_box = active if active is not None else [Tri.YES]
         context = _FileContext(path, user_file, depth, cap)
-        for number, line in enumerate(_lines(found.text), 1):
-            if len(line) > MAX_LINE:
+        for number, words in _parsed(found.text):
+            self.lines += 1
+            if self.lines > MAX_LINES:
+                self.result.note(f"{path} line {number}: over {MAX_LINES} lines in all, the rest not evaluated")
+                return
+            if words is None:
                 self.result.note(f"{path} line {number}: over {MAX_LINE} characters, skipped")
                 continue
-            self._line(line, number, context, state, state_box)
+            self._line(words, number, context, state, state_box)
 
-    def _line(self, line: str, number: int, context: _FileContext, state: _Pass, active: list[Tri]) -> None:
-        words = config_line(line)
-        if words is None:
-            return
+    def _line(self, words: ConfigLine, number: int, context: _FileContext, state: _Pass, active: list[Tri]) -> None:
         keyword, args, rest = words
         where = f"{context.path} line {number}"
         if keyword == "host":
@@ -674,10 +687,34 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _lines(text: str) -> Iterator[str]:
-    """getline() lines; C stops a line at a NUL."""
-    for line in text.split("\n"):
-        yield line.partition("\0")[0]
+def _parsed(text: str) -> tuple[tuple[int, ConfigLine | None], ...]:
+    """The lines that say something, with their numbers (None: too long to read); a file that
+    has not changed since the last exec of ssh (the reader gives the same text) is not parsed
+    again. Only small files are remembered: what a hostile file costs is its own parse."""
+    if len(text) <= MAX_PARSED_KEPT:
+        return _parsed_kept(text)
+    return _parse(text)
+
+
+@lru_cache(maxsize=32)
+def _parsed_kept(text: str) -> tuple[tuple[int, ConfigLine | None], ...]:
+    return _parse(text)
+
+
+def _parse(text: str) -> tuple[tuple[int, ConfigLine | None], ...]:
+    """At most MAX_LINES + 1 lines (an evaluation reads no more): a hostile file costs a bounded parse."""
+    out: list[tuple[int, ConfigLine | None]] = []
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.partition("\0")[0]  # getline() lines; C stops a line at a NUL
+        start = line.lstrip(" \t\r")
+        if not start or start[0] == "#":
+            continue  # blank or comment, known without the full split
+        words = config_line(line) if len(line) <= MAX_LINE else None
+        if words is not None or len(line) > MAX_LINE:
+            out.append((number, words))
+            if len(out) > MAX_LINES:
+                break
+    return tuple(out)
 
 
 # -- patterns (match.c) ----------------------------------------------------------------------

@@ -39,7 +39,8 @@ RESOLVE_IN_ROOT = 0x10
 FUSE_SUPER_MAGIC = 0x65735546
 MAX_ENVIRON = 128 * 1024
 MAX_NAMES = 1024  # names listed from one directory for an Include glob
-CACHE_SIZE = 256
+CACHE_SIZE = 256  # files remembered
+CACHE_BYTES = 4 * 1024 * 1024  # ... and their characters, at most
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
@@ -86,6 +87,7 @@ class _Cache:
 
     def __init__(self, stats: SshFileStats) -> None:
         self._known: OrderedDict[tuple[int, int, str], tuple[_Stamp, ConfigFile]] = OrderedDict()
+        self._chars = 0
         self.stats = stats
 
     def get(self, key: tuple[int, int, str], stamp: _Stamp) -> ConfigFile | None:
@@ -97,10 +99,18 @@ class _Cache:
         return known[1]
 
     def put(self, key: tuple[int, int, str], stamp: _Stamp, found: ConfigFile) -> None:
+        old = self._known.pop(key, None)
+        if old is not None:
+            self._chars -= len(old[1].text or "")
         self._known[key] = (stamp, found)
-        self._known.move_to_end(key)
-        if len(self._known) > CACHE_SIZE:
-            self._known.popitem(last=False)
+        self._chars += len(found.text or "")
+        while len(self._known) > CACHE_SIZE or self._chars > CACHE_BYTES:
+            _, (_, gone) = self._known.popitem(last=False)
+            self._chars -= len(gone.text or "")
+
+    def clear(self) -> None:
+        self._known.clear()
+        self._chars = 0
 
 
 class ProcessFiles:

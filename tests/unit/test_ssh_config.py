@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from sensor.classify.ssh_config import (
     MAX_DEPTH,
     MAX_DIRECTIVES,
+    MAX_LINES,
+    MAX_TOTAL_CHARS,
     ConfigFile,
     LocalUser,
     SshConfig,
@@ -332,6 +334,22 @@ def test_directives_carried_are_bounded(tree: TreeFiles) -> None:
     lines = evaluate(["-F", cfg, "gw"], TreeFiles(Path("/")), ROOT).directives()
     assert len(lines) == MAX_DIRECTIVES
     assert lines[-1] == f"# {100 - MAX_DIRECTIVES + 1} more directives not carried"
+
+
+def test_lines_and_characters_read_are_bounded(tree: TreeFiles) -> None:
+    many = config(tree, "".join(f"RemoteForward {port} localhost:22\n" for port in range(1, MAX_LINES + 501)))
+    result = evaluate(["-F", many, "gw"], TreeFiles(Path("/")), ROOT)
+    assert len(result.options.forwards) == MAX_LINES
+    assert result.notes == [f"{many} line {MAX_LINES + 1}: over {MAX_LINES} lines in all, the rest not evaluated"]
+    filler = "# " + "x" * 1000 + "\n"
+    for name in ("a", "b", "c"):
+        config(tree, f"LocalForward {ord(name)} localhost:22\n" + filler * (MAX_TOTAL_CHARS // len(filler) // 3 + 1),
+               name)
+    main = config(tree, f"Include {tree.root}/a {tree.root}/b {tree.root}/c\n", "main")
+    result = evaluate(["-F", main, "gw"], TreeFiles(Path("/")), ROOT)
+    assert [fw.directive for fw in result.options.forwards] == ["LocalForward 97 localhost:22",
+                                                               "LocalForward 98 localhost:22"]
+    assert result.notes == [f"{tree.root}/c: not read, over {MAX_TOTAL_CHARS} characters in all"]
 
 
 def test_a_hostile_pattern_is_not_exponential() -> None:
