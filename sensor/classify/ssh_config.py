@@ -178,12 +178,10 @@ class SshConfig:
     what could not be evaluated or read."""
 
     options: Options
-    host: str  # the host ssh connects to (HostName expanded, lowercased)
-    local_user: str
+    host: str  # the host ssh connects to (HostName expanded, lowercased); "" without a destination
     notes: list[str] = field(default_factory=list)
     notes_dropped: int = 0
     files_read: int = 0
-    evaluated: bool = True  # False: no destination (ssh prints its usage) or nothing to read
 
     def note(self, text: str) -> None:
         if len(self.notes) < MAX_NOTES:
@@ -192,10 +190,12 @@ class SshConfig:
             self.notes_dropped += 1
 
     def directives(self) -> list[str]:
-        """What the files added, in the order ssh applies them, as config lines; then the notes as
-        comments. At most MAX_DIRECTIVES lines: the last says how many were left out."""
-        lines = [fw.directive for fw in self.options.forwards if fw.directive]
-        lines += list(self.options.from_files.values())
+        """What the files added as config lines: the single values first (each keyword once: a
+        ClearAllForwardings or ProxyJump is never the line left out), then the forwards in the
+        order ssh added them, then the notes as comments. At most MAX_DIRECTIVES lines: the last
+        says how many were left out."""
+        lines = list(self.options.from_files.values())
+        lines += [fw.directive for fw in self.options.forwards if fw.directive]
         lines += [f"# {note}" for note in self.notes]
         if self.notes_dropped:
             lines.append(f"# {self.notes_dropped} more notes")
@@ -263,11 +263,11 @@ def evaluate(args: list[str], files: Files, user: LocalUser) -> SshConfig:
     for letter, value in parsed.before:
         config_path = _command_option(options, letter, value, config_path)
     if parsed.destination is None:
-        return SshConfig(options, "", user.name, evaluated=False)
+        return SshConfig(options, "")  # ssh prints its usage
     host = _destination(options, parsed.destination)
     for letter, value in parsed.after:
         config_path = _command_option(options, letter, value, config_path)
-    result = SshConfig(options, host, user.name)
+    result = SshConfig(options, host)
     _Evaluation(result, files, user, config_path, host).run()
     return result
 
@@ -331,33 +331,38 @@ def _apply(options: Options, keyword: str, args: list[str], rest: str, directive
         return forward is not None
     if not certain:
         return True
-    if keyword == "user" and options.user is None:
-        options.user = args[0]
-    elif keyword == "port":
-        port = _a2port(args[0])
-        if port <= 0:
-            return False
-        if options.port is None:
-            options.port = port
-    elif keyword == "hostname" and options.hostname is None:
-        options.hostname = args[0]
-    elif keyword == "clearallforwardings":
-        value = _FLAGS.get(args[0].translate(_ASCII_LOWER))
-        if value is None:
-            return False
-        if options.clear is None:
-            options.clear = value
-    elif keyword == "proxycommand" and options.proxy_command is None:
-        options.proxy_command = rest.lstrip(_BLANKS_EQUALS)
-    elif keyword == "proxyjump":
+    if keyword == "proxyjump":
         return _set_jump(options, rest.lstrip(_BLANKS_EQUALS), directive)
-    elif keyword == "canonicalizehostname" and options.canonicalize is None:
-        options.canonicalize = args[0].translate(_ASCII_LOWER) not in ("no", "false")
-    else:
-        return True
-    if directive and keyword in ("user", "port", "hostname", "clearallforwardings", "proxycommand"):
-        options.from_files.setdefault(keyword, directive)
+    value = _single_value(keyword, args, rest)
+    if value is None:
+        return keyword not in _SINGLE_VALUES  # a bad value of one of ours; any other keyword: not ours
+    if getattr(options, _SINGLE_VALUES[keyword]) is None:  # the first value wins
+        setattr(options, _SINGLE_VALUES[keyword], value)
+        if directive and keyword != "canonicalizehostname":
+            options.from_files[keyword] = directive
     return True
+
+
+# keyword -> the Options field it sets (the first value wins)
+_SINGLE_VALUES = {"user": "user", "port": "port", "hostname": "hostname", "clearallforwardings": "clear",
+                  "proxycommand": "proxy_command", "canonicalizehostname": "canonicalize"}
+
+
+def _single_value(keyword: str, args: list[str], rest: str) -> str | int | bool | None:
+    """The value a single-value keyword gives, or None (not one of ours, or a value ssh refuses)."""
+    word = args[0].translate(_ASCII_LOWER)
+    if keyword in ("user", "hostname"):
+        return args[0]
+    if keyword == "port":
+        port = _a2port(args[0])
+        return port if port > 0 else None
+    if keyword == "clearallforwardings":
+        return _FLAGS.get(word)
+    if keyword == "proxycommand":
+        return rest.lstrip(_BLANKS_EQUALS)
+    if keyword == "canonicalizehostname":
+        return word not in ("no", "false")
+    return None
 
 
 def _set_jump(options: Options, text: str, directive: str) -> bool:

@@ -53,7 +53,7 @@ def test_a_forward_only_in_the_minus_f_file(live: LiveProbe, tmp_path: Path, sil
                              stderr=subprocess.DEVNULL)
     try:
         event = ssh_exec(live, child)
-        assert event.ssh_config == ["RemoteForward 2222 localhost:22", "HostName 127.0.0.1", "User tunnel"]
+        assert event.ssh_config == ["HostName 127.0.0.1", "User tunnel", "RemoteForward 2222 localhost:22"]
         [fact] = tunnel_facts(live, child.pid)
         assert (fact.reverse, fact.evidence, fact.remote_host, fact.remote_user, fact.remote_port, fact.forwards) == (
             True, "config", "127.0.0.1", "tunnel", silent_server, ("reverse 2222 -> localhost:22",))
@@ -77,8 +77,8 @@ def test_a_forward_only_in_the_users_config_as_its_own_passwd_names_it(
                              stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
     try:
         event = ssh_exec(live, child)
-        assert event.ssh_config == ["RemoteForward 2223 localhost:22", "LocalForward 8080 localhost:80",
-                                    "ProxyCommand none"]
+        assert event.ssh_config == ["ProxyCommand none", "RemoteForward 2223 localhost:22",
+                                    "LocalForward 8080 localhost:80"]
         [fact] = tunnel_facts(live, child.pid)
         assert (fact.evidence, fact.directions, fact.forwards) == (
             "config", ("local", "reverse"), ("reverse 2223 -> localhost:22", "local 8080 -> localhost:80"))

@@ -139,9 +139,12 @@ def test_forwards_of_every_kind_accumulate_in_ssh_order(tree: TreeFiles) -> None
 def test_command_line_comes_first_and_duplicates_are_dropped(tree: TreeFiles) -> None:
     cfg = config(tree, "Host *\n  RemoteForward 2222 localhost:22\n  User fromfile\n  Port 2200\n"
                        "  HostName real.example.com\n")
-    got = agree(tree, ["-F", cfg, "-R", "2222:localhost:22", "-l", "cli", "-o", "Port=2022", "gw"])
+    args = ["-F", cfg, "-R", "2222:localhost:22", "-l", "cli", "-o", "Port=2022", "gw"]
+    got = agree(tree, args)
     assert got["remoteforward"] == ["2222 [localhost]:22"]
     assert (got["user"], got["port"], got["hostname"]) == (["cli"], ["2022"], ["real.example.com"])
+    # what the file added, for the aggregator: only what the command line had not set
+    assert evaluate(args, TreeFiles(Path("/")), ROOT).directives() == ["HostName real.example.com"]
 
 
 def test_clear_all_forwardings_clears_the_command_lines_too(tree: TreeFiles) -> None:
@@ -206,6 +209,26 @@ def test_proxy_jump_and_proxy_command_whichever_comes_first(tree: TreeFiles) -> 
     assert agree(tree, ["-F", cfg, "-J", "10.0.0.1", "gw"])["proxyjump"] == ["[10.0.0.1]"]
 
 
+def test_proxy_jump_none_does_not_stop_a_later_proxy_command(tree: TreeFiles) -> None:
+    """Found by the oracle: in this OpenSSH, `-J none` (or ProxyJump none) only stops a later
+    ProxyJump; a ProxyCommand after it still applies, and is the hop a tunnel goes through."""
+    cfg = config(tree, "Host gw\n  ProxyJump hop1\n  ProxyCommand nc %h %p\n")
+    assert agree(tree, ["-F", cfg, "-o", "ProxyJump=none", "gw"])["proxycommand"] == ["nc %h %p"]
+    tunnel = classify_tunnel([b"ssh", b"-J", b"none", b"-R", b"1:localhost:22", b"gw"], b"", "ssh",
+                             ["ProxyJump hop1", "ProxyCommand nc %h %p"])
+    assert tunnel is not None and tunnel.via == ("ProxyCommand",)
+
+
+def test_a_forward_to_a_unix_socket_is_printed_twice_by_ssh(tree: TreeFiles) -> None:
+    """Found by the oracle: ssh -G prints a LocalForward to a socket path as a dynamicforward too
+    (dump_cfg_forwards() tests the connect host, which a path has not); one forward all the same."""
+    cfg = config(tree, "LocalForward /tmp/l.sock /tmp/t.sock\n")
+    got = agree(tree, ["-F", cfg, "gw"])
+    assert (got["localforward"], got["dynamicforward"]) == (["/tmp/l.sock /tmp/t.sock"], ["/tmp/l.sock"])
+    assert evaluate(["-F", cfg, "gw"], TreeFiles(Path("/")), ROOT).directives() == [
+        "LocalForward /tmp/l.sock /tmp/t.sock"]
+
+
 def test_ssh_uri_destination_gives_user_and_port(tree: TreeFiles) -> None:
     cfg = config(tree, "Host db1\n  User fromfile\n  Port 2200\n")
     got = agree(tree, ["-F", cfg, "ssh://bob@db1:2022"])
@@ -248,8 +271,8 @@ def test_user_config_then_system_config_through_the_reader(tree: TreeFiles) -> N
                                   "remoteforward": ["2222 [localhost]:22"]}
     assert tree.reads == ["/home/u/.ssh/config", "/home/u/.ssh/extra", "/etc/ssh/ssh_config",
                           "/etc/ssh/ssh_config.d/x.conf"]
-    assert result.directives() == ["RemoteForward 2222 localhost:22", "LocalForward 8080 localhost:80",
-                                   "DynamicForward 1080", "Port 2200", "User sys"]
+    assert result.directives() == ["Port 2200", "User sys", "RemoteForward 2222 localhost:22",
+                                   "LocalForward 8080 localhost:80", "DynamicForward 1080"]
 
 
 def test_minus_f_replaces_both_files_and_none_reads_nothing(tree: TreeFiles) -> None:

@@ -87,7 +87,7 @@ def test_the_reader_evaluates_through_the_process_root_home_and_cwd(proc: Path, 
     write(rootfs / "work/my.conf", "DynamicForward 1080\n")
     reader = SshConfigReader(str(proc))
     assert reader.directives(PID, UID, [b"ssh", b"-N", b"gw"], "ssh") == [
-        "RemoteForward 2222 localhost:22", "LocalForward 8080 localhost:80", "User fallback"]
+        "User fallback", "RemoteForward 2222 localhost:22", "LocalForward 8080 localhost:80"]
     assert reader.directives(PID, UID, [b"ssh", b"-F", b"my.conf", b"gw"], "ssh") == ["DynamicForward 1080"]
     # autossh: its ssh child's arguments (-M taken out)
     assert reader.directives(PID, UID, [b"autossh", b"-M", b"0", b"-F", b"my.conf", b"gw"], "autossh") == [
