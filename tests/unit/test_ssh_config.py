@@ -440,8 +440,14 @@ def directive(draw: st.DrawFn) -> str:
     return f"  {keyword}{draw(SEPARATOR)}{value}"
 
 
+ARGV_OPTIONS = [["-R", "2222:localhost:22"], ["-R9999"], ["-L", "8080:localhost:80"], ["-D", "1080"],
+                ["-p", "2022"], ["-l", "dave"], ["-J", "j9"], ["-J", "none"], ["-W", "localhost:22"]]
+
+
 @st.composite
 def option(draw: st.DrawFn) -> list[str]:
+    if draw(st.booleans()):
+        return draw(st.sampled_from(ARGV_OPTIONS))
     keyword, value = draw(keyword_value())
     return draw(st.sampled_from([[f"-o{keyword}={value}"], ["-o", f"{keyword} {value}"]]))
 
@@ -484,7 +490,7 @@ def configuration(draw: st.DrawFn) -> tuple[str, list[str], list[str], str]:
     included = [draw(st.lists(block([]), max_size=2).map("\n".join)) for _ in range(draw(st.integers(0, 2)))]
     names = [f"inc{i}" for i in range(len(included))] + (["inc*"] if included else [])
     main = "\n".join(draw(st.lists(block(names), min_size=1, max_size=4)))
-    options = [arg for given in draw(st.lists(option(), max_size=2)) for arg in given]
+    options = [arg for given in draw(st.lists(option(), max_size=3)) for arg in given]
     return main, included, options, draw(st.sampled_from(DESTINATIONS))
 
 
