@@ -5,10 +5,12 @@ on the way: the process's root (a container's, a chroot), its home, symlinks in 
 file is opened through the process's own root (/proc/PID/root) with openat2(RESOLVE_IN_ROOT):
 an absolute symlink or `..` resolves inside that root, never out of it, and no /proc magic
 link is followed. The home is the passwd entry of the exec's uid in that root's /etc/passwd (ssh
-takes pw_dir, not $HOME); $HOME is read from the process's environment only for `~` in Include,
-which glob(3) expands from it. Only regular files are read (a FIFO would block the reader
-thread), never one on a FUSE file system (its server may be the adversary and answer never), and
-at most MAX_FILE_BYTES of each. ssh's own rule for user files (owned by the user or root, not
+takes pw_dir, not $HOME), the uid and the files' owners taken as the process's user namespace
+names them (/proc/PID/uid_map: in a rootless container, root's files are nobody's to ssh).
+$HOME is read from the process's environment only for `~` in Include, which glob(3) expands
+from it. Only regular files are read (a FIFO would block the reader thread), never one on a
+FUSE file system (its server may be the adversary and answer never), and at most
+MAX_FILE_BYTES of each. ssh's own rule for user files (owned by the user or root, not
 writable by group or others) is applied by the evaluator (sensor/classify/ssh_config.py).
 
 Files are remembered by (root, path) with the (device, inode, size, mtime, ctime) they had: a file
@@ -113,13 +115,39 @@ class _Cache:
         self._chars = 0
 
 
-class ProcessFiles:
-    """ssh_config.Files for one process: its root, its cwd."""
+class UidMap:
+    """A user namespace's uid_map: ids as the kernel (and this probe) sees them, to the ids the
+    process sees (its passwd file's, its getuid()'s). The initial namespace maps each to itself."""
 
-    def __init__(self, root_fd: int, root_id: tuple[int, int], cache: _Cache) -> None:
+    OVERFLOW = 65534  # what an id without a mapping reads as inside the namespace
+
+    def __init__(self, ranges: list[tuple[int, int, int]] | None = None) -> None:
+        self.ranges = ranges if ranges is not None else [(0, 0, 2**32)]  # (inside, outside, count)
+
+    @classmethod
+    def read(cls, path: str) -> UidMap:
+        try:
+            with open(path) as text:
+                rows = [line.split() for line in text.read(64 * 1024).splitlines()]
+            return cls([(int(row[0]), int(row[1]), int(row[2])) for row in rows if len(row) == 3])
+        except (OSError, ValueError):
+            return cls()
+
+    def inside(self, uid: int) -> int:
+        for first_inside, first_outside, count in self.ranges:
+            if first_outside <= uid < first_outside + count:
+                return first_inside + uid - first_outside
+        return self.OVERFLOW
+
+
+class ProcessFiles:
+    """ssh_config.Files for one process: its root, with file owners as its user namespace sees them."""
+
+    def __init__(self, root_fd: int, root_id: tuple[int, int], cache: _Cache, uids: UidMap | None = None) -> None:
         self._root = root_fd
         self._root_id = root_id
         self._cache = cache
+        self._uids = uids if uids is not None else UidMap()
         self._passwd: list[list[str]] | None = None
 
     def read(self, path: str) -> ConfigFile:
@@ -128,7 +156,8 @@ class ProcessFiles:
         except OSError as exc:
             return ConfigFile(None, problem="missing" if exc.errno == errno.ENOENT else exc.strerror or "unreadable")
         try:
-            return self._read_fd(fd, path)
+            found = self._read_fd(fd, path)
+            return found._replace(uid=self._uids.inside(found.uid))
         except OSError as exc:
             return ConfigFile(None, problem=exc.strerror or "unreadable")
         finally:
@@ -199,7 +228,8 @@ class SshConfigReader:
 
     def directives(self, pid: int, uid: int, argv: list[bytes], tool: str) -> list[str] | None:
         """What ssh's files add to this command line (see ssh_config.SshConfig.directives), or None
-        when the process was gone before its root could be opened."""
+        when the process was gone before its root could be opened. `uid`: its real uid, as the
+        kernel sees it (a user namespace's are mapped to the namespace's, as ssh sees them)."""
         try:
             root_fd = os.open(f"{self.proc}/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -207,9 +237,11 @@ class SshConfigReader:
             return None
         try:
             root = os.fstat(root_fd)
-            files = ProcessFiles(root_fd, (root.st_dev, root.st_ino), self._cache)
-            name, home = files.user(uid)
-            user = LocalUser(name, uid, home, self._env_home(pid), self._cwd(pid))
+            uids = UidMap.read(f"{self.proc}/{pid}/uid_map")
+            files = ProcessFiles(root_fd, (root.st_dev, root.st_ino), self._cache, uids)
+            own_uid = uids.inside(uid)  # the uid the process has, in its passwd file's terms
+            name, home = files.user(own_uid)
+            user = LocalUser(name, own_uid, home, self._env_home(pid), self._cwd(pid))
             args = [arg.decode("utf-8", "replace") for arg in argv[1:]]
             if tool == "autossh":
                 args = autossh_child_args(args)

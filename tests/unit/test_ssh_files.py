@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sensor.classify.ssh_config import MAX_FILE_BYTES
-from sensor.probe.ssh_files import ProcessFiles, SshConfigReader, SshFileStats, _Cache
+from sensor.probe.ssh_files import ProcessFiles, SshConfigReader, SshFileStats, UidMap, _Cache
 
 PID = 4242
 UID = os.getuid() or 1000  # the files' owner, or (as root) root: ssh accepts both
@@ -105,3 +105,20 @@ def test_a_process_gone_is_counted(proc: Path) -> None:
     reader = SshConfigReader(str(proc))
     assert reader.directives(PID + 1, 0, [b"ssh", b"gw"], "ssh") is None
     assert reader.stats.unread == 1
+
+
+def test_a_user_namespace_names_the_uid_and_the_owners(proc: Path, rootfs: Path) -> None:
+    """A rootless container: its uid 1000 is 101000 to the kernel; files owned by the host's root
+    are nobody's inside, and ssh refuses a user config owned by nobody."""
+    assert UidMap([(0, 100000, 65536)]).inside(101000) == 1000
+    assert UidMap([(0, 100000, 65536)]).inside(0) == UidMap.OVERFLOW
+    (proc / str(PID) / "uid_map").write_text("         0     100000      65536\n")
+    write(rootfs / "etc/passwd", "root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n")
+    config = rootfs / "home/u/.ssh/config"
+    write(config, "RemoteForward 2222 localhost:22\n")
+    reader = SshConfigReader(str(proc))
+    assert reader.directives(PID, 101000, [b"ssh", b"gw"], "ssh") == [
+        "# /home/u/.ssh/config: bad owner or permissions (ssh refuses it and stops)"]
+    if os.getuid() == 0:  # owned by the container's user: read
+        os.chown(config, 101000, 101000)
+        assert reader.directives(PID, 101000, [b"ssh", b"gw"], "ssh") == ["RemoteForward 2222 localhost:22"]
