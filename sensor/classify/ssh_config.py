@@ -451,7 +451,8 @@ class _Evaluation:
         path = self.config_path
         if path is not None:
             if path.lower() != "none":
-                self._file(self._absolute(path), state, user_file=True, check_owner=False, depth=0, cap=Tri.YES)
+                self.config_path = self._absolute(path)
+                self._file(self.config_path, state, user_file=True, check_owner=False, depth=0, cap=Tri.YES)
             return
         if self.user.home:
             self._file(f"{self.user.home.rstrip('/')}/{USER_CONFIG}", state, user_file=True, check_owner=True,
@@ -479,6 +480,8 @@ class _Evaluation:
         if found.text is None:
             if found.problem != "missing":
                 self.result.note(f"{path}: not read ({found.problem})")
+            elif path == self.config_path and not state.final:
+                self.result.note(f"{path}: no such file (ssh stops)")  # -F: ssh cannot do without it
             return
         if check_owner and ((found.uid not in (0, self.user.uid)) or found.mode & 0o022):
             self.result.note(f"{path}: bad owner or permissions (ssh refuses it and stops)")

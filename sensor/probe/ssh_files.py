@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import stat
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ MAX_NAMES = 1024  # names listed from one directory for an Include glob
 CACHE_SIZE = 256  # files remembered
 CACHE_BYTES = 4 * 1024 * 1024  # ... and their characters, at most
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+_OWN_FD = re.compile(r"/dev/(?:fd/(?P<fd>[0-9]{1,9})|stdin)|/proc/self/fd/(?P<self>[0-9]{1,9})")
 
 
 class _OpenHow(ctypes.Structure):
@@ -143,7 +145,9 @@ class UidMap:
 class ProcessFiles:
     """ssh_config.Files for one process: its root, with file owners as its user namespace sees them."""
 
-    def __init__(self, root_fd: int, root_id: tuple[int, int], cache: _Cache, uids: UidMap | None = None) -> None:
+    def __init__(self, root_fd: int, root_id: tuple[int, int], cache: _Cache, uids: UidMap | None = None,
+                 pid: int | None = None, proc: str = "/proc") -> None:
+        self._pid, self._proc = pid, proc
         self._root = root_fd
         self._root_id = root_id
         self._cache = cache
@@ -151,10 +155,14 @@ class ProcessFiles:
         self._passwd: list[list[str]] | None = None
 
     def read(self, path: str) -> ConfigFile:
+        fd: int | None
         try:
             fd = openat2_in_root(self._root, path, _OPEN_FLAGS)
         except OSError as exc:
-            return ConfigFile(None, problem="missing" if exc.errno == errno.ENOENT else exc.strerror or "unreadable")
+            fd = self._own_fd(path)
+            if fd is None:
+                missing = exc.errno == errno.ENOENT
+                return ConfigFile(None, problem="missing" if missing else exc.strerror or "unreadable")
         try:
             found = self._read_fd(fd, path)
             return found._replace(uid=self._uids.inside(found.uid))
@@ -162,6 +170,20 @@ class ProcessFiles:
             return ConfigFile(None, problem=exc.strerror or "unreadable")
         finally:
             os.close(fd)
+
+    def _own_fd(self, path: str) -> int | None:
+        """`-F /dev/fd/3` (or /dev/stdin, /proc/self/fd/N): one of the process's own open files,
+        which resolving in its root cannot reach (/proc/self would be ours, its fd links are magic).
+        Opened afresh through /proc/PID/fd, as ssh's fopen() opens it; only a regular file is read
+        (from its start), never a pipe, whose data is ssh's."""
+        match = _OWN_FD.fullmatch(path)
+        if match is None or self._pid is None:
+            return None
+        number = match["fd"] or match["self"] or "0"  # /dev/stdin: fd 0
+        try:
+            return os.open(f"{self._proc}/{self._pid}/fd/{number}", _OPEN_FLAGS)
+        except OSError:
+            return None
 
     def _read_fd(self, fd: int, path: str) -> ConfigFile:
         st = os.fstat(fd)
@@ -238,7 +260,7 @@ class SshConfigReader:
         try:
             root = os.fstat(root_fd)
             uids = UidMap.read(f"{self.proc}/{pid}/uid_map")
-            files = ProcessFiles(root_fd, (root.st_dev, root.st_ino), self._cache, uids)
+            files = ProcessFiles(root_fd, (root.st_dev, root.st_ino), self._cache, uids, pid, self.proc)
             own_uid = uids.inside(uid)  # the uid the process has, in its passwd file's terms
             name, home = files.user(own_uid)
             user = LocalUser(name, own_uid, home, self._env_home(pid), self._cwd(pid))

@@ -84,3 +84,21 @@ def test_a_forward_only_in_the_users_config_as_its_own_passwd_names_it(
             "config", ("local", "reverse"), ("reverse 2223 -> localhost:22", "local 8080 -> localhost:80"))
     finally:
         stop(child)
+
+
+def test_a_forward_in_a_deleted_file_given_as_stdin(live: LiveProbe, tmp_path: Path, silent_server: int) -> None:
+    """`ssh -F /dev/stdin < file`, the file deleted: no path names it any more, the process's fd 0
+    does (ssh closes every other fd at once, so /dev/fd/3 cannot work)."""
+    cfg = tmp_path / "gone.conf"
+    cfg.write_text("RemoteForward 2224 localhost:22\n")
+    with cfg.open("rb") as held:
+        cfg.unlink()
+        child = subprocess.Popen(["ssh", "-F", "/dev/stdin", "-N", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+                                  "-p", str(silent_server), "127.0.0.1"], stdin=held, stderr=subprocess.DEVNULL)
+    try:
+        event = ssh_exec(live, child)
+        assert event.ssh_config == ["RemoteForward 2224 localhost:22"]
+        [fact] = tunnel_facts(live, child.pid)
+        assert (fact.evidence, fact.forwards) == ("config", ("reverse 2224 -> localhost:22",))
+    finally:
+        stop(child)

@@ -281,6 +281,7 @@ def test_minus_f_replaces_both_files_and_none_reads_nothing(tree: TreeFiles) -> 
     user = LocalUser("u", 1000, "/home/u", cwd="/w")
     assert dump(evaluate(["-F", "my.conf", "gw"], tree, user), user)["remoteforward"] == ["2 [localhost]:22"]
     assert "remoteforward" not in dump(evaluate(["-F", "none", "gw"], tree, user), user)
+    assert evaluate(["-F", "nothere", "gw"], tree, user).notes == ["/w/nothere: no such file (ssh stops)"]
 
 
 def test_a_user_config_ssh_would_refuse_is_not_read(tree: TreeFiles) -> None:

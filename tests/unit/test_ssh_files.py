@@ -122,3 +122,19 @@ def test_a_user_namespace_names_the_uid_and_the_owners(proc: Path, rootfs: Path)
     if os.getuid() == 0:  # owned by the container's user: read
         os.chown(config, 101000, 101000)
         assert reader.directives(PID, 101000, [b"ssh", b"gw"], "ssh") == ["RemoteForward 2222 localhost:22"]
+
+
+def test_minus_f_on_one_of_the_process_own_files(proc: Path, rootfs: Path, tmp_path: Path) -> None:
+    """`ssh -F /dev/fd/3 3<file` (the file may be deleted): read through /proc/PID/fd, when a
+    regular file; a pipe is not read (its data is ssh's)."""
+    own = tmp_path / "deleted-later"
+    write(own, "RemoteForward 4444 localhost:22\n")
+    (proc / str(PID) / "fd").mkdir()
+    (proc / str(PID) / "fd/3").symlink_to(own)
+    os.mkfifo(tmp_path / "pipe")
+    (proc / str(PID) / "fd/0").symlink_to(tmp_path / "pipe")
+    reader = SshConfigReader(str(proc))
+    for path in (b"/dev/fd/3", b"/proc/self/fd/3"):
+        assert reader.directives(PID, UID, [b"ssh", b"-F", path, b"gw"], "ssh") == ["RemoteForward 4444 localhost:22"]
+    assert reader.directives(PID, UID, [b"ssh", b"-F", b"/dev/stdin", b"gw"], "ssh") == [
+        "# /dev/stdin: not read (not a regular file)"]
