@@ -43,7 +43,8 @@ What is not evaluated:
 Bounds, so that hostile files give a counted outcome and never an exception: at most
 MAX_FILE_BYTES read of a file (the reader's cap), MAX_TOTAL_CHARS in all, MAX_LINE characters a
 line (longer lines are skipped), MAX_LINES lines evaluated, MAX_FILES files read in all (both
-passes), MAX_GLOB files from one Include pattern,
+passes), MAX_GLOB files from one Include pattern, MAX_LISTINGS directories listed for globs,
+MAX_MATCH_WORK steps of pattern matching (past it, Host and Match are taken as possibly matching),
 MAX_DEPTH nested includes, MAX_DIRECTIVES directives and MAX_NOTES notes carried.
 """
 
@@ -83,6 +84,10 @@ MAX_FILES = 64
 MAX_GLOB = 64
 MAX_DIRECTIVES = 32
 MAX_NOTES = 8
+# Pattern matching costs up to (host length x pattern length) steps; an evaluation spends at most
+# this many (a few hundred ms at worst; a config of a thousand ordinary Host lines spends ~1%).
+MAX_MATCH_WORK = 2_000_000
+MAX_LISTINGS = 64  # directories listed for Include globs in one evaluation
 MAX_PARSED_KEPT = 64 * 1024  # characters of a file whose parse is remembered (32 such files)
 USER_CONFIG = ".ssh/config"
 SYSTEM_CONFIG = "/etc/ssh/ssh_config"
@@ -434,6 +439,7 @@ class _Evaluation:
         self.reads = 0
         self.chars = 0
         self.lines = 0
+        self.budget = Budget()
 
     def run(self) -> None:
         self._pass(_Pass(self.original, final=False))
@@ -523,18 +529,27 @@ class _Evaluation:
     def _host(self, patterns: list[str], state: _Pass) -> Tri:
         """readconf.c oHost: any pattern matching activates, a negated one matching deactivates."""
         matched = Tri.NO
-        for pattern in patterns:
-            negated = pattern.startswith("!")
-            if wildcard_match(state.host, pattern[1:] if negated else pattern):
-                if negated:
-                    return Tri.NO
-                matched = Tri.YES
+        try:
+            for pattern in patterns:
+                negated = pattern.startswith("!")
+                if wildcard_match(state.host, pattern[1:] if negated else pattern, self.budget):
+                    if negated:
+                        return Tri.NO
+                    matched = Tri.YES
+        except OverBudget as spent:
+            if not self.budget.noted:  # once: every Host line after it is the same story
+                self.budget.noted = True
+                self.result.note(f"Host {_short(' '.join(patterns))}: not evaluated, {spent}")
+            return Tri.MAYBE
         return matched
 
     def _match(self, rest: str, state: _Pass, where: str) -> Tri:
         """readconf.c match_cfg_line(): criteria ANDed; exec and unknown criteria are MAYBE."""
         criteria = _Criteria(self, state)
-        outcome = criteria.evaluate(rest)
+        try:
+            outcome = criteria.evaluate(rest)
+        except OverBudget:
+            outcome = Tri.MAYBE
         if criteria.final_requested:
             self.want_final = True
         return outcome
@@ -560,7 +575,11 @@ class _Evaluation:
         if expanded is None:
             self.result.note(f"{where}: Include {_short(pattern)}: no such user home")
             return []
-        found = list(_glob(self.files, expanded))
+        try:
+            found = list(_glob(self.files, expanded, self.budget))
+        except OverBudget as spent:
+            self.result.note(f"{where}: Include {_short(pattern)}: not read, {spent}")
+            return []
         if len(found) > MAX_GLOB:
             self.result.note(f"{where}: Include {_short(pattern)}: {len(found)} files, the first {MAX_GLOB} read")
         return found[:MAX_GLOB]
@@ -598,6 +617,7 @@ class _Criteria:
         else:
             self.host = state.host
         self.final_requested = False
+        self.budget = evaluation.budget
 
     def evaluate(self, rest: str) -> Tri:
         tokens = _tokens(rest)
@@ -632,13 +652,13 @@ class _Criteria:
 
     def _criterion(self, name: str, argument: str) -> Tri:
         if name == "host":
-            return _tri(pattern_list_match(self.host.translate(_ASCII_LOWER), argument, lower=True) == 1)
+            return _tri(pattern_list_match(self.host.translate(_ASCII_LOWER), argument, True, self.budget) == 1)
         if name == "originalhost":
-            return _tri(pattern_list_match(self.original.translate(_ASCII_LOWER), argument, lower=True) == 1)
+            return _tri(pattern_list_match(self.original.translate(_ASCII_LOWER), argument, True, self.budget) == 1)
         if name == "user":
-            return _tri(pattern_list_match(self.remote_user, argument, lower=False) == 1)
+            return _tri(pattern_list_match(self.remote_user, argument, False, self.budget) == 1)
         if name == "localuser":
-            return _tri(pattern_list_match(self.local_user, argument, lower=False) == 1)
+            return _tri(pattern_list_match(self.local_user, argument, False, self.budget) == 1)
         return Tri.MAYBE  # exec (never run), or a criterion this version does not know
 
 
@@ -728,29 +748,76 @@ def _parse(text: str) -> tuple[tuple[int, ConfigLine | None], ...]:
 # -- patterns (match.c) ----------------------------------------------------------------------
 
 
-def wildcard_match(text: str, pattern: str) -> bool:
-    """match.c match_pattern(): `*` any run, `?` one character, everything else itself. Without
-    backtracking over every star (a hostile pattern cannot make it exponential)."""
-    t = p = 0
-    star_p, star_t = -1, 0
-    while t < len(text):
-        if p < len(pattern) and (pattern[p] == "?" or pattern[p] == text[t]) and pattern[p] != "*":
-            t += 1
-            p += 1
-        elif p < len(pattern) and pattern[p] == "*":
-            star_p, star_t = p, t
-            p += 1
-        elif star_p >= 0:
-            star_t += 1
-            t, p = star_t, star_p + 1
-        else:
-            return False
-    while p < len(pattern) and pattern[p] == "*":
-        p += 1
-    return p == len(pattern)
+class OverBudget(Exception):
+    """An evaluation spent its budget of pattern matching or directory listing."""
 
 
-def pattern_list_match(text: str, patterns: str, lower: bool) -> int:
+@dataclass
+class Budget:
+    """What one evaluation may spend on work whose cost the files choose."""
+
+    match_work: int = MAX_MATCH_WORK
+    listings: int = MAX_LISTINGS
+    noted: bool = False  # the spent matching budget has been said
+
+    def match(self, text: str, pattern: str) -> None:
+        self.match_work -= (len(text) + 1) * (len(pattern) + 1) if "*" in pattern else len(pattern) + 1
+        if self.match_work < 0:
+            raise OverBudget(f"over {MAX_MATCH_WORK} steps of pattern matching")
+
+    def listing(self) -> None:
+        self.listings -= 1
+        if self.listings < 0:
+            raise OverBudget(f"over {MAX_LISTINGS} directories listed")
+
+
+def wildcard_match(text: str, pattern: str, budget: Budget | None = None) -> bool:
+    """match.c match_pattern(): `*` any run, `?` one character, everything else itself.
+
+    As segments between stars: the first must start the text, the last end it, and each one
+    between is taken at its leftmost place after the one before (which is right for glob
+    patterns, and never backtracks: a hostile pattern costs at worst len(text) x len(pattern)
+    character comparisons, in C; `budget` counts them)."""
+    if budget is not None:
+        budget.match(text, pattern)
+    first, *middle = pattern.split("*")
+    if not middle:
+        return len(text) == len(first) and _segment_at(text, 0, first)
+    last = middle.pop()
+    end = len(text) - len(last)
+    if end < len(first) or not _segment_at(text, 0, first) or not _segment_at(text, end, last):
+        return False
+    position = len(first)
+    for segment in middle:
+        if segment:
+            found = _find_segment(text, segment, position, end)
+            if found < 0:
+                return False
+            position = found + len(segment)
+    return True
+
+
+def _segment_at(text: str, at: int, segment: str) -> bool:
+    if "?" not in segment:
+        return text.startswith(segment, at)
+    return len(text) - at >= len(segment) and _segment_regex(segment).match(text, at) is not None
+
+
+def _find_segment(text: str, segment: str, start: int, end: int) -> int:
+    """Where `segment` first lies whole within text[start:end], or -1."""
+    if "?" not in segment:
+        return text.find(segment, start, end)
+    found = _segment_regex(segment).search(text, start, end)
+    return found.start() if found is not None else -1
+
+
+@lru_cache(maxsize=256)
+def _segment_regex(segment: str) -> re.Pattern[str]:
+    """A segment with `?` as a regular expression with no repetition (no backtracking)."""
+    return re.compile("".join("." if char == "?" else re.escape(char) for char in segment), re.DOTALL)
+
+
+def pattern_list_match(text: str, patterns: str, lower: bool, budget: Budget | None = None) -> int:
     """match.c match_pattern_list(): comma-separated subpatterns, `!` negating: -1 if a negated one
     matches, 1 if another does, else 0. With `lower`, the patterns are lowercased (ASCII)."""
     positive = 0
@@ -759,14 +826,14 @@ def pattern_list_match(text: str, patterns: str, lower: bool) -> int:
         sub = given[1:] if negated else given
         if len(sub) >= _SUBPATTERN_MAX:
             return 0
-        if wildcard_match(text, sub.translate(_ASCII_LOWER) if lower else sub):
+        if wildcard_match(text, sub.translate(_ASCII_LOWER) if lower else sub, budget):
             if negated:
                 return -1
             positive = 1
     return positive
 
 
-def _glob(files: Files, pattern: str) -> Iterator[str]:
+def _glob(files: Files, pattern: str, budget: Budget) -> Iterator[str]:
     """glob(3) through the reader: each component with `*`, `?` or `[` matched against the
     directory's names (a leading dot only by a leading dot), sorted; others taken as they are."""
     parts = [part for part in pattern.split("/") if part]
@@ -778,6 +845,7 @@ def _glob(files: Files, pattern: str) -> Iterator[str]:
             if not re.search(r"[*?\[]", part):
                 following.append(prefix + part)
                 continue
+            budget.listing()
             names = files.listdir(base) or []
             for name in sorted(names):
                 if name.startswith(".") and not part.startswith("."):

@@ -4,6 +4,7 @@ own evaluation, printed without connecting) as the oracle."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import subprocess
@@ -374,6 +375,28 @@ def test_lines_and_characters_read_are_bounded(tree: TreeFiles) -> None:
     assert [fw.directive for fw in result.options.forwards] == ["LocalForward 97 localhost:22",
                                                                "LocalForward 98 localhost:22"]
     assert result.notes == [f"{tree.root}/c: not read, over {MAX_TOTAL_CHARS} characters in all"]
+
+
+def test_pattern_matching_and_glob_listing_are_budgeted(tree: TreeFiles) -> None:
+    """Long patterns against a long destination: past the budget, Host lines are possibly
+    matching (their forwards count, their single values do not), and no glob lists more."""
+    host_line = "Host " + "*a" * 1000 + "\n  RemoteForward {port} localhost:22\n  User u{port}\n"
+    for first in range(10):
+        for second in range(10):
+            (tree.root / f"d{first}" / f"d{second}").mkdir(parents=True)
+    cfg = config(tree, "".join(host_line.format(port=port) for port in range(1, 31))
+                 + f"Include {tree.root}/*/*/*/x\n")
+    destination = "a" * 1000
+    result = evaluate(["-F", cfg, destination], TreeFiles(Path("/")), ROOT)
+    assert result.options.user is None and len(result.options.forwards) == 30
+    assert result.notes == [f"Host {('*a' * 39)[:77]}...: not evaluated, over 2000000 steps of pattern matching",
+                            f"{cfg}: Include {tree.root}/*/*/*/x: not read, over 64 directories listed"]
+
+
+@given(st.text("ab.-", max_size=10), st.text("ab.-*?", max_size=8))
+def test_wildcards_match_as_glob_does(text: str, pattern: str) -> None:
+    """match_pattern()'s `*` and `?` are glob's (no brackets in ssh's patterns)."""
+    assert wildcard_match(text, pattern) == fnmatch.fnmatchcase(text, pattern)
 
 
 def test_a_hostile_pattern_is_not_exponential() -> None:
