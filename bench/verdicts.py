@@ -60,11 +60,11 @@ def ssh_user_config() -> str:
 
 
 def ssh_hostile_config() -> str:
-    """The most an evaluation reads (MAX_TOTAL_CHARS), as short lines that all parse: a file
-    that includes itself, each read afresh (its ctime changed since the last exec)."""
-    line = "RemoteForward 1 a:2\n"
+    """The most an evaluation reads (MAX_TOTAL_CHARS), as short lines that all parse into distinct
+    forwards: a file that includes itself, read and parsed afresh (as if changed since the last exec)."""
     fd, path = tempfile.mkstemp(prefix="bench-ssh-hostile-", suffix=".conf")
-    text = f"Include {path}\n" + line * ((MAX_FILE_BYTES - 100) // len(line))
+    lines = (f"RemoteForward {port % 65535 + 1} a{port}:2\n" for port in range(MAX_FILE_BYTES // 20))
+    text = (f"Include {path}\n" + "".join(lines))[:MAX_FILE_BYTES - 30]
     os.write(fd, text.encode())
     os.close(fd)
     return path

@@ -154,7 +154,6 @@ class _Forward:
 
 @dataclass
 class _Jump:
-    text: str  # as given (for the directive)
     extra: str  # the hops before the last, as given
     user: str
     host: str
@@ -174,6 +173,7 @@ class Options:
     canonicalize: bool | None = None  # CanonicalizeHostname: its final pass is all we evaluate of it
     stdio_forward: bool = False
     forwards: list[_Forward] = field(default_factory=list)
+    forward_keys: set[tuple[object, ...]] = field(default_factory=set)
     from_files: dict[str, str] = field(default_factory=dict)  # keyword -> directive, single values set by files
 
 
@@ -320,7 +320,9 @@ def _add_forward(options: Options, forward: Forward | None, remote: bool, direct
     if forward is None:
         return
     new = _Forward(forward, remote, directive)
-    if all(fw.key() != new.key() for fw in options.forwards):
+    key = new.key()
+    if key not in options.forward_keys:
+        options.forward_keys.add(key)
         options.forwards.append(new)
 
 
@@ -375,7 +377,7 @@ def _set_jump(options: Options, text: str, directive: str) -> bool:
     none, and is ignored once a ProxyCommand or ProxyJump is set. `none` only blocks a later
     ProxyJump (as the OpenSSH 9.2 of Debian 12 does, with upstream's later fix)."""
     if text.lower() == "none":
-        jump = _Jump(text, "", "", "none", 0)
+        jump = _Jump("", "", "none", 0)
         applies = options.jump is None
     else:
         spec = text.partition("#")[0].rstrip(" \t\r\n")
@@ -383,7 +385,7 @@ def _set_jump(options: Options, text: str, directive: str) -> bool:
         last = parsed[-1]
         if last is None or None in parsed:
             return False
-        jump = _Jump(spec, spec[: spec.rfind(",")] if "," in spec else "", *last)
+        jump = _Jump(spec[: spec.rfind(",")] if "," in spec else "", *last)
         applies = options.proxy_command is None and options.jump is None
     if applies:
         options.jump = jump
