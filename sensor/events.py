@@ -97,6 +97,11 @@ class Exec(Event):
     # The container the new image runs in, by key (a Container frame describes it): "" on the
     # host, CONTAINER_UNREAD when its cgroup could not be read (the process was gone).
     container: str = ""
+    # ssh and autossh (by identity): what ssh's configuration files add to this command line,
+    # evaluated by the probe at exec time through the process's root and home, as directives
+    # ("RemoteForward 2222 localhost:22", "ProxyJump a,b") and notes ("# ..."; at most 32 lines:
+    # sensor/classify/ssh_config.py); [] for other execs or when nothing was added.
+    ssh_config: list[str] = field(default_factory=list)
 
 
 # Exec.container when the probe could not read the process's cgroup: it stays in the container
@@ -227,6 +232,7 @@ VERDICTS_MISSED = {
     "container_unnamed": "containers whose name and image the runtime's API did not give (failed or over budget)",
     "container_unread": "execs whose cgroup could not be read (process gone): they keep the container they were in",
     "pod_gpus_unread": "Kubernetes containers whose GPUs the kubelet's pod-resources API did not give (it failed)",
+    "ssh_config_unread": "execs of ssh whose configuration files could not be read (process gone): argv only",
 }
 
 

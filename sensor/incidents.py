@@ -408,7 +408,8 @@ def _tunnel_clause(incident: pb.Incident) -> str | None:
 
 def tunnel_command(tunnel: pb.Tunnel) -> str:
     """An ssh tunnel as the command that says it plainly (`ssh -R 9000:localhost:22 root@host`,
-    whatever flags it was given as), another tool's in words."""
+    whatever flags it was given as, or ssh's configuration files: then it says so), another tool's
+    in words."""
     if tunnel.tool not in SSH_LIKE:
         return f"{tunnel.tool} tunnel ({'/'.join(tunnel.directions)}) to {tunnel.remote_host or '?'}"
     words = [tunnel.tool]
@@ -418,8 +419,13 @@ def tunnel_command(tunnel: pb.Tunnel) -> str:
         words += [TUNNEL_FLAGS.get(direction, direction), f"{listen}:{target}" if target else listen]
     if tunnel.remote_port not in (0, 22):
         words += ["-p", str(tunnel.remote_port)]
+    if list(tunnel.via) == ["ProxyCommand"]:
+        words += ["-o", "ProxyCommand=..."]
+    elif tunnel.via:
+        words += ["-J", ",".join(tunnel.via)]
     words.append(f"{tunnel.remote_user}@{tunnel.remote_host}" if tunnel.remote_user else tunnel.remote_host or "?")
-    return f"`{' '.join(words)}`"
+    said = f"`{' '.join(words)}`"
+    return said + " (forwards from ssh's config files)" if tunnel.evidence == "config" else said
 
 
 def _compute_clause(facts: Sequence[pb.Fact], lead: bool) -> str | None:

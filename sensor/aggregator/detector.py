@@ -95,7 +95,7 @@ class Detector:
 
     def _exec_facts(self, event: ev.Exec, process: Process) -> list[f.Fact]:
         known_tool = event.tool
-        reading = self.readings.read(event.filename, event.argv, known_tool)
+        reading = self.readings.read(event.filename, event.argv, known_tool, event.ssh_config)
         out: list[f.Fact] = [f.ExecFact(event.ts, process.key, reading.exe, reading.name, reading.argv,
                                         reading.cmdline, event.uid, event.loginuid, known_tool)]
         if reading.tunnel is not None:
@@ -105,7 +105,7 @@ class Detector:
                 process.tunnel_scopes = process.tunnel_scopes | {label}
             out.append(f.TunnelFact(event.ts, process.key, tunnel.tool, tunnel.is_reverse, reading.tunnel.directions,
                                     tunnel.remote_host, tunnel.remote_user, tunnel.remote_port,
-                                    reading.tunnel.forwards, label))
+                                    reading.tunnel.forwards, label, tunnel.evidence, tunnel.via))
         out += [f.MinerFact(event.ts, process.key, s.reason, s.detail, s.address, s.port) for s in reading.miner]
         return out
 

@@ -3,9 +3,10 @@ command line, because hosts run the same ones over and over.
 
 Reading an exec (the text of its argv, the name of its binary, the tunnel parser, the miner
 lists) is the larger part of what the aggregator pays for one, and its answer depends on the
-exec's file name, argv and the probe's identity verdict alone (and on the miner lists, which
-a reload replaces: with them, the readings). The adversary controls all three (THREAT-MODEL.md),
-so a reading is looked up by exactly them, never by a part of them, and what is remembered is
+exec's file name, argv, the probe's identity verdict and, for ssh, what its configuration files
+added (and on the miner lists, which a reload replaces: with them, the readings). The adversary
+controls all four (THREAT-MODEL.md), so a reading is looked up by exactly them, never by a part
+of them, and what is remembered is
 bounded: at most MAX_READINGS command lines of at most MAX_ARGS arguments and MAX_CMDLINE
 characters each, the oldest forgotten first. A command line that does not fit is read every
 time, as every one was before.
@@ -44,7 +45,8 @@ class ExecReading:
     miner: tuple[MinerSignal, ...]
 
 
-ReadingKey = tuple[bytes, tuple[bytes, ...], str]  # file name, argv, the probe's tool verdict
+# file name, argv, the probe's tool verdict, ssh's configuration directives
+ReadingKey = tuple[bytes, tuple[bytes, ...], str, tuple[str, ...]]
 
 
 class ExecReadings:
@@ -52,11 +54,12 @@ class ExecReadings:
         self.miner = miner
         self._known: dict[ReadingKey, ExecReading] = {}  # insertion order: the oldest first
 
-    def read(self, filename: bytes, argv: list[bytes], known_tool: str) -> ExecReading:
-        key = (filename, tuple(argv), known_tool)
+    def read(self, filename: bytes, argv: list[bytes], known_tool: str, ssh_config: list[str] | None = None,
+             ) -> ExecReading:
+        key = (filename, tuple(argv), known_tool, tuple(ssh_config or ()))
         reading = self._known.get(key)
         if reading is None:
-            reading = self._read(filename, argv, known_tool)
+            reading = self._read(filename, argv, known_tool, key[3])
             if len(argv) <= MAX_ARGS and len(reading.cmdline) <= MAX_CMDLINE:
                 if len(self._known) >= MAX_READINGS:
                     del self._known[next(iter(self._known))]
@@ -66,11 +69,12 @@ class ExecReadings:
     def __len__(self) -> int:
         return len(self._known)
 
-    def _read(self, filename: bytes, argv: list[bytes], known_tool: str) -> ExecReading:
+    def _read(self, filename: bytes, argv: list[bytes], known_tool: str, ssh_config: tuple[str, ...] = (),
+              ) -> ExecReading:
         args = tuple(text(a) for a in argv)
         exe = text(filename)
         name = basename(exe)
-        tunnel = classify_tunnel(list(argv), filename, known_tool or None)
+        tunnel = classify_tunnel(list(argv), filename, known_tool or None, ssh_config)
         tunnel_reading = None if tunnel is None else TunnelReading(
             tunnel, tuple(sorted(d.value for d in tunnel.directions)),
             tuple(_forward_text(fw) for fw in tunnel.forwards))

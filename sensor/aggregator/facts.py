@@ -83,6 +83,8 @@ class TunnelFact(Fact):
     remote_port: int
     forwards: tuple[str, ...]  # each "direction listen -> target", as given
     scope: str  # the tunnel scope label its process and what comes back through it carry
+    evidence: str = "argv"
+    via: tuple[str, ...] = ()  # ssh's ProxyJump hops, or "ProxyCommand": a tunnel inside a tunnel
 
     def summary(self) -> str:
         spec = ", ".join(self.forwards)

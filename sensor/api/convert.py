@@ -122,6 +122,7 @@ def exec_detail(e: ev.Exec) -> pb.Exec:
     return pb.Exec(
         filename=text(e.filename), argv=[text(a) for a in e.argv], argc=e.argc, result=e.result, uid=e.uid,
         gid=e.gid, cgroup_id=e.cgroup_id, ppid=e.ppid, loginuid=e.loginuid, tool=e.tool, identity=e.identity,
+        ssh_config=e.ssh_config,
         argv_truncated=bool(e.flags & ev.ARGV_TRUNCATED), arg_cut=bool(e.flags & ev.ARG_CUT),
         argv_unread=bool(e.flags & ev.ARGV_UNREAD), filename_cut=bool(e.flags & ev.FILENAME_CUT),
         argc_unknown=bool(e.flags & ev.ARGC_UNKNOWN), argv_from_procfs=bool(e.flags & ev.ARGV_FROM_PROCFS))

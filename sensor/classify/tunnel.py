@@ -25,12 +25,18 @@ value), the bad part is dropped and the rest still counts: the argv we see may h
 short by the capture, and a newer version may accept what we do not know, so we err toward
 reporting. Options that make ssh exit before it connects (-V, -G, -Q, -1) do clear the verdict.
 
-What a command line cannot tell us: forwards from ssh_config files (~/.ssh/config, -F, Include;
-dropbear's ~/.ssh/dropbear_config), PuTTY saved sessions (-load, or a host argument naming one),
-environment variables (${VAR} in forward specs, AUTOSSH_PORT, BORE_SERVER, wstunnel's HTTP_PROXY),
-and the config files of frpc, ngrok, cloudflared, rathole (what it exposes, and where: a rathole
-run without --client or --server is taken for a client) and gost (-C: no verdict from argv alone).
-Those leave fields unknown ("" or 0).
+ssh's configuration files (-F, ~/.ssh/config, /etc/ssh/ssh_config, with Include, Host and Match)
+are evaluated by the probe at exec time, through the process's own root and home
+(sensor/classify/ssh_config.py, sensor/probe/ssh_files.py): what they add travels in the exec
+frame as directives (`RemoteForward 2222 localhost:22`), which are applied here after the command
+line, as ssh applies its files after its options. A tunnel whose forwards came from there says so
+(evidence "config"); ProxyJump hops and a ProxyCommand (a tunnel inside a tunnel) are listed in `via`.
+
+What a command line and ssh's files cannot tell us: dropbear's ~/.ssh/dropbear_config, PuTTY saved
+sessions (-load, or a host argument naming one), environment variables (${VAR} in forward specs,
+AUTOSSH_PORT, BORE_SERVER, wstunnel's HTTP_PROXY), and the config files of frpc, ngrok, cloudflared,
+rathole (what it exposes, and where: a rathole run without --client or --server is taken for a
+client) and gost (-C: no verdict from argv alone). Those leave fields unknown ("" or 0).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import ipaddress
 import re
 import socket
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import lru_cache
@@ -78,6 +84,8 @@ class Tunnel:
     remote_user: str  # "" if not given
     remote_port: int  # 0 if not given (for ssh, 0 means its default, 22)
     forwards: tuple[Forward, ...]
+    evidence: str = "argv"  # "config" when a forward came from ssh's configuration files
+    via: tuple[str, ...] = ()  # ssh's ProxyJump hops, or "ProxyCommand": a tunnel inside a tunnel
 
     @property
     def directions(self) -> frozenset[Direction]:
@@ -103,12 +111,21 @@ def tool_of(argv: list[bytes], exe: bytes = b"", known_tool: str | None = None) 
     return None
 
 
-def classify_tunnel(argv: list[bytes], exe: bytes = b"", known_tool: str | None = None) -> Tunnel | None:
-    """The tunnel this exec sets up, or None when it forwards or relays nothing."""
+def classify_tunnel(argv: list[bytes], exe: bytes = b"", known_tool: str | None = None,
+                    ssh_config: Sequence[str] = ()) -> Tunnel | None:
+    """The tunnel this exec sets up, or None when it forwards or relays nothing. `ssh_config`: the
+    directives ssh's configuration files added for this command line, as the probe evaluated them
+    (sensor/classify/ssh_config.py); only ssh and autossh read them."""
     tool = tool_of(argv, exe, known_tool)
     if tool is None:
         return None
-    tunnel = _PARSERS[tool]([_text(arg) for arg in argv[1:]])
+    args = [_text(arg) for arg in argv[1:]]
+    if tool == "ssh":
+        tunnel: Tunnel | None = parse_ssh_args(args, ssh_config)
+    elif tool == "autossh":
+        tunnel = _autossh(args, ssh_config)
+    else:
+        tunnel = _PARSERS[tool](args)
     return tunnel if tunnel is not None and tunnel.forwards else None
 
 
@@ -171,22 +188,41 @@ def _bsd_getopt(args: list[str], start: int, value_letters: frozenset[str]) -> _
 # -- ssh: the command --------------------------------------------------------------------------
 
 
-def parse_ssh_args(args: list[str]) -> Tunnel:
-    """What ssh makes of its arguments (argv without argv[0]), as far as tunnels go (ssh.c main()).
+class SshArgs(NamedTuple):
+    """ssh's command line in the order ssh reads it: options, the destination, options after it."""
+
+    before: list[tuple[str, str | None]]  # (letter, value) as getopt found them
+    destination: str | None  # None: no destination (ssh prints its usage)
+    after: list[tuple[str, str | None]]
+
+
+def ssh_args(args: list[str]) -> SshArgs:
+    """Split ssh's arguments (argv without argv[0]) as ssh.c main() does."""
+    first = _bsd_getopt(args, 0, _SSH_VALUE_LETTERS)
+    if first.end >= len(args):
+        return SshArgs(first.found, None, [])
+    # ssh.c's "goto again": getopt runs once more over what follows the destination, up to the
+    # next non-option, where the remote command starts. Not after `--`.
+    after = [] if first.terminated else _bsd_getopt(args, first.end + 1, _SSH_VALUE_LETTERS).found
+    return SshArgs(first.found, args[first.end], after)
+
+
+def parse_ssh_args(args: list[str], config: Sequence[str] = ()) -> Tunnel:
+    """What ssh makes of its arguments (argv without argv[0]), as far as tunnels go (ssh.c main()),
+    and then of `config`, the directives its configuration files added (see classify_tunnel).
 
     Like ssh, the first value given for the user, the port or HostName wins, in the order ssh
     reads them: options before the destination, then the destination (user@, ssh:// port), then
-    options after it. So `-p` before the destination wins over an ssh:// URI's port, which wins
-    over a `-p` after the destination."""
+    options after it, then the files. So `-p` before the destination wins over an ssh:// URI's
+    port, which wins over a `-p` after the destination."""
     ssh = _SshCommand()
-    first = _bsd_getopt(args, 0, _SSH_VALUE_LETTERS)
-    ssh.apply(first.found)
-    if first.end < len(args):
-        ssh.set_destination(args[first.end])
-        # ssh.c's "goto again": getopt runs once more over what follows the destination, up to the
-        # next non-option, where the remote command starts. Not after `--`.
-        if not first.terminated:
-            ssh.apply(_bsd_getopt(args, first.end + 1, _SSH_VALUE_LETTERS).found)
+    parsed = ssh_args(args)
+    ssh.apply(parsed.before)
+    if parsed.destination is not None:
+        ssh.set_destination(parsed.destination)
+        ssh.apply(parsed.after)
+    for line in config:
+        _apply_config_line(ssh, line, from_config=True)
     return ssh.tunnel()
 
 
@@ -201,6 +237,9 @@ class _SshCommand:
     mux_command: str | None = None  # -O
     exits: bool = False
     forwards: list[Forward] = field(default_factory=list)
+    configured: set[int] = field(default_factory=set)  # indexes of the forwards from config files
+    jump: str | None = None  # -J / ProxyJump as given; "none" when set to none
+    proxy_command: str | None = None
 
     def apply(self, options: list[tuple[str, str | None]]) -> None:
         for letter, value in options:
@@ -218,12 +257,26 @@ class _SshCommand:
                 self.set_port(_a2port(value))
             elif letter == "W":
                 self.stdio_forward = True
+            elif letter == "J":
+                self.set_jump(value)
             elif letter == "O" and self.mux_command is None:
                 self.mux_command = value
 
-    def add(self, forward: Forward | None) -> None:
+    def add(self, forward: Forward | None, from_config: bool = False) -> None:
         if forward is not None:
+            if from_config:
+                self.configured.add(len(self.forwards))
             self.forwards.append(forward)
+
+    def set_jump(self, jump: str) -> None:
+        """ProxyJump is ignored once a ProxyCommand or ProxyJump is set (readconf.c parse_jump());
+        a jump is itself a ProxyCommand, and `none` only stops a later ProxyJump."""
+        if self.jump is None and (self.proxy_command is None or jump.lower() == "none"):
+            self.jump = jump
+
+    def set_proxy_command(self, command: str) -> None:
+        if self.proxy_command is None and (self.jump is None or self.jump.lower() == "none"):
+            self.proxy_command = command
 
     def set_user(self, user: str) -> None:
         if self.user is None and user:
@@ -248,18 +301,30 @@ class _SshCommand:
         # ssh lowercases a host name, but not an address
         return host if _is_ip_address(host) else host.translate(_ASCII_LOWER)
 
-    def live_forwards(self) -> tuple[Forward, ...]:
+    def live(self) -> bool:
+        """Whether the forwards are set up at all."""
         if self.exits:
-            return ()
+            return False
         # -O forward asks a running master to add these forwards; check, exit, stop, cancel... do not.
         if self.mux_command not in (None, "forward"):
-            return ()
+            return False
         # readconf.c fill_default_options(): ClearAllForwardings defaults to yes under -W.
         clear = self.clear_forwardings if self.clear_forwardings is not None else self.stdio_forward
-        return () if clear else tuple(self.forwards)
+        return not clear
+
+    def via(self) -> tuple[str, ...]:
+        """The hops the connection goes through: ProxyJump's, or a ProxyCommand's ("none": none)."""
+        if self.jump is not None and self.jump.lower() != "none":
+            return tuple(hop.strip() for hop in self.jump.partition("#")[0].split(",") if hop.strip())
+        if self.proxy_command is not None and self.proxy_command.lower() != "none":
+            return ("ProxyCommand",)
+        return ()
 
     def tunnel(self) -> Tunnel:
-        return Tunnel("ssh", self.remote_host(), self.user or "", self.port or 0, self.live_forwards())
+        live = self.live()
+        forwards = tuple(self.forwards) if live else ()
+        evidence = "config" if live and self.configured else "argv"
+        return Tunnel("ssh", self.remote_host(), self.user or "", self.port or 0, forwards, evidence, self.via())
 
 
 def _expand_hostname(hostname: str, destination: str) -> str:
@@ -482,15 +547,19 @@ _CONFIG_FORWARDS = frozenset({"localforward", "remoteforward", "dynamicforward"}
 _CONFIG_FORWARD_MAX = 255  # readconf.c joins listen and target into a char fwdarg[256]
 
 
-def _apply_config_line(ssh: _SshCommand, line: str) -> None:
-    words = _config_words(line)
+def _apply_config_line(ssh: _SshCommand, line: str, from_config: bool = False) -> None:
+    words = config_line(line)
     if words is None:
         return
-    keyword, args = words
+    keyword, args, rest = words
     if not args or not args[0]:
         return  # ssh: "Missing argument"
     if keyword in _CONFIG_FORWARDS:
-        ssh.add(_config_forward(keyword, args))
+        ssh.add(config_forward(keyword, args), from_config)
+    elif keyword == "proxyjump":
+        ssh.set_jump(rest)
+    elif keyword == "proxycommand":
+        ssh.set_proxy_command(rest)
     elif keyword == "port":
         ssh.set_port(_a2port(args[0]))
     elif keyword == "user":
@@ -501,7 +570,7 @@ def _apply_config_line(ssh: _SshCommand, line: str) -> None:
         ssh.clear_forwardings = _CONFIG_FLAGS.get(args[0].translate(_ASCII_LOWER))
 
 
-def _config_forward(keyword: str, args: list[str]) -> Forward | None:
+def config_forward(keyword: str, args: list[str]) -> Forward | None:
     """LocalForward/RemoteForward take `listen target` as two words, DynamicForward one; a
     RemoteForward without a target is a remote SOCKS proxy."""
     listen, target = args[0], args[1] if len(args) > 1 else ""
@@ -515,9 +584,16 @@ def _config_forward(keyword: str, args: list[str]) -> Forward | None:
     return _ssh_forward(f"{listen}:{target}"[:_CONFIG_FORWARD_MAX], direction, f"{listen} {target}")
 
 
-def _config_words(line: str) -> tuple[str, list[str]] | None:
-    """(lowercased keyword, arguments) of a config line as process_config_line() splits it:
-    `Keyword value`, `Keyword=value`, `Keyword = value`, quotes and escapes in the arguments."""
+class ConfigLine(NamedTuple):
+    keyword: str  # lowercased
+    args: list[str]  # split as argv_split() does
+    rest: str  # what follows the keyword, unsplit (ProxyCommand, ProxyJump and Match read that)
+
+
+def config_line(line: str) -> ConfigLine | None:
+    """A config line as process_config_line() splits it: `Keyword value`, `Keyword=value`,
+    `Keyword = value`, quotes and escapes in the arguments. None for a blank or comment line, or
+    one ssh refuses (unmatched quotes)."""
     line = line[:1] + line[1:].rstrip(_CONFIG_SPACE + "\f")  # trailing blanks, never the first character
     token = _strdelim(line)
     if token is not None and token[0] == "" and token[1] is not None:
@@ -525,8 +601,14 @@ def _config_words(line: str) -> tuple[str, list[str]] | None:
     if token is None or not token[0] or token[0].startswith("#") or not token[0].isascii():
         return None
     keyword, rest = token
-    args = _argv_split((rest or "").lstrip(_CONFIG_SPACE))
-    return (keyword.translate(_ASCII_LOWER), args) if args is not None else None
+    rest = (rest or "").lstrip(_CONFIG_SPACE)
+    args = _argv_split(rest)
+    return ConfigLine(keyword.translate(_ASCII_LOWER), args, rest) if args is not None else None
+
+
+def strdelim(text: str) -> tuple[str, str | None] | None:
+    """misc.c strdelim() (see _strdelim), for the Match criteria that readconf.c splits with it."""
+    return _strdelim(text)
 
 
 def _strdelim(text: str) -> tuple[str, str | None] | None:
@@ -587,14 +669,14 @@ def _argv_split(text: str) -> list[str] | None:
 _AUTOSSH_VALUE_LETTERS = _SSH_VALUE_LETTERS | {"M"}
 
 
-def _autossh(args: list[str]) -> Tunnel | None:
+def _autossh(args: list[str], ssh_config: Sequence[str] = ()) -> Tunnel | None:
     found, _ = _gnu_getopt(args, _AUTOSSH_VALUE_LETTERS)
     if any(letter == "V" for letter, _ in found):
         return None  # autossh -V prints its version and exits
-    return replace(parse_ssh_args(_autossh_child_args(args)), tool="autossh")
+    return replace(parse_ssh_args(autossh_child_args(args), ssh_config), tool="autossh")
 
 
-def _autossh_child_args(args: list[str]) -> list[str]:
+def autossh_child_args(args: list[str]) -> list[str]:
     """The arguments autossh gives its ssh child (autossh.c main()): its own -M and -f taken out,
     the first argument starting with `--` dropped, everything else passed on in order.
 

@@ -33,6 +33,9 @@ from sensor.probe.settled import Settled
 
 MAX_HASHED = 256 * 1024 * 1024
 CACHE_SIZE = 65536
+# Tools whose execs always wake the probe at once, judged or not: their configuration files are
+# read from the process while it is there (sensor/probe/ssh_files.py).
+WAKING_TOOLS = frozenset({"ssh", "autossh"})
 
 
 class How(StrEnum):
@@ -131,7 +134,7 @@ class BinaryIdentity:
             return Identity("", How.UNREAD)
         finally:
             os.close(fd)
-        if stamp is not None and (file.size, file.ctime_ns) == stamp:
+        if stamp is not None and (file.size, file.ctime_ns) == stamp and verdict.tool not in WAKING_TOOLS:
             self.settled.exe(dev, ino, *stamp)  # the very file the kernel saw: judged
         return verdict
 

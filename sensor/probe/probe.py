@@ -27,12 +27,13 @@ from sensor import events as ev
 from sensor.containers.model import Container
 from sensor.containers.resolve import ContainerConfig, ContainerResolver
 from sensor.probe import procfs, program, records
-from sensor.probe.identity import BinaryIdentity
+from sensor.probe.identity import WAKING_TOOLS, BinaryIdentity
 from sensor.probe.lanes import LAST, Lanes
 from sensor.probe.loader import Loaded, load_in_child
 from sensor.probe.ringbuf import RingReader
 from sensor.probe.routes import Router
 from sensor.probe.settled import Settled
+from sensor.probe.ssh_files import SshConfigReader
 
 STATS_INTERVAL_S = 1.0
 # The kernel submits records without waking the reader (RB_FLAGS in sensor/bpf/common.bpf.c):
@@ -89,6 +90,7 @@ class Probe:
         self.identity = BinaryIdentity()
         self.router = Router()
         self.containers = ContainerResolver(containers)
+        self.ssh_configs = SshConfigReader()
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -205,9 +207,22 @@ class Probe:
         stamp = (facts.exe_size, facts.exe_ctime_ns) if facts.exe_ctime_ns else None
         verdict = self.identity.identify(event.tgid, event.exe_dev, event.exe_ino, event.filename, stamp)
         event.tool, event.identity = verdict.tool, verdict.how.value
+        if verdict.tool in WAKING_TOOLS:
+            event.ssh_config = self._ssh_config(event)
         self.router.prepare(event.netns, event.tgid)  # its namespace, while a process is in it
         inherited = bool(event.flags & ev.CGROUPS_INHERITED)
         event.container = self._container_of(event.tgid, event.cgroup_id, event.ts, inherited)
+
+    def _ssh_config(self, event: ev.Exec) -> list[str]:
+        """What ssh's configuration files add to this exec's command line, read now (ssh_files.py).
+        A failure of the evaluation is counted and said in the frame, never raised: the files are
+        the adversary's."""
+        try:
+            directives = self.ssh_configs.directives(event.tgid, event.uid, event.argv, event.tool)
+        except Exception as exc:  # hostile input must never stop the reader thread
+            self.ssh_configs.stats.failed += 1
+            return [f"# configuration not evaluated: {type(exc).__name__}"]
+        return directives if directives is not None else []
 
     def _container_of(self, pid: int, cgroup_id: int, ts: int, inherited: bool = False) -> str:
         """The process's container key; a container seen for the first time (or learnt more of)
@@ -340,7 +355,8 @@ class Probe:
         missed = {"route_by_range": self.router.stats.by_range, "binary_unread": self.identity.stats.unread,
                   "container_unnamed": self.containers.stats.unnamed,
                   "container_unread": self.containers.stats.cgroup_unread,
-                  "pod_gpus_unread": self.containers.stats.gpus_unread}
+                  "pod_gpus_unread": self.containers.stats.gpus_unread,
+                  "ssh_config_unread": self.ssh_configs.stats.unread}
         return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records), missed)
 
     def _emit_snapshot(self) -> None:

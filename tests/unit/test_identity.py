@@ -166,3 +166,15 @@ def test_a_verdict_the_cache_lets_go_of_is_taken_back_from_the_kernel(tools: Pat
     st = first.stat()
     assert recorded.calls[1:] == [("forget", (st.st_dev, st.st_ino)), ("exe", recorded.calls[2][1])]
     assert recorded.calls[2][1][1] == second.stat().st_ino
+
+
+def test_ssh_is_never_settled_its_execs_wake_the_probe(tools: Path) -> None:
+    """The probe reads an ssh exec's configuration files from the process while it is there."""
+    identity = BinaryIdentity(tools=("ssh",), search_path=str(tools))
+    identity.settled = recorded = Recorded()
+    ssh = tools / "ssh"
+    st = ssh.stat()
+    stamp = (st.st_size, st.st_ctime_ns)
+    assert identity.identify(NO_PROCESS, st.st_dev, st.st_ino, str(ssh).encode(), stamp) == Identity("ssh", How.INODE)
+    assert recorded.calls == []
+    assert identity.identify(NO_PROCESS, st.st_dev, st.st_ino, b"/nowhere", stamp) == Identity("ssh", How.INODE)

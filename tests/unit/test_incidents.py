@@ -394,6 +394,11 @@ def test_an_incident_without_tunnel_compute_or_connection_says_what_its_first_al
     (pb.Tunnel(tool="autossh", forwards=["dynamic 1080"], remote_host="h", remote_user="u"), "`autossh -D 1080 u@h`"),
     (pb.Tunnel(tool="chisel", directions=["reverse"], remote_host="203.0.113.5"),
      "chisel tunnel (reverse) to 203.0.113.5"),
+    (pb.Tunnel(tool="ssh", forwards=["reverse 9000 -> localhost:22"], remote_host="h", remote_user="u",
+               evidence="config", via=["hop1", "bob@hop2:2022"]),
+     "`ssh -R 9000:localhost:22 -J hop1,bob@hop2:2022 u@h` (forwards from ssh's config files)"),
+    (pb.Tunnel(tool="ssh", forwards=["reverse 9000 -> localhost:22"], remote_host="h", evidence="argv",
+               via=["ProxyCommand"]), "`ssh -R 9000:localhost:22 -o ProxyCommand=... h`"),
 ])
 def test_a_tunnel_is_said_as_the_command_that_says_it_plainly(tunnel: pb.Tunnel, said: str) -> None:
     assert tunnel_command(tunnel) == said

@@ -68,6 +68,12 @@ def test_readings_are_told_apart_by_every_input() -> None:
     assert cache.read(b"/usr/bin/ssh", [b"ssh", b"-R", b"9000:localhost:22", b"h"], "socat").tunnel is None
     assert cache.read(b"/usr/bin/ssh", [b"ssh", b"-L", b"9000:localhost:22", b"h"], "").tunnel != ssh.tunnel
     assert cache.read(b"/usr/bin/xmrig", [b"ssh", b"-R", b"9000:localhost:22", b"h"], "").miner
+    # what ssh's configuration files added (the probe's evaluation) is part of the key
+    plain = cache.read(b"/usr/bin/ssh", [b"ssh", b"-N", b"h"], "ssh")
+    configured = cache.read(b"/usr/bin/ssh", [b"ssh", b"-N", b"h"], "ssh", ["RemoteForward 9000 localhost:22"])
+    assert plain.tunnel is None
+    assert configured.tunnel is not None and configured.tunnel.tunnel.evidence == "config"
+    assert cache.read(b"/usr/bin/ssh", [b"ssh", b"-N", b"h"], "ssh", ["# a note"]).tunnel is None
 
 
 def test_readings_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -154,7 +154,7 @@ class ProcessRef(_message.Message):
     def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ..., exe: _Optional[str] = ...) -> None: ...
 
 class Exec(_message.Message):
-    __slots__ = ("filename", "argv", "argc", "argv_truncated", "result", "uid", "gid", "cgroup_id", "arg_cut", "argv_unread", "filename_cut", "argc_unknown", "argv_from_procfs", "ppid", "loginuid", "tool", "identity")
+    __slots__ = ("filename", "argv", "argc", "argv_truncated", "result", "uid", "gid", "cgroup_id", "arg_cut", "argv_unread", "filename_cut", "argc_unknown", "argv_from_procfs", "ppid", "loginuid", "tool", "identity", "ssh_config")
     FILENAME_FIELD_NUMBER: _ClassVar[int]
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ARGC_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class Exec(_message.Message):
     LOGINUID_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SSH_CONFIG_FIELD_NUMBER: _ClassVar[int]
     filename: str
     argv: _containers.RepeatedScalarFieldContainer[str]
     argc: int
@@ -189,7 +190,8 @@ class Exec(_message.Message):
     loginuid: int
     tool: str
     identity: str
-    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., arg_cut: _Optional[bool] = ..., argv_unread: _Optional[bool] = ..., filename_cut: _Optional[bool] = ..., argc_unknown: _Optional[bool] = ..., argv_from_procfs: _Optional[bool] = ..., ppid: _Optional[int] = ..., loginuid: _Optional[int] = ..., tool: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+    ssh_config: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, filename: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., argc: _Optional[int] = ..., argv_truncated: _Optional[bool] = ..., result: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., cgroup_id: _Optional[int] = ..., arg_cut: _Optional[bool] = ..., argv_unread: _Optional[bool] = ..., filename_cut: _Optional[bool] = ..., argc_unknown: _Optional[bool] = ..., argv_from_procfs: _Optional[bool] = ..., ppid: _Optional[int] = ..., loginuid: _Optional[int] = ..., tool: _Optional[str] = ..., identity: _Optional[str] = ..., ssh_config: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Exit(_message.Message):
     __slots__ = ("exit_code", "signal")
@@ -316,7 +318,7 @@ class GpuActivity(_message.Message):
     def __init__(self, calls_by_command: _Optional[_Mapping[str, int]] = ..., rate_by_device: _Optional[_Mapping[str, float]] = ..., errors: _Optional[int] = ..., suppressed: _Optional[int] = ...) -> None: ...
 
 class Tunnel(_message.Message):
-    __slots__ = ("tool", "reverse", "directions", "remote_host", "remote_user", "remote_port", "forwards", "scope")
+    __slots__ = ("tool", "reverse", "directions", "remote_host", "remote_user", "remote_port", "forwards", "scope", "evidence", "via")
     TOOL_FIELD_NUMBER: _ClassVar[int]
     REVERSE_FIELD_NUMBER: _ClassVar[int]
     DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -325,6 +327,8 @@ class Tunnel(_message.Message):
     REMOTE_PORT_FIELD_NUMBER: _ClassVar[int]
     FORWARDS_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     tool: str
     reverse: bool
     directions: _containers.RepeatedScalarFieldContainer[str]
@@ -333,7 +337,9 @@ class Tunnel(_message.Message):
     remote_port: int
     forwards: _containers.RepeatedScalarFieldContainer[str]
     scope: str
-    def __init__(self, tool: _Optional[str] = ..., reverse: _Optional[bool] = ..., directions: _Optional[_Iterable[str]] = ..., remote_host: _Optional[str] = ..., remote_user: _Optional[str] = ..., remote_port: _Optional[int] = ..., forwards: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ...) -> None: ...
+    evidence: str
+    via: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tool: _Optional[str] = ..., reverse: _Optional[bool] = ..., directions: _Optional[_Iterable[str]] = ..., remote_host: _Optional[str] = ..., remote_user: _Optional[str] = ..., remote_port: _Optional[int] = ..., forwards: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ..., evidence: _Optional[str] = ..., via: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Egress(_message.Message):
     __slots__ = ("address", "port", "result", "allowed")
