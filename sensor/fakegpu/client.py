@@ -137,6 +137,10 @@ class Replay:
             p = ctypes.create_string_buffer(abi.DEVICE_PARAMS.pack(args.get("device_id", 0)))
             self._keep.append(p)
             params, params_size = ctypes.addressof(p), abi.DEVICE_PARAMS.size
+        elif "bytes" in args and (memory := abi.memory_params(klass, args["bytes"], args.get("virtual", False))):
+            p = ctypes.create_string_buffer(memory, len(memory))
+            self._keep.append(p)
+            params, params_size = ctypes.addressof(p), len(memory)
         if klass in CLIENT_CLASSES:
             root = parent = new
         return root, parent, new, klass, params, params_size
@@ -199,6 +203,8 @@ class Replay:
         elif cmd == abi.UVM_COMMANDS["REGISTER_CHANNEL"]:  # {uuid, rmCtrlFd, hClient, hChannel, base, len, status}
             buf[0:16] = FAKE_GPU_UUID
             struct.pack_into("<iII", buf, 16, ctl_fd, client, channel)
+        elif cmd == abi.UVM_COMMANDS["MAP_EXTERNAL_ALLOCATION"]:  # {base, length, offset, ...}
+            struct.pack_into("<QQ", buf, 0, 0x7F0000000000, args.get("bytes", 0))
         ret = self._ioctl(args["fd"], cmd, buf)
         self._record(Call("uvm", ret, 0, cmd=cmd, handle=channel))
 
