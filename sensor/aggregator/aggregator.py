@@ -46,6 +46,7 @@ class Counters:
     verdicts_missed: dict[str, int] = field(default_factory=dict)  # the probe's blind spots (ev.VERDICTS_MISSED)
     unknown_process: int = 0  # events for a process neither forked nor in the snapshot
     gpu_count_overflow: int = 0  # GPU ioctls the kernel could not count: its map was full
+    gpu_mem_overflow: int = 0  # GPU memory allocations the kernel could not sum: its map was full
 
 
 class Aggregator:
@@ -181,6 +182,7 @@ class Aggregator:
 
     def _on_gpu_counters(self, event: ev.GpuCounters) -> None:
         self.counters.gpu_count_overflow = event.overflow
+        self.counters.gpu_mem_overflow = event.memory_overflow
         self.gpu.on_counters(event, self.table.by_pid)
 
     def _on_container(self, event: ev.Container) -> None:

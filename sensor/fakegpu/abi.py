@@ -92,6 +92,11 @@ def pack_alloc(size: int, root: int, parent: int, new: int, klass: int, params: 
     return buf
 
 
+# NVOS02 with its fd (RM_ALLOC_MEMORY, 56 bytes): hRoot, hObjectParent, hObjectNew, hClass, flags,
+# pMemory (u64), limit (u64), status, then (NVOS02_PARAMETERS_WITH_FD) fd@48
+ALLOC_MEMORY = struct.Struct("<IIIII4xQQI4xi4x")
+ALLOC_MEMORY_STATUS_AT = 40
+
 # NVOS00 (RM_FREE): hRoot, hObjectParent, hObjectOld, status
 FREE = struct.Struct("<IIII")
 # NVOS54 (RM_CONTROL): hClient, hObject, cmd, flags, params (u64), paramsSize, status

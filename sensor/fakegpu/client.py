@@ -160,6 +160,20 @@ class Replay:
         self._record(Call("alloc", ret, status, klass, handle, parent, event_class=event_class))
         self._keep.clear()
 
+    def _op_alloc_memory(self, args: dict[str, Any]) -> None:
+        """RM_ALLOC_MEMORY (NVOS02): `bytes` of host memory at a buffer of ours, class 0x3E or 0x71."""
+        root = self.handles["client"]
+        parent = self._handle(args.get("parent", "device"))
+        new, self._next_handle = self._next_handle, self._next_handle + 1
+        buf = bytearray(abi.ALLOC_MEMORY.pack(root, parent, new, args["class"], 0, 0x7E0000000000,
+                                              args["bytes"] - 1, 0, self.fds.get("gpu", -1)))
+        ret = self._ioctl(args["fd"], abi.ioc(0x27, len(buf)), buf)
+        handle = struct.unpack_from("<I", buf, 8)[0]
+        if "as" in args:
+            self.handles[args["as"]] = handle
+        self._record(Call("alloc_memory", ret, struct.unpack_from("<I", buf, abi.ALLOC_MEMORY_STATUS_AT)[0],
+                          args["class"], handle, parent))
+
     def _op_free(self, args: dict[str, Any], via_xfer: bool = False) -> None:
         root = self.handles["client"]
         handle = self._handle(args["object"])

@@ -155,6 +155,15 @@ class FakeRm:
         self.parents[(root, new)] = parent
         return abi.NV_OK, new
 
+    def _rm_alloc_memory(self, data: bytearray) -> None:
+        """NVOS02: host memory (system, or an OS descriptor) described to the driver."""
+        root, parent, new, klass, *_ = abi.ALLOC_MEMORY.unpack_from(data)
+        status = abi.NV_ERR_INVALID_CLASS
+        if klass in (0x3E, 0x71):
+            status, new = self._alloc(root, parent, new, klass)
+        struct.pack_into("<I", data, 8, new)
+        struct.pack_into("<I", data, abi.ALLOC_MEMORY_STATUS_AT, status)
+
     def _rm_free(self, data: bytearray) -> None:
         root, _, old, _ = abi.FREE.unpack_from(data)
         if (root, old) not in self.objects:

@@ -37,6 +37,7 @@ OPERATIONS: dict[str, tuple[set[str], set[str]]] = {
     "close": ({"fd"}, set()),
     "frontend": ({"fd", "esc"}, {"size"}),
     "alloc": ({"fd", "class"}, {"parent", "as", "handle", "size", "device_id", "event_class", "bytes", "virtual"}),
+    "alloc_memory": ({"fd", "class", "bytes"}, {"parent", "as"}),
     "free": ({"fd", "object"}, {"parent"}),
     "control": ({"fd", "object", "cmd"}, {"boost"}),
     "uvm": ({"fd", "cmd"}, {"channel", "bytes"}),
@@ -136,6 +137,9 @@ def _check_values(path: Path, op: str, args: dict[str, Any], where: str) -> None
             raise fail(f"`{key}` must be an integer from 0 to 0xFFFFFFFF, not {value!r}")
     if op == "uvm" and "bytes" in args and args["cmd"] != "MAP_EXTERNAL_ALLOCATION":
         raise fail("`bytes` of a UVM command is for MAP_EXTERNAL_ALLOCATION")
+    if op == "alloc_memory" and (args["class"] not in (0x3E, 0x71) or not isinstance(args["bytes"], int)
+                                 or isinstance(args["bytes"], bool) or not 1 <= args["bytes"] < 1 << 64):
+        raise fail("`alloc_memory` takes class 0x3E or 0x71 and `bytes` from 1 to 2**64 - 1")
     if op == "alloc" and "bytes" in args:
         size = args["bytes"]
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size < 1 << 64:

@@ -148,3 +148,17 @@ def test_memory_parameters_put_the_size_where_the_driver_reads_it() -> None:
     assert struct.unpack_from("<Q", abi.memory_params(0xC2, 8192) or b"", 0)[0] == 8192
     assert struct.unpack_from("<Q", abi.memory_params(0xF8, 2 << 20) or b"", 8)[0] == 2 << 20
     assert abi.memory_params(0x80, 4096) is None
+
+
+def test_alloc_memory_registers_host_memory_and_answers_in_its_status() -> None:
+    rm = FakeRm()
+    client = bytearray(48)
+    abi.ALLOC_HEAD.pack_into(client, 0, 0, 0, 0, 0x41, 0)
+    rm.ioctl("nvidiactl", abi.ioc(0x2B, 48), client)
+    root = struct.unpack_from("<I", client, 8)[0]
+    described = bytearray(abi.ALLOC_MEMORY.pack(root, root, 0x77, 0x71, 0, 0x1000, 4095, 0, 3))
+    assert len(described) == 56 and rm.ioctl("nvidia0", abi.ioc(0x27, 56), described) == 0
+    assert struct.unpack_from("<I", described, 40)[0] == abi.NV_OK and rm.objects[(root, 0x77)] == 0x71
+    wrong = bytearray(abi.ALLOC_MEMORY.pack(root, root, 0x78, 0x40, 0, 0x1000, 4095, 0, 3))
+    rm.ioctl("nvidia0", abi.ioc(0x27, 56), wrong)
+    assert struct.unpack_from("<I", wrong, 40)[0] == abi.NV_ERR_INVALID_CLASS
