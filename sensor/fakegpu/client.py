@@ -18,6 +18,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,11 @@ class Replay:
             struct.pack_into("<QQ", buf, 0, 0x7F0000000000, args.get("bytes", 0))
         ret = self._ioctl(args["fd"], cmd, buf)
         self._record(Call("uvm", ret, 0, cmd=cmd, handle=channel))
+
+    def _op_hold(self, args: dict[str, Any]) -> None:
+        """Stay alive, holding what was allocated: a long job's steady state (kernel launches
+        make no ioctl, so the driver sees nothing of it)."""
+        threading.Event().wait(args["seconds"])
 
     def _op_repeat(self, args: dict[str, Any]) -> None:
         for _ in range(args["times"]):

@@ -44,7 +44,9 @@ OPERATIONS: dict[str, tuple[set[str], set[str]]] = {
     "xfer": ({"fd", "step"}, set()),
     "repeat": ({"times", "steps"}, set()),
     "fork": ({"steps"}, set()),
+    "hold": ({"seconds"}, set()),
 }
+MAX_HOLD_S = 30
 
 
 class FixtureError(GpusentryError):
@@ -152,6 +154,9 @@ def _check_values(path: Path, op: str, args: dict[str, Any], where: str) -> None
     for key in sorted({"fd", "parent", "object", "as", "channel"} & args.keys()):
         if not isinstance(args[key], str | int) or isinstance(args[key], bool):
             raise fail(f"`{key}` must be a name or a handle, not {args[key]!r}")
+    if op == "hold" and (not isinstance(args["seconds"], int | float) or isinstance(args["seconds"], bool)
+                         or not 0 < args["seconds"] <= MAX_HOLD_S):
+        raise fail(f"`hold` takes `seconds` from 0 to {MAX_HOLD_S}")
     if op == "repeat":
         if args["times"] > 100_000:
             raise fail("`times` is at most 100000")

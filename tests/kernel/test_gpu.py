@@ -18,7 +18,7 @@ import pytest
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
-from sensor.aggregator.facts import GpuCompute
+from sensor.aggregator.facts import GpuCompute, GpuProfile
 from sensor.aggregator.gpu import GpuSession, allocation_count, profile
 from sensor.capture import CaptureError, StreamMeta, open_capture
 from sensor.fakegpu.fixtures import load
@@ -139,6 +139,23 @@ def assert_memory_profile(session: GpuSession, want: dict[str, int]) -> None:
             "uvm": got.uvm_mapped_bytes, "allocations": got.allocations, "frees": got.frees,
             "p2p": got.peer_objects} == {"p2p": 0, **want}
     assert memory.untracked == 0
+
+
+def test_profile_of_a_live_process_carries_its_exact_memory(live: LiveProbe, drivers: dict[str, Path]) -> None:
+    """Kernel sums -> probe frame -> aggregator -> gpu_profile fact, while the process holds its
+    memory: its 1.25 GiB arriving is a notable change, so a profile comes at once."""
+    result, fixture = run_fixture(drivers, "miner-like")
+    want = fixture.expect["memory"]
+
+    def held_profiles() -> list[GpuProfile]:
+        with live.collector.lock:
+            return [f for o in live.collector.observations for f in o.facts
+                    if isinstance(f, GpuProfile) and f.process.pid == result.pid and f.held_bytes]
+    profile_fact = wait_until(held_profiles, timeout=15, what="a gpu_profile with memory held")[0]
+    assert (profile_fact.held_bytes, profile_fact.peak_bytes, profile_fact.registered_bytes,
+            profile_fact.virtual_bytes, profile_fact.compute_objects, profile_fact.channels,
+            profile_fact.devices, profile_fact.uvm_gpus) == (want["held"], want["peak"], want["registered"],
+                                                             want["virtual"], 1, 2, 1, 1)
 
 
 def test_decoder_edges_in_detail(live: LiveProbe, drivers: dict[str, Path]) -> None:

@@ -162,3 +162,13 @@ def test_alloc_memory_registers_host_memory_and_answers_in_its_status() -> None:
     wrong = bytearray(abi.ALLOC_MEMORY.pack(root, root, 0x78, 0x40, 0, 0x1000, 4095, 0, 3))
     rm.ioctl("nvidia0", abi.ioc(0x27, 56), wrong)
     assert struct.unpack_from("<I", wrong, 40)[0] == abi.NV_ERR_INVALID_CLASS
+
+
+@pytest.mark.parametrize("seconds", [0, 31, "3", True])
+def test_hold_is_bounded(tmp_path: Path, seconds: object) -> None:
+    path = tmp_path / "hold.yaml"
+    value = f'"{seconds}"' if isinstance(seconds, str) else str(seconds).lower()
+    path.write_text("format: 1\nname: x\ndriver: d\narch: hopper\nsource: s\n"
+                    f"steps: [{{hold: {{seconds: {value}}}}}]\n")
+    with pytest.raises(FixtureError, match="`hold` takes `seconds` from 0 to 30"):
+        load(path)
