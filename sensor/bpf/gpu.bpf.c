@@ -130,7 +130,7 @@ struct gpu_mem_obj {
 	u8 _pad[7];
 };
 LRU_HASH(gpu_mem_objects, struct handle_key, struct gpu_mem_obj, 65536);
-BPF_HASH(gpu_mem, u32, struct gpu_mem, 16384);
+BPF_HASH(gpu_mem, u32, struct gpu_mem, 4096); /* processes allocating GPU memory at once */
 /* Allocations not summed because gpu_mem was full. */
 BPF_PERCPU_ARRAY(gpu_mem_overflow, u64, 1);
 

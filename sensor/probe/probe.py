@@ -340,7 +340,8 @@ class Probe:
 
     def _gpu_memory_changed(self, exited: set[int]) -> list[list[object]]:
         """The per-process memory totals (sensor/bpf/gpu.bpf.c, gpu_mem) that changed since the
-        last read; an exited process's entry goes once its final totals are read."""
+        last read; an exited process's entry goes once its final totals are read, and so does
+        one whose exit record was lost (sent already, unchanged, and its process gone)."""
         assert self.bpf is not None
         table = self.bpf.maps["gpu_mem"]
         changed: list[list[object]] = []
@@ -349,10 +350,11 @@ class Probe:
             if value is None:
                 continue  # removed since the walk began
             (tgid,) = _U32.unpack(key)
-            if self._gpu_memory.get(tgid) != value:
+            sent = self._gpu_memory.get(tgid) == value
+            if not sent:
                 self._gpu_memory[tgid] = value
                 changed.append(_memory_row(tgid, value))
-            if tgid in exited:
+            if tgid in exited or (sent and not os.path.exists(f"/proc/{tgid}")):
                 table.delete(key)
                 self._gpu_memory.pop(tgid, None)
         return changed
