@@ -311,6 +311,29 @@ class GpuCount:
     last_ts: int
 
 
+# Memory families of the in-kernel memory totals (enum gpu_mem_family in sensor/bpf/events.h).
+GPU_MEM_FAMILIES = ("device", "system", "registered", "virtual", "fabric", "uvm")
+
+
+@dataclass(slots=True)
+class GpuMemory:
+    """One process's memory allocated through the driver, by family (GPU_MEM_FAMILIES order), as
+    totals since it began; held is allocated - freed."""
+
+    tgid: int
+    allocated: list[int]  # bytes
+    freed: list[int]  # bytes of those allocations freed since, matched by handle
+    allocs: list[int]
+    frees: list[int]
+    peak_device: int  # most device memory held at once
+    untracked: int  # allocations whose handle the kernel could not keep (their free is not subtracted)
+    last_ts: int
+
+    def held(self, family: str) -> int:
+        index = GPU_MEM_FAMILIES.index(family)
+        return max(self.allocated[index] - self.freed[index], 0)
+
+
 @dataclass(slots=True)
 class GpuCounters(Event):
     """The in-kernel GPU ioctl counters that changed since the last read, as totals."""
@@ -318,9 +341,16 @@ class GpuCounters(Event):
     KIND = Kind.GPU_COUNTERS
     counts: list[list[int]] = field(default_factory=list)  # GpuCount fields, in order
     overflow: int = 0  # calls not counted: the kernel map was full
+    # GpuMemory rows that changed: tgid, allocated[], freed[], allocs[], frees[], peak_device,
+    # untracked, last_ts (the lists in GPU_MEM_FAMILIES order)
+    memory: list[list[Any]] = field(default_factory=list)
+    memory_overflow: int = 0  # allocations not summed: the kernel's memory map was full
 
     def entries(self) -> list[GpuCount]:
         return [GpuCount(*row) for row in self.counts]
+
+    def memory_entries(self) -> list[GpuMemory]:
+        return [GpuMemory(*row) for row in self.memory]
 
 
 # Made by the probe in user space, not by a monitored process: their tgid is the probe's.

@@ -24,6 +24,7 @@ class Role(Enum):
     DOORBELL = "doorbell"
     MPS = "mps"
     MEMORY = "memory"
+    P2P = "p2p"
     EVENT = "event"
     OTHER = "other"
 
@@ -35,7 +36,8 @@ _EXACT: dict[int, Role] = {
     0xA06C: Role.CHANNEL_GROUP, 0x9067: Role.CONTEXT_SHARE,
     0x900E: Role.MPS,
     0x3E: Role.MEMORY, 0x3F: Role.MEMORY, 0x40: Role.MEMORY, 0x71: Role.MEMORY, 0xC2: Role.MEMORY,
-    0xF8: Role.MEMORY,
+    0xF8: Role.MEMORY, 0x70: Role.MEMORY, 0x50A0: Role.MEMORY,
+    0x503B: Role.P2P,
     0x5: Role.EVENT, 0x79: Role.EVENT,
 }
 

@@ -22,6 +22,7 @@ from sensor.rules.alert import Alert
 from sensor.rules.model import RuleSet
 
 REAP_EVERY_NS = 1_000_000_000
+PROFILE_TICK_NS = 1_000_000_000  # how often GPU sessions are checked for a due profile
 # The events facts come of: the detector's and the GPU tracker's.
 CONCLUDING: tuple[type[ev.Event], ...] = (*FACT_EVENTS, ev.GpuIoctl, ev.GpuOpen)
 
@@ -45,6 +46,7 @@ class Counters:
     verdicts_missed: dict[str, int] = field(default_factory=dict)  # the probe's blind spots (ev.VERDICTS_MISSED)
     unknown_process: int = 0  # events for a process neither forked nor in the snapshot
     gpu_count_overflow: int = 0  # GPU ioctls the kernel could not count: its map was full
+    gpu_mem_overflow: int = 0  # GPU memory allocations the kernel could not sum: its map was full
 
 
 class Aggregator:
@@ -59,6 +61,7 @@ class Aggregator:
         self.counters = Counters()
         self.now_ns = 0
         self._last_reap = 0
+        self._last_profiles = 0
         self._handlers: dict[type[ev.Event], Callable[[ev.Event], Process | None]] = {
             ev.Proc: self._on_proc,  # type: ignore[dict-item]
             ev.Fork: self._on_fork,  # type: ignore[dict-item]
@@ -82,12 +85,27 @@ class Aggregator:
             facts = self._conclude(event, process)
             if facts and self.detector is not None:
                 alerts = self.detector.evaluate(facts, process)
+        if self.now_ns - self._last_profiles >= PROFILE_TICK_NS:
+            self._last_profiles = self.now_ns
+            self._profiles(facts, alerts)
         if self.now_ns - self._last_reap >= REAP_EVERY_NS:
             self._last_reap = self.now_ns
             self.table.reap(self.now_ns)
             if self.detector is not None:
                 self.detector.expire(self.now_ns)
         return Observation(event, process, facts, alerts)
+
+    def _profiles(self, facts: list[Fact], alerts: list[Alert]) -> None:
+        """The GPU profiles due now (on the events' clock: the probe's Stats frame comes every
+        second, so a session that makes no ioctl still gets its profiles), each judged with
+        its own process; they join the observation of whatever event is at hand."""
+        for profile in self.gpu.due_profiles(self.now_ns):
+            proc = self.table.lookup(profile.process.pid, profile.process.start_ns)
+            if proc is None or proc.exited_ts is not None:
+                continue
+            facts.append(profile)
+            if self.detector is not None:
+                alerts += self.detector.evaluate([profile], proc)
 
     def _concludes(self, kind: type[ev.Event]) -> bool:
         """Whether facts can come of this kind of event (most events give none: a fork, an exit)."""
@@ -164,6 +182,7 @@ class Aggregator:
 
     def _on_gpu_counters(self, event: ev.GpuCounters) -> None:
         self.counters.gpu_count_overflow = event.overflow
+        self.counters.gpu_mem_overflow = event.memory_overflow
         self.gpu.on_counters(event, self.table.by_pid)
 
     def _on_container(self, event: ev.Container) -> None:

@@ -137,15 +137,52 @@ class GpuCompute(Fact):
     # Allocated on a file recognised only by its name (a FUSE or plain file named like nvidiactl),
     # not by its device number: not a real NVIDIA device. False when not told (hand-built facts).
     by_name: bool = False
+    held_bytes: int = 0  # device memory the process held then (as of the last counter read, each second)
 
     def summary(self) -> str:
         how = " (by name)" if self.by_name else ""
         return f"GPU compute class {self.klass:#x} ({self.architecture}) on GPU {self.device_id}{how}"
 
 
+@dataclass(slots=True, frozen=True)
+class GpuProfile(Fact):
+    """What a process with GPU compute holds and does, from the driver's ioctls (sensor/aggregator/
+    gpu.py): emitted periodically while its compute lives, and at once on a notable change."""
+
+    KIND = "gpu_profile"
+    held_bytes: int  # device memory held now (allocations less the frees matched by handle)
+    peak_bytes: int  # most device memory held at once
+    allocated_bytes: int  # device memory allocated since the process began
+    system_bytes: int  # host memory the driver allocated for the GPU, held now
+    registered_bytes: int  # host memory the process registered with the driver, held now
+    virtual_bytes: int  # GPU virtual address space reserved, held now
+    uvm_mapped_bytes: int  # bytes mapped into the UVM address space, since the process began
+    allocations: int  # memory allocations (every family but UVM mappings) since the process began
+    frees: int
+    alloc_rate: int  # memory allocations per minute, since the previous profile
+    ioctl_rate: int  # driver ioctls per second, since the previous profile
+    compute_objects: int  # live compute objects
+    channels: int  # live GPFIFO channels
+    compute_age_s: int  # seconds since its first compute object
+    devices: int  # GPUs (nvidiaN) it opened
+    uvm_gpus: int  # GPUs it registered with UVM
+    peer_objects: int  # peer-to-peer objects (NV50_P2P) and fabric (NVLink) exports allocated
+    untracked: int  # allocations whose free cannot be matched (the kernel's handle map was full)
+
+    def summary(self) -> str:
+        return (f"GPU profile: {_gib(self.held_bytes)} held (peak {_gib(self.peak_bytes)}), "
+                f"{self.compute_objects} compute, {self.channels} channels, compute for {self.compute_age_s}s, "
+                f"{self.alloc_rate} allocations/min")
+
+
+def _gib(size: int) -> str:
+    return f"{size / (1 << 30):.2f} GiB"
+
+
 FACT_KINDS: dict[str, type[Fact]] = {
     cls.KIND: cls
-    for cls in (ExecFact, ConnectFact, EgressFact, TunnelFact, MinerFact, InternalScanFact, GpuOpenFact, GpuCompute)
+    for cls in (ExecFact, ConnectFact, EgressFact, TunnelFact, MinerFact, InternalScanFact, GpuOpenFact, GpuCompute,
+                GpuProfile)
 }
 
 

@@ -5,6 +5,14 @@ registration) and the in-kernel counters. A `GpuCompute` fact is concluded when 
 compute-class object is allocated successfully: after it, the process can run kernels
 (which make no ioctl of their own, NVIDIA-ABI.md). A process that only queries the driver,
 like nvidia-smi (client, controls, no channel), never gets one.
+
+A session with compute has a profile (`GpuProfile`): the memory it holds, from the kernel's
+per-process memory totals (sensor/bpf/gpu.bpf.c: sizes read from each memory class's
+allocation parameters, frees subtracted by handle), its live compute objects and channels,
+how long its compute has lived, and its allocation and ioctl rates. A miner holds a small,
+steady footprint for a long time; training allocates tens of GiB and churns. Profiles are
+emitted every PROFILE_EVERY_NS while compute lives, and at once on a notable change; at most
+MAX_PROFILES_PER_TICK at a time (the rest wait for the next tick, still due).
 """
 
 from __future__ import annotations
@@ -13,12 +21,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sensor import events as ev
-from sensor.aggregator.facts import Fact, GpuCompute
+from sensor.aggregator.facts import Fact, GpuCompute, GpuProfile
 from sensor.aggregator.process_table import Process, ProcKey
 from sensor.gpu_classes import PERF_BOOST_CUDA, Role, architecture_of, command_name, role_of
 
 MAX_OBJECTS = 4096  # per process; records are already rate-limited in the kernel
 MAX_FAILURES_KEPT = 32
+PROFILE_EVERY_NS = 30 * 1_000_000_000
+MAX_PROFILES_PER_TICK = 64
+# A change of held device memory worth a profile at once: this much, and this fraction of before.
+NOTABLE_HELD_BYTES = 1 << 30
+NOTABLE_HELD_RATIO = 0.25
+_FAMILY = {name: i for i, name in enumerate(ev.GPU_MEM_FAMILIES)}
 
 
 @dataclass(slots=True)
@@ -62,6 +76,10 @@ class GpuSession:
     counts: dict[tuple[int, int], ev.GpuCount] = field(default_factory=dict)  # (kind, cmd) -> totals
     rates: dict[str, float] = field(default_factory=dict)  # ioctls per second, by device kind
     _rate_base: tuple[int, dict[int, int]] | None = None
+    memory: ev.GpuMemory | None = None  # the kernel's memory totals, as last read
+    peer_objects: int = 0  # NV50_P2P objects allocated
+    last_profile: GpuProfile | None = None
+    _profile_base: tuple[int, int, int] | None = None  # (ts, allocations, ioctls) at the last profile
 
     def live(self, role: Role) -> list[GpuObject]:
         return [o for o in self.objects.values() if o.role is role and o.freed_ts is None]
@@ -76,6 +94,9 @@ class GpuSession:
     @property
     def cuda_boost(self) -> bool:
         return self.boost is not None and bool(self.boost[0] & PERF_BOOST_CUDA)
+
+    def held_bytes(self, family: str = "device") -> int:
+        return self.memory.held(family) if self.memory is not None else 0
 
     def ioctl_totals(self) -> dict[str, int]:
         """Calls by command name, all devices."""
@@ -140,6 +161,8 @@ class GpuTracker:
             session.objects_dropped += 1
         else:
             session.objects[(obj.root, obj.handle)] = obj
+        if role is Role.P2P:
+            session.peer_objects += 1
         if role is not Role.COMPUTE:
             return []
         if session.first_compute_ts is None:
@@ -151,7 +174,8 @@ class GpuTracker:
         return [GpuCompute(ts=event.ts, process=session.process, handle=obj.handle, klass=obj.klass,
                            architecture=obj.architecture,
                            channel_class=channel.klass if channel and channel.role is Role.CHANNEL else 0,
-                           device_id=self._device_of(session, obj), by_name=obj.by_name)]
+                           device_id=self._device_of(session, obj), by_name=obj.by_name,
+                           held_bytes=session.held_bytes())]
 
     @staticmethod
     def _device_of(session: GpuSession, obj: GpuObject) -> int:
@@ -184,6 +208,71 @@ class GpuTracker:
             by_session[session.process] = session
         for session in by_session.values():
             _update_rates(session, event.ts)
+        for memory in event.memory_entries():
+            proc = proc_of(memory.tgid)
+            if proc is not None:
+                self.session(proc).memory = memory
+
+    def due_profiles(self, now: int) -> list[GpuProfile]:
+        """Profiles of the sessions with compute that are due: PROFILE_EVERY_NS after their last
+        one, or at once after a notable change; at most MAX_PROFILES_PER_TICK."""
+        due = []
+        for session in self.sessions.values():
+            if not session.has_compute:
+                continue
+            current = profile(session, now)
+            if _is_due(session.last_profile, current):
+                session.last_profile = current
+                session._profile_base = (now, allocation_count(session), _ioctls(session))
+                due.append(current)
+                if len(due) >= MAX_PROFILES_PER_TICK:
+                    break
+        return due
+
+
+def profile(session: GpuSession, now: int) -> GpuProfile:
+    """The session's profile now (rates since its previous profile, or since its first compute)."""
+    memory = session.memory
+    allocated = memory.allocated if memory is not None else [0] * len(_FAMILY)
+    first = session.first_compute_ts if session.first_compute_ts is not None else now
+    then, allocations_then, ioctls_then = session._profile_base or (first, 0, 0)
+    seconds = (now - then) / 1e9
+    allocations = allocation_count(session)
+    ioctls = _ioctls(session)
+    return GpuProfile(
+        ts=now, process=session.process, held_bytes=session.held_bytes("device"),
+        peak_bytes=memory.peak_device if memory is not None else 0,
+        allocated_bytes=allocated[_FAMILY["device"]], system_bytes=session.held_bytes("system"),
+        registered_bytes=session.held_bytes("registered"), virtual_bytes=session.held_bytes("virtual"),
+        uvm_mapped_bytes=allocated[_FAMILY["uvm"]], allocations=allocations,
+        frees=sum(memory.frees[:_FAMILY["uvm"]]) if memory is not None else 0,
+        alloc_rate=round((allocations - allocations_then) * 60 / seconds) if seconds > 0 else 0,
+        ioctl_rate=round((ioctls - ioctls_then) / seconds) if seconds > 0 else 0,
+        compute_objects=len(session.live(Role.COMPUTE)), channels=len(session.live(Role.CHANNEL)),
+        compute_age_s=max(now - first, 0) // 1_000_000_000,
+        devices=sum(1 for kind, _ in session.devices if kind == ev.GpuKind.DEV),
+        uvm_gpus=len(session.uvm_gpus),
+        peer_objects=session.peer_objects + (memory.allocs[_FAMILY["fabric"]] if memory is not None else 0),
+        untracked=memory.untracked if memory is not None else 0)
+
+
+def allocation_count(session: GpuSession) -> int:
+    """Memory allocations of every family but UVM mappings (which map memory already counted)."""
+    return sum(session.memory.allocs[:_FAMILY["uvm"]]) if session.memory is not None else 0
+
+
+def _ioctls(session: GpuSession) -> int:
+    return sum(count.calls for count in session.counts.values())
+
+
+def _is_due(last: GpuProfile | None, current: GpuProfile) -> bool:
+    if last is None or current.ts - last.ts >= PROFILE_EVERY_NS:
+        return True
+    if (current.compute_objects, current.channels, current.peer_objects) != (
+            last.compute_objects, last.channels, last.peer_objects):
+        return True
+    change = abs(current.held_bytes - last.held_bytes)
+    return change >= NOTABLE_HELD_BYTES and change >= NOTABLE_HELD_RATIO * max(last.held_bytes, 1)
 
 
 def _saw_device(session: GpuSession, kind: int, minor: int, ts: int, by_name: bool) -> None:

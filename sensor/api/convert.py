@@ -38,6 +38,7 @@ FACT_DETAIL: dict[str, tuple[pb.FactKind, str]] = {
     "egress": (pb.FACT_KIND_EGRESS, "egress"), "tunnel": (pb.FACT_KIND_TUNNEL, "tunnel"),
     "miner": (pb.FACT_KIND_MINER, "miner"), "internal_scan": (pb.FACT_KIND_INTERNAL_SCAN, "internal_scan"),
     "gpu_open": (pb.FACT_KIND_GPU_OPEN, "gpu_open"), "gpu_compute": (pb.FACT_KIND_GPU_COMPUTE, "gpu_compute"),
+    "gpu_profile": (pb.FACT_KIND_GPU_PROFILE, "gpu_profile"),
 }
 # Fact fields whose name in the proto differs (`class` is a Python keyword, hence `klass`).
 FACT_FIELD_RENAMED = {"klass": "class_id"}

@@ -161,6 +161,8 @@ def status_of(state: ApiState) -> pb.Status:
              sorted(counters.kernel_drops.items())]
     drops.append(pb.DropCounter(hop="kernel", what="GPU ioctls not counted (map full)",
                                 count=counters.gpu_count_overflow))
+    drops.append(pb.DropCounter(hop="kernel", what="GPU memory allocations not summed (map full)",
+                                count=counters.gpu_mem_overflow))
     drops += [pb.DropCounter(hop="probe", what=f"queue full: {k}", count=v) for k, v in
               sorted(counters.probe_drops.items())]
     drops += [pb.DropCounter(hop="probe", what=ev.VERDICTS_MISSED.get(k, k), count=v) for k, v in

@@ -206,4 +206,27 @@ struct gpu_count {
 	u64 last_ts;
 };
 
+/* Memory a process allocated through the driver, by family (NVIDIA-ABI.md, Memory classes),
+ * summed in the kernel per process and read by the probe on its timer: allocations are too
+ * frequent in training for a record each. Frees are subtracted by handle. */
+enum gpu_mem_family {
+	GPU_MEM_DEVICE = 0,     /* video memory: NV01_MEMORY_LOCAL_USER / _PRIVILEGED / _PHYSICAL */
+	GPU_MEM_SYSTEM = 1,     /* host memory the driver allocates for the GPU: NV01_MEMORY_SYSTEM */
+	GPU_MEM_REGISTERED = 2, /* host memory the process registered: NV01_MEMORY_SYSTEM_OS_DESCRIPTOR */
+	GPU_MEM_VIRTUAL = 3,    /* GPU virtual address space reserved, no memory behind it */
+	GPU_MEM_FABRIC = 4,     /* NV_MEMORY_FABRIC: memory exported to peers over NVLink */
+	GPU_MEM_UVM = 5,        /* UVM_MAP_EXTERNAL_ALLOCATION: RM memory mapped into the UVM space */
+	GPU_MEM_FAMILIES = 6,
+};
+
+struct gpu_mem {
+	u64 allocated[GPU_MEM_FAMILIES]; /* bytes, since the process began */
+	u64 freed[GPU_MEM_FAMILIES];     /* bytes of those allocations freed since (matched by handle) */
+	u64 allocs[GPU_MEM_FAMILIES];
+	u64 frees[GPU_MEM_FAMILIES];
+	u64 peak_device; /* most device memory held at once (best effort when threads allocate together) */
+	u64 untracked;   /* allocations whose handle could not be kept: their free is not subtracted */
+	u64 last_ts;
+};
+
 #endif /* GPUSENTRY_EVENTS_H */

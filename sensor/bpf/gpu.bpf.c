@@ -34,6 +34,7 @@
 #define NV_IOCTL_MAGIC 'F'
 
 /* RM escapes and frontend ioctls (nv_escape.h, nv-ioctl-numbers.h) */
+#define ESC_RM_ALLOC_MEMORY 0x27
 #define ESC_RM_FREE 0x29
 #define ESC_RM_CONTROL 0x2A
 #define ESC_RM_ALLOC 0x2B
@@ -45,10 +46,24 @@
 #define UVM_REGISTER_GPU 37
 #define UVM_MM_INITIALIZE 75
 #define UVM_PAGEABLE_MEM_ACCESS 39
+#define UVM_MAP_EXTERNAL_ALLOCATION 33
 
 #define NV01_EVENT 0x5
 #define NV01_DEVICE_0 0x80
 #define PERF_BOOST 0x2080200A
+#define NV50_P2P 0x503B
+
+/* Memory classes and where their allocation parameters say the size (nvos.h, class/cl*.h;
+ * NVIDIA-ABI.md, Memory classes). */
+#define NV01_MEMORY_SYSTEM 0x3E
+#define NV01_MEMORY_LOCAL_PRIVILEGED 0x3F
+#define NV01_MEMORY_LOCAL_USER 0x40
+#define NV01_MEMORY_VIRTUAL 0x70
+#define NV01_MEMORY_SYSTEM_OS_DESCRIPTOR 0x71
+#define NV01_MEMORY_LOCAL_PHYSICAL 0xC2
+#define NV_MEMORY_FABRIC 0xF8
+#define NV50_MEMORY_VIRTUAL 0x50A0
+#define NVOS32_ALLOC_FLAGS_VIRTUAL 0x00080000
 
 struct gpu_file {
 	u64 file;
@@ -105,6 +120,19 @@ BPF_PERCPU_HASH(gpu_counts, struct gpu_count_key, struct gpu_count, 32768);
 /* Calls that could not be counted because gpu_counts was full: never silently lost. */
 BPF_PERCPU_ARRAY(gpu_count_overflow, u64, 1);
 BPF_PERCPU_ARRAY(gpu_scratch, struct gpu_ioctl_rec, 1);
+
+/* Memory: each live allocation by handle (its size and family, to subtract at its free), and
+ * each process's totals. The totals are a plain hash, updated with atomic adds (held and peak
+ * need one value, not a per-CPU sum); the probe removes a process's entry after its exit. */
+struct gpu_mem_obj {
+	u64 size;
+	u8 family;
+	u8 _pad[7];
+};
+LRU_HASH(gpu_mem_objects, struct handle_key, struct gpu_mem_obj, 65536);
+BPF_HASH(gpu_mem, u32, struct gpu_mem, 4096); /* processes allocating GPU memory at once */
+/* Allocations not summed because gpu_mem was full. */
+BPF_PERCPU_ARRAY(gpu_mem_overflow, u64, 1);
 
 static __always_inline int gpu_candidate(u32 cmd)
 {
@@ -313,7 +341,8 @@ static __always_inline void count_call(u32 tgid, struct gpu_call *call, int fail
 static __always_inline int notable_class(u32 c)
 {
 	u32 low = c & 0xff, high = c >> 8;
-	if (c == 0x0 || c == 0x1 || c == 0x41 || c == 0x80 || c == 0x2080 || c == 0xA06C || c == 0x900E)
+	if (c == 0x0 || c == 0x1 || c == 0x41 || c == 0x80 || c == 0x2080 || c == 0xA06C || c == 0x900E ||
+	    c == NV50_P2P)
 		return 1;
 	if (c > 0xffff)
 		return 0;
@@ -373,6 +402,110 @@ static __always_inline u32 read_u32(u64 base, u32 offset)
 	return value;
 }
 
+static __always_inline u64 read_u64(u64 base, u32 offset)
+{
+	u64 value = 0;
+	bpf_probe_read_user(&value, sizeof(value), (void *)(base + offset));
+	return value;
+}
+
+static __always_inline struct gpu_mem *mem_totals(u32 tgid)
+{
+	struct gpu_mem *mem = gpu_mem.lookup(&tgid);
+	if (mem)
+		return mem;
+	struct gpu_mem fresh = {};
+	if (gpu_mem.update(&tgid, &fresh) < 0) {
+		u32 zero = 0;
+		u64 *overflow = gpu_mem_overflow.lookup(&zero);
+		if (overflow)
+			(*overflow)++;
+		return 0;
+	}
+	return gpu_mem.lookup(&tgid);
+}
+
+/* One allocation of `size` bytes; `handle_known`: its free can be matched (RM objects). */
+static __always_inline void mem_allocated(u32 tgid, u32 h_root, u32 handle, u8 family, u64 size,
+					  int handle_known, u64 now)
+{
+	if (family >= GPU_MEM_FAMILIES)
+		return;
+	struct gpu_mem *mem = mem_totals(tgid);
+	if (!mem)
+		return;
+	u64 allocated = __sync_fetch_and_add(&mem->allocated[family], size) + size;
+	__sync_fetch_and_add(&mem->allocs[family], 1);
+	mem->last_ts = now;
+	if (family == GPU_MEM_DEVICE) {
+		u64 held = allocated - mem->freed[GPU_MEM_DEVICE];
+		if (held > mem->peak_device && held <= allocated)
+			mem->peak_device = held;
+	}
+	if (!handle_known)
+		return;
+	struct handle_key key = {.tgid = tgid, .h_root = h_root, .handle = handle};
+	struct gpu_mem_obj obj = {.size = size, .family = family};
+	if (gpu_mem_objects.update(&key, &obj) < 0)
+		__sync_fetch_and_add(&mem->untracked, 1);
+}
+
+/* An RM_FREE that succeeded: if the handle was an allocation, its bytes are no longer held. */
+static __always_inline void mem_freed(u32 tgid, u32 h_root, u32 handle, u64 now)
+{
+	struct handle_key key = {.tgid = tgid, .h_root = h_root, .handle = handle};
+	struct gpu_mem_obj *obj = gpu_mem_objects.lookup(&key);
+	if (!obj)
+		return;
+	u64 size = obj->size;
+	u8 family = obj->family;
+	gpu_mem_objects.delete(&key);
+	if (family >= GPU_MEM_FAMILIES)
+		return;
+	struct gpu_mem *mem = gpu_mem.lookup(&tgid);
+	if (!mem)
+		return;
+	__sync_fetch_and_add(&mem->freed[family], size);
+	__sync_fetch_and_add(&mem->frees[family], 1);
+	mem->last_ts = now;
+}
+
+/* The family and size of a memory class's allocation, from its parameters as the driver left
+ * them at exit (sizes are [IN/OUT]: the driver writes back what it really allocated).
+ * Returns GPU_MEM_FAMILIES for a class that is not memory. */
+static __always_inline u8 mem_of_alloc(u32 klass, u64 params, u64 *size)
+{
+	switch (klass) {
+	case NV01_MEMORY_SYSTEM:
+	case NV01_MEMORY_LOCAL_PRIVILEGED:
+	case NV01_MEMORY_LOCAL_USER: {
+		/* NV_MEMORY_ALLOCATION_PARAMS: flags@8, size@64 */
+		*size = read_u64(params, 64);
+		if (read_u32(params, 8) & NVOS32_ALLOC_FLAGS_VIRTUAL)
+			return GPU_MEM_VIRTUAL;
+		return klass == NV01_MEMORY_SYSTEM ? GPU_MEM_SYSTEM : GPU_MEM_DEVICE;
+	}
+	case NV01_MEMORY_LOCAL_PHYSICAL:
+		*size = read_u64(params, 0); /* NV_PHYSICAL_MEMORY_ALLOCATION_PARAMS: memSize@0 [OUT] */
+		return GPU_MEM_DEVICE;
+	case NV01_MEMORY_SYSTEM_OS_DESCRIPTOR:
+		*size = read_u64(params, 24) + 1; /* NV_OS_DESC_MEMORY_ALLOCATION_PARAMS: limit@24 */
+		return GPU_MEM_REGISTERED;
+	case NV01_MEMORY_VIRTUAL:
+	case NV50_MEMORY_VIRTUAL: {
+		/* NV_MEMORY_VIRTUAL_ALLOCATION_PARAMS: offset@0, limit@8 [IN/OUT]: the range [offset, limit] */
+		u64 range[2] = {};
+		bpf_probe_read_user(range, sizeof(range), (void *)params);
+		*size = range[1] >= range[0] ? range[1] - range[0] + 1 : 0;
+		return GPU_MEM_VIRTUAL;
+	}
+	case NV_MEMORY_FABRIC:
+		*size = read_u64(params, 8); /* NV00F8_ALLOCATION_PARAMETERS: allocSize@8 */
+		return GPU_MEM_FABRIC;
+	}
+	return GPU_MEM_FAMILIES;
+}
+
 /* Fill the record for RM_ALLOC; returns the reason it matters, or 0. */
 static __always_inline u8 decode_rm_alloc(u32 tgid, struct gpu_call *call, struct gpu_ioctl_rec *rec)
 {
@@ -400,6 +533,12 @@ static __always_inline u8 decode_rm_alloc(u32 tgid, struct gpu_call *call, struc
 	}
 	if (rec->ret != 0 || rec->status != 0)
 		return GPU_R_ALLOC_FAILED;
+	u64 size = 0;
+	u8 family = params ? mem_of_alloc(rec->h_class, params, &size) : GPU_MEM_FAMILIES;
+	if (family < GPU_MEM_FAMILIES) {
+		mem_allocated(tgid, rec->h_root, rec->h_object, family, size, 1, rec->hdr.ts);
+		return 0;
+	}
 	if (!notable_class(rec->h_class))
 		return 0;
 	struct handle_key key = {.tgid = tgid, .h_root = rec->h_root, .handle = rec->h_object};
@@ -417,13 +556,32 @@ static __always_inline u8 decode_rm_free(u32 tgid, struct gpu_call *call, struct
 	rec->h_object = args4[2];
 	rec->status = args4[3];
 	rec->hdr.flags |= GPU_STATUS_READ;
+	if (rec->ret != 0 || rec->status != 0)
+		return 0;
+	mem_freed(tgid, rec->h_root, rec->h_object, rec->hdr.ts);
 	struct handle_key key = {.tgid = tgid, .h_root = rec->h_root, .handle = rec->h_object};
 	u32 *klass = gpu_objects.lookup(&key);
-	if (!klass || rec->ret != 0 || rec->status != 0)
+	if (!klass)
 		return 0;
 	rec->h_class = *klass;
 	gpu_objects.delete(&key);
 	return GPU_R_FREE;
+}
+
+/* RM_ALLOC_MEMORY (NVOS02 with its fd, 56 bytes): hRoot@0, hObjectParent@4, hObjectNew@8,
+ * hClass@12, flags@16, pMemory@24, limit@32, status@40. Host memory described to the driver:
+ * system memory or an OS descriptor (registered). Only summed, never a record. */
+static __always_inline void decode_rm_alloc_memory(u32 tgid, struct gpu_call *call, struct gpu_ioctl_rec *rec)
+{
+	u32 head[4] = {};
+	bpf_probe_read_user(head, sizeof(head), (void *)call->arg);
+	rec->status = read_u32(call->arg, 40);
+	if (rec->ret != 0 || rec->status != 0)
+		return;
+	u8 family = head[3] == NV01_MEMORY_SYSTEM_OS_DESCRIPTOR ? GPU_MEM_REGISTERED :
+		    (head[3] == NV01_MEMORY_SYSTEM ? GPU_MEM_SYSTEM : GPU_MEM_FAMILIES);
+	if (family < GPU_MEM_FAMILIES)
+		mem_allocated(tgid, head[0], head[2], family, read_u64(call->arg, 32) + 1, 1, rec->hdr.ts);
 }
 
 static __always_inline u8 decode_rm_control(struct gpu_call *call, struct gpu_ioctl_rec *rec)
@@ -448,7 +606,7 @@ static __always_inline u8 decode_rm_control(struct gpu_call *call, struct gpu_io
 	return GPU_R_CONTROL;
 }
 
-static __always_inline u8 decode_uvm(struct gpu_call *call, struct gpu_ioctl_rec *rec)
+static __always_inline u8 decode_uvm(u32 tgid, struct gpu_call *call, struct gpu_ioctl_rec *rec)
 {
 	/* rmStatus offsets from uvm_ioctl.h: INITIALIZE {u64 flags; status}, REGISTER_GPU
 	 * {uuid[16]; bool numa; s32 node; s32 fd; hClient; hSmcPartRef; status}, REGISTER_CHANNEL
@@ -466,6 +624,13 @@ static __always_inline u8 decode_uvm(struct gpu_call *call, struct gpu_ioctl_rec
 		rec->h_root = read_u32(call->arg, 28);
 		rec->status = read_u32(call->arg, 36);
 		break;
+	case UVM_MAP_EXTERNAL_ALLOCATION:
+		/* {base@0, length@8, ...}: RM memory (already summed at its RM_ALLOC) mapped into the
+		 * UVM address space; its status sits past a per-GPU array whose length varies by
+		 * release, so only the ioctl's own result is read. */
+		if (rec->ret == 0)
+			mem_allocated(tgid, 0, 0, GPU_MEM_UVM, read_u64(call->arg, 8), 0, rec->hdr.ts);
+		return 0;
 	case UVM_REGISTER_CHANNEL:
 		bpf_probe_read_user(rec->uuid, 16, (void *)call->arg);
 		rec->h_root = read_u32(call->arg, 20);
@@ -525,13 +690,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_ioctl)
 		return 0;
 	u8 reason = 0;
 	if (call.kind == GPU_UVM || call.kind == GPU_UVM_TOOLS)
-		reason = decode_uvm(&call, rec);
+		reason = decode_uvm(tgid, &call, rec);
 	else if (call.nr == ESC_RM_ALLOC)
 		reason = decode_rm_alloc(tgid, &call, rec);
 	else if (call.nr == ESC_RM_FREE && call.size == 16)
 		reason = decode_rm_free(tgid, &call, rec);
 	else if (call.nr == ESC_RM_CONTROL && call.size == 32)
 		reason = decode_rm_control(&call, rec);
+	else if (call.nr == ESC_RM_ALLOC_MEMORY && call.size == 56)
+		decode_rm_alloc_memory(tgid, &call, rec);
 	if (first_use(tgid, &call) && !reason)
 		reason = GPU_R_FIRST_USE;
 

@@ -92,6 +92,11 @@ def pack_alloc(size: int, root: int, parent: int, new: int, klass: int, params: 
     return buf
 
 
+# NVOS02 with its fd (RM_ALLOC_MEMORY, 56 bytes): hRoot, hObjectParent, hObjectNew, hClass, flags,
+# pMemory (u64), limit (u64), status, then (NVOS02_PARAMETERS_WITH_FD) fd@48
+ALLOC_MEMORY = struct.Struct("<IIIII4xQQI4xi4x")
+ALLOC_MEMORY_STATUS_AT = 40
+
 # NVOS00 (RM_FREE): hRoot, hObjectParent, hObjectOld, status
 FREE = struct.Struct("<IIII")
 # NVOS54 (RM_CONTROL): hClient, hObject, cmd, flags, params (u64), paramsSize, status
@@ -104,3 +109,35 @@ EVENT_PARAMS = struct.Struct("<IIIIQ")
 DEVICE_PARAMS = struct.Struct("<I60x")
 # IOCTL_XFER_CMD: cmd, size, ptr
 XFER = struct.Struct("<IIQ")
+# Memory classes' allocation parameters, with the size where the driver reads it (nvos.h,
+# class/cl00c2.h, cl00f8.h; NVIDIA-ABI.md, Memory classes):
+# NV_MEMORY_ALLOCATION_PARAMS (0x3E, 0x3F, 0x40): 128 bytes, flags@8, size@64
+MEMORY_PARAMS_SIZE, MEMORY_FLAGS_AT, MEMORY_SIZE_AT = 128, 8, 64
+NVOS32_ALLOC_FLAGS_VIRTUAL = 0x00080000
+# NV_OS_DESC_MEMORY_ALLOCATION_PARAMS (0x71): type, flags, attr, attr2, descriptor, limit, descriptorType, tag
+OS_DESC_PARAMS = struct.Struct("<IIIIQQII")
+# NV_MEMORY_VIRTUAL_ALLOCATION_PARAMS (0x70, 0x50A0): offset, limit, hVASpace
+VIRTUAL_PARAMS = struct.Struct("<QQI4x")
+# NV_PHYSICAL_MEMORY_ALLOCATION_PARAMS (0xC2): memSize, format, pageSize
+PHYSICAL_PARAMS = struct.Struct("<QII")
+# NV00F8_ALLOCATION_PARAMETERS (0xF8): alignment, allocSize, pageSize, allocFlags, map {offset, hVidMem, flags}
+FABRIC_PARAMS = struct.Struct("<QQQI4xQII")
+
+
+def memory_params(klass: int, size: int, virtual: bool = False) -> bytes | None:
+    """A memory class's allocation parameters asking for `size` bytes; None for other classes."""
+    if klass in (0x3E, 0x3F, 0x40):
+        params = bytearray(MEMORY_PARAMS_SIZE)
+        struct.pack_into("<I", params, MEMORY_FLAGS_AT, NVOS32_ALLOC_FLAGS_VIRTUAL if virtual else 0)
+        struct.pack_into("<Q", params, MEMORY_SIZE_AT, size)
+        return bytes(params)
+    if klass == 0x71:
+        return OS_DESC_PARAMS.pack(0, 0, 0, 0, 0, size - 1, 0, 0)
+    if klass in (0x70, 0x50A0):
+        return VIRTUAL_PARAMS.pack(0, size - 1, 0)
+    if klass == 0xC2:
+        return PHYSICAL_PARAMS.pack(size, 0, 0)
+    if klass == 0xF8:
+        return FABRIC_PARAMS.pack(0, size, 2 << 20, 0, 0, 0, 0)
+    return None
+

@@ -18,6 +18,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,10 @@ class Replay:
             p = ctypes.create_string_buffer(abi.DEVICE_PARAMS.pack(args.get("device_id", 0)))
             self._keep.append(p)
             params, params_size = ctypes.addressof(p), abi.DEVICE_PARAMS.size
+        elif "bytes" in args and (memory := abi.memory_params(klass, args["bytes"], args.get("virtual", False))):
+            p = ctypes.create_string_buffer(memory, len(memory))
+            self._keep.append(p)
+            params, params_size = ctypes.addressof(p), len(memory)
         if klass in CLIENT_CLASSES:
             root = parent = new
         return root, parent, new, klass, params, params_size
@@ -155,6 +160,20 @@ class Replay:
         event_class = args.get("event_class", 0x79) if klass == 0x5 else 0
         self._record(Call("alloc", ret, status, klass, handle, parent, event_class=event_class))
         self._keep.clear()
+
+    def _op_alloc_memory(self, args: dict[str, Any]) -> None:
+        """RM_ALLOC_MEMORY (NVOS02): `bytes` of host memory at a buffer of ours, class 0x3E or 0x71."""
+        root = self.handles["client"]
+        parent = self._handle(args.get("parent", "device"))
+        new, self._next_handle = self._next_handle, self._next_handle + 1
+        buf = bytearray(abi.ALLOC_MEMORY.pack(root, parent, new, args["class"], 0, 0x7E0000000000,
+                                              args["bytes"] - 1, 0, self.fds.get("gpu", -1)))
+        ret = self._ioctl(args["fd"], abi.ioc(0x27, len(buf)), buf)
+        handle = struct.unpack_from("<I", buf, 8)[0]
+        if "as" in args:
+            self.handles[args["as"]] = handle
+        self._record(Call("alloc_memory", ret, struct.unpack_from("<I", buf, abi.ALLOC_MEMORY_STATUS_AT)[0],
+                          args["class"], handle, parent))
 
     def _op_free(self, args: dict[str, Any], via_xfer: bool = False) -> None:
         root = self.handles["client"]
@@ -199,8 +218,15 @@ class Replay:
         elif cmd == abi.UVM_COMMANDS["REGISTER_CHANNEL"]:  # {uuid, rmCtrlFd, hClient, hChannel, base, len, status}
             buf[0:16] = FAKE_GPU_UUID
             struct.pack_into("<iII", buf, 16, ctl_fd, client, channel)
+        elif cmd == abi.UVM_COMMANDS["MAP_EXTERNAL_ALLOCATION"]:  # {base, length, offset, ...}
+            struct.pack_into("<QQ", buf, 0, 0x7F0000000000, args.get("bytes", 0))
         ret = self._ioctl(args["fd"], cmd, buf)
         self._record(Call("uvm", ret, 0, cmd=cmd, handle=channel))
+
+    def _op_hold(self, args: dict[str, Any]) -> None:
+        """Stay alive, holding what was allocated: a long job's steady state (kernel launches
+        make no ioctl, so the driver sees nothing of it)."""
+        threading.Event().wait(args["seconds"])
 
     def _op_repeat(self, args: dict[str, Any]) -> None:
         for _ in range(args["times"]):

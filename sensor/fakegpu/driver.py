@@ -34,7 +34,7 @@ ARCH_CLASSES: dict[str, set[int]] = {
     "ampere": {0xC561, 0xC56F, 0xC6C0, 0xC6B5},
 }
 COMMON_CLASSES = {0x0, 0x1, 0x41, 0x80, 0x2080, 0x90F1, 0xA06C, 0x9067, 0x900E, 0x3E, 0x3F, 0x40, 0x71, 0xC2,
-                  0xF8, 0x5, 0x79}
+                  0xF8, 0x5, 0x79, 0x70, 0x50A0, 0x503B}
 # Which parent each role needs; roles not listed accept any existing parent.
 PARENT_ROLES: dict[Role, set[Role]] = {
     Role.DEVICE: {Role.CLIENT},
@@ -154,6 +154,15 @@ class FakeRm:
         self.objects[(root, new)] = klass
         self.parents[(root, new)] = parent
         return abi.NV_OK, new
+
+    def _rm_alloc_memory(self, data: bytearray) -> None:
+        """NVOS02: host memory (system, or an OS descriptor) described to the driver."""
+        root, parent, new, klass, *_ = abi.ALLOC_MEMORY.unpack_from(data)
+        status = abi.NV_ERR_INVALID_CLASS
+        if klass in (0x3E, 0x71):
+            status, new = self._alloc(root, parent, new, klass)
+        struct.pack_into("<I", data, 8, new)
+        struct.pack_into("<I", data, abi.ALLOC_MEMORY_STATUS_AT, status)
 
     def _rm_free(self, data: bytearray) -> None:
         root, _, old, _ = abi.FREE.unpack_from(data)

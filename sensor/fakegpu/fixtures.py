@@ -36,14 +36,17 @@ OPERATIONS: dict[str, tuple[set[str], set[str]]] = {
     "dup": ({"fd", "as"}, set()),
     "close": ({"fd"}, set()),
     "frontend": ({"fd", "esc"}, {"size"}),
-    "alloc": ({"fd", "class"}, {"parent", "as", "handle", "size", "device_id", "event_class"}),
+    "alloc": ({"fd", "class"}, {"parent", "as", "handle", "size", "device_id", "event_class", "bytes", "virtual"}),
+    "alloc_memory": ({"fd", "class", "bytes"}, {"parent", "as"}),
     "free": ({"fd", "object"}, {"parent"}),
     "control": ({"fd", "object", "cmd"}, {"boost"}),
-    "uvm": ({"fd", "cmd"}, {"channel"}),
+    "uvm": ({"fd", "cmd"}, {"channel", "bytes"}),
     "xfer": ({"fd", "step"}, set()),
     "repeat": ({"times", "steps"}, set()),
     "fork": ({"steps"}, set()),
+    "hold": ({"seconds"}, set()),
 }
+MAX_HOLD_S = 30
 
 
 class FixtureError(GpusentryError):
@@ -134,9 +137,26 @@ def _check_values(path: Path, op: str, args: dict[str, Any], where: str) -> None
         value = args[key]
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFFFFFF:
             raise fail(f"`{key}` must be an integer from 0 to 0xFFFFFFFF, not {value!r}")
+    if op == "uvm" and "bytes" in args and args["cmd"] != "MAP_EXTERNAL_ALLOCATION":
+        raise fail("`bytes` of a UVM command is for MAP_EXTERNAL_ALLOCATION")
+    if op == "alloc_memory" and (args["class"] not in (0x3E, 0x71) or not isinstance(args["bytes"], int)
+                                 or isinstance(args["bytes"], bool) or not 1 <= args["bytes"] < 1 << 64):
+        raise fail("`alloc_memory` takes class 0x3E or 0x71 and `bytes` from 1 to 2**64 - 1")
+    if op == "alloc" and "bytes" in args:
+        size = args["bytes"]
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size < 1 << 64:
+            raise fail(f"`bytes` must be an integer from 1 to 2**64 - 1, not {size!r}")
+        if abi.memory_params(args["class"], size) is None:
+            raise fail(f"`bytes` is for memory classes (0x3E, 0x3F, 0x40, 0x70, 0x71, 0xC2, 0xF8, 0x50A0), "
+                       f"not {args['class']:#x}")
+    if "virtual" in args and not isinstance(args["virtual"], bool):
+        raise fail("`virtual` is true or false")
     for key in sorted({"fd", "parent", "object", "as", "channel"} & args.keys()):
         if not isinstance(args[key], str | int) or isinstance(args[key], bool):
             raise fail(f"`{key}` must be a name or a handle, not {args[key]!r}")
+    if op == "hold" and (not isinstance(args["seconds"], int | float) or isinstance(args["seconds"], bool)
+                         or not 0 < args["seconds"] <= MAX_HOLD_S):
+        raise fail(f"`hold` takes `seconds` from 0 to {MAX_HOLD_S}")
     if op == "repeat":
         if args["times"] > 100_000:
             raise fail("`times` is at most 100000")

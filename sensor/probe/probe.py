@@ -45,6 +45,10 @@ FINAL_ROUNDS = 64  # at a stop, batches read at most (a flood does not stop with
 _U32 = struct.Struct("<I")
 _GPU_COUNT_KEY = struct.Struct("<IIB3x")  # struct gpu_count_key: tgid, cmd_id, kind
 _GPU_COUNT = struct.Struct("<4Q")  # struct gpu_count: calls, errors, suppressed, last_ts
+_FAMILIES = len(ev.GPU_MEM_FAMILIES)
+# struct gpu_mem: allocated[], freed[], allocs[], frees[] (one u64 per family), peak_device,
+# untracked, last_ts
+_GPU_MEM = struct.Struct(f"<{4 * _FAMILIES + 3}Q")
 _U64 = struct.Struct("<Q")
 SELF_ONLY, SELF_AND_DESCENDANTS = b"\x01", b"\x02"  # self_tgids values, as in common.bpf.c
 
@@ -81,6 +85,7 @@ class Probe:
         self.decode_errors = 0
         self.started_at = 0.0
         self._gpu_totals: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
+        self._gpu_memory: dict[int, bytes] = {}  # tgid -> its memory totals as last sent
         self._exited: set[int] = set()  # processes whose GPU counters go after the next read
         # decoded records of the poll under way: whether each came from the decisive ring, and
         # for an exec what the kernel read of its file
@@ -294,7 +299,7 @@ class Probe:
 
     def _emit_counters(self) -> None:
         counters = self.gpu_counters()
-        if counters.counts or counters.overflow:
+        if counters.counts or counters.overflow or counters.memory or counters.memory_overflow:
             self._emit(counters, block=True)
         self._emit(self.stats(), block=True)
 
@@ -343,8 +348,31 @@ class Probe:
             table.delete(key)
             self._gpu_totals.pop(ident, None)
         overflow = sum(_U64.unpack(v)[0] for v in self.bpf.maps["gpu_count_overflow"].per_cpu(_U32.pack(0)))
+        memory = self._gpu_memory_changed(exited)
+        memory_overflow = sum(_U64.unpack(v)[0] for v in self.bpf.maps["gpu_mem_overflow"].per_cpu(_U32.pack(0)))
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        return ev.GpuCounters(now, os.getpid(), os.getpid(), changed, overflow)
+        return ev.GpuCounters(now, os.getpid(), os.getpid(), changed, overflow, memory, memory_overflow)
+
+    def _gpu_memory_changed(self, exited: set[int]) -> list[list[object]]:
+        """The per-process memory totals (sensor/bpf/gpu.bpf.c, gpu_mem) that changed since the
+        last read; an exited process's entry goes once its final totals are read, and so does
+        one whose exit record was lost (sent already, unchanged, and its process gone)."""
+        assert self.bpf is not None
+        table = self.bpf.maps["gpu_mem"]
+        changed: list[list[object]] = []
+        for key in list(table.keys()):
+            value = table.lookup(key)
+            if value is None:
+                continue  # removed since the walk began
+            (tgid,) = _U32.unpack(key)
+            sent = self._gpu_memory.get(tgid) == value
+            if not sent:
+                self._gpu_memory[tgid] = value
+                changed.append(_memory_row(tgid, value))
+            if tgid in exited or (sent and not os.path.exists(f"/proc/{tgid}")):
+                table.delete(key)
+                self._gpu_memory.pop(tgid, None)
+        return changed
 
     def stats(self) -> ev.Stats:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
@@ -384,6 +412,13 @@ def _descendants(parent_of: dict[int, int], roots: set[int]) -> set[int]:
                 found.add(child)
                 todo.append(child)
     return found
+
+
+def _memory_row(tgid: int, value: bytes) -> list[object]:
+    """A GpuCounters.memory row (ev.GpuMemory's fields) from a struct gpu_mem."""
+    numbers = _GPU_MEM.unpack_from(value)
+    lists = [list(numbers[i * _FAMILIES:(i + 1) * _FAMILIES]) for i in range(4)]
+    return [tgid, *lists, *numbers[4 * _FAMILIES:]]
 
 
 def _event_ts(polled: tuple[ev.Event, bool, records.ExecFacts | None]) -> int:

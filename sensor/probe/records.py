@@ -144,6 +144,15 @@ class GpuCountValue(ctypes.Structure):
     _fields_ = [("calls", u64), ("errors", u64), ("suppressed", u64), ("last_ts", u64)]
 
 
+GPU_MEM_FAMILIES = len(ev.GPU_MEM_FAMILIES)  # enum gpu_mem_family
+
+
+class GpuMemValue(ctypes.Structure):
+    _fields_ = [("allocated", u64 * GPU_MEM_FAMILIES), ("freed", u64 * GPU_MEM_FAMILIES),
+                ("allocs", u64 * GPU_MEM_FAMILIES), ("frees", u64 * GPU_MEM_FAMILIES), ("peak_device", u64),
+                ("untracked", u64), ("last_ts", u64)]
+
+
 # record type -> (C struct name in events.h, mirror); the layout test walks this.
 MIRRORS: dict[ev.Kind, tuple[str, type[ctypes.Structure]]] = {
     ev.Kind.EXEC: ("exec_rec", ExecRec),
@@ -156,7 +165,8 @@ MIRRORS: dict[ev.Kind, tuple[str, type[ctypes.Structure]]] = {
     ev.Kind.GPU_IOCTL: ("gpu_ioctl_rec", GpuIoctlRec),
 }
 # map key and value structs, checked the same way
-MAP_MIRRORS: dict[str, type[ctypes.Structure]] = {"gpu_count_key": GpuCountKey, "gpu_count": GpuCountValue}
+MAP_MIRRORS: dict[str, type[ctypes.Structure]] = {"gpu_count_key": GpuCountKey, "gpu_count": GpuCountValue,
+                                                   "gpu_mem": GpuMemValue}
 
 
 class RecordError(ValueError):

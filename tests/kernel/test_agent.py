@@ -455,14 +455,14 @@ def test_sighup_reloads_rules_and_keeps_them_when_the_new_file_is_invalid(agents
     rules.write_text("rules: [broken\n")
     agent.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: any("rules not reloaded" in m for m in agent.messages), what="the refused reload")
-    assert any(f"keeping the current 10 rules: invalid rules: {rules}:2: not valid YAML" in m
+    assert any(f"keeping the current 11 rules: invalid rules: {rules}:2: not valid YAML" in m
                for m in agent.messages), agent.messages
     subprocess.run(["/bin/true", "gs-marker-1"], check=True)
     wait_until(lambda: len(agent.alerts("marker-one")) == 2, what="the kept rule still firing")
 
     rules.write_text(MARKER_RULE.format(rule_id="marker-two", marker="gs-marker-2"))
     agent.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: any(m.startswith("gpusentry: rules reloaded: 10 rules") for m in agent.messages),
+    wait_until(lambda: any(m.startswith("gpusentry: rules reloaded: 11 rules") for m in agent.messages),
                what="the reload")
     subprocess.run(["/bin/true", "gs-marker-2"], check=True)
     wait_until(lambda: agent.alerts("marker-two"), what="the new rule's alert")

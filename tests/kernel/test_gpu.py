@@ -18,8 +18,8 @@ import pytest
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
-from sensor.aggregator.facts import GpuCompute
-from sensor.aggregator.gpu import GpuSession
+from sensor.aggregator.facts import GpuCompute, GpuProfile
+from sensor.aggregator.gpu import GpuSession, allocation_count, profile
 from sensor.capture import CaptureError, StreamMeta, open_capture
 from sensor.fakegpu.fixtures import load
 from sensor.fakegpu.session import ReplayResult, fake_driver, replay
@@ -29,9 +29,10 @@ from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "gpu"
-REPLAYED = ["hopper-bringup", "ampere-bringup", "compute-loop", "training-job", "query-only", "decoder-edges"]
+REPLAYED = ["hopper-bringup", "ampere-bringup", "compute-loop", "training-job", "query-only", "decoder-edges",
+            "miner-like", "training-like"]
 NOTABLE_ROLES = {Role.CLIENT, Role.DEVICE, Role.SUBDEVICE, Role.CHANNEL_GROUP, Role.CHANNEL, Role.COMPUTE, Role.COPY,
-                 Role.DOORBELL, Role.MPS}
+                 Role.DOORBELL, Role.MPS, Role.P2P}
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +119,43 @@ def test_fixture_replay(live: LiveProbe, drivers: dict[str, Path], name: str) ->
         assert session.uvm_channels == channels and len(channels) == expect["uvm_channels"]
     if "freed_compute" in expect:
         assert sum(1 for o in session.ever(Role.COMPUTE) if o.freed_ts) == expect["freed_compute"]
+    if "memory" in expect:
+        assert_memory_profile(session, expect["memory"])
     if "min_ioctls" in expect:
         assert result.report["ioctls"] >= expect["min_ioctls"]
     client = next(o for o in session.ever(Role.CLIENT))
     assert client.handle == result.report["handles"]["client"]
+
+
+def assert_memory_profile(session: GpuSession, want: dict[str, int]) -> None:
+    """The kernel's memory totals, read on the timer, and the profile made of them: exact bytes."""
+    wait_until(lambda: session.memory is not None and allocation_count(session) == want["allocations"],
+               timeout=15, what=f"{want['allocations']} memory allocations summed")
+    memory = session.memory
+    assert memory is not None
+    got = profile(session, session.last_activity_ts)
+    assert {"held": got.held_bytes, "peak": got.peak_bytes, "allocated": got.allocated_bytes,
+            "system": got.system_bytes, "registered": got.registered_bytes, "virtual": got.virtual_bytes,
+            "uvm": got.uvm_mapped_bytes, "allocations": got.allocations, "frees": got.frees,
+            "p2p": got.peer_objects} == {"p2p": 0, **want}
+    assert memory.untracked == 0
+
+
+def test_profile_of_a_live_process_carries_its_exact_memory(live: LiveProbe, drivers: dict[str, Path]) -> None:
+    """Kernel sums -> probe frame -> aggregator -> gpu_profile fact, while the process holds its
+    memory: its 1.25 GiB arriving is a notable change, so a profile comes at once."""
+    result, fixture = run_fixture(drivers, "miner-like")
+    want = fixture.expect["memory"]
+
+    def held_profiles() -> list[GpuProfile]:
+        with live.collector.lock:
+            return [f for o in live.collector.observations for f in o.facts
+                    if isinstance(f, GpuProfile) and f.process.pid == result.pid and f.held_bytes]
+    profile_fact = wait_until(held_profiles, timeout=15, what="a gpu_profile with memory held")[0]
+    assert (profile_fact.held_bytes, profile_fact.peak_bytes, profile_fact.registered_bytes,
+            profile_fact.virtual_bytes, profile_fact.compute_objects, profile_fact.channels,
+            profile_fact.devices, profile_fact.uvm_gpus) == (want["held"], want["peak"], want["registered"],
+                                                             want["virtual"], 1, 2, 1, 1)
 
 
 def test_decoder_edges_in_detail(live: LiveProbe, drivers: dict[str, Path]) -> None:

@@ -296,7 +296,8 @@ def tunnel_opened() -> tuple[Host, Aggregator, Detector]:
     aggregator = Aggregator(rules=load_rules([]))
     assert aggregator.detector is not None
     assert raised(aggregator, host.events) == ["reverse-tunnel-opened"]
-    assert aggregator.detector.engine.stats.partials == 2  # the gpu-compute and the miner-egress sequences
+    # the gpu-compute, the small-long-compute and the miner-egress sequences
+    assert aggregator.detector.engine.stats.partials == 3
     host.events.clear()
     return host, aggregator, aggregator.detector
 
@@ -305,7 +306,7 @@ def test_a_reload_between_the_tunnel_and_the_compute_keeps_the_sequence() -> Non
     host, aggregator, detector = tunnel_opened()
     detector.reload(load_rules([]))
     stats = detector.engine.stats
-    assert (stats.partials, stats.partials_discarded) == (2, 0)
+    assert (stats.partials, stats.partials_discarded) == (3, 0)
     host.gpu_compute(103)
     assert raised(aggregator, host.events) == ["reverse-tunnel-then-gpu-compute"]
 
@@ -320,7 +321,7 @@ def test_a_reload_that_changes_the_sequence_discards_it(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(changed)
     detector.reload(load_rules([tmp_path / "rules.yaml"], builtin=False))
     stats = detector.engine.stats
-    assert (stats.partials, stats.partials_discarded) == (1, 1)  # the miner-egress sequence goes on
+    assert (stats.partials, stats.partials_discarded) == (2, 1)  # the miner-egress and small-long sequences go on
     host.gpu_compute(103)
     assert raised(aggregator, host.events) == []
 
@@ -331,6 +332,6 @@ def test_a_reload_that_removes_the_sequence_discards_it() -> None:
     kept = [rule for rule in builtin.rules if rule.id != "reverse-tunnel-then-gpu-compute"]
     detector.reload(RuleSet(kept, builtin.lists, builtin.files))
     stats = detector.engine.stats
-    assert (stats.partials, stats.partials_discarded) == (1, 1)
+    assert (stats.partials, stats.partials_discarded) == (2, 1)
     host.gpu_compute(103)
     assert raised(aggregator, host.events) == []

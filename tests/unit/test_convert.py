@@ -148,11 +148,17 @@ FACTS: list[tuple[f.Fact, str, Message]] = [
     (f.GpuCompute(TS, KEY, 5, 0xCBC0, "Hopper", 0xC86F, 0, True), "gpu_compute",
      pb.GpuComputeFact(handle=5, class_id=0xCBC0, architecture="Hopper", channel_class=0xC86F, device_id=0,
                        by_name=True)),
+    (f.GpuProfile(TS, KEY, 2 << 30, 3 << 30, 9 << 30, 1 << 26, 1 << 24, 1 << 32, 1 << 30, 40, 12, 6, 120, 1, 2, 301,
+                  1, 1, 0, 0), "gpu_profile",
+     pb.GpuProfileFact(held_bytes=2 << 30, peak_bytes=3 << 30, allocated_bytes=9 << 30, system_bytes=1 << 26,
+                       registered_bytes=1 << 24, virtual_bytes=1 << 32, uvm_mapped_bytes=1 << 30, allocations=40,
+                       frees=12, alloc_rate=6, ioctl_rate=120, compute_objects=1, channels=2, compute_age_s=301,
+                       devices=1, uvm_gpus=1)),
 ]
 FACT_KIND_OF = {"exec": pb.FACT_KIND_EXEC, "connect": pb.FACT_KIND_CONNECT, "egress": pb.FACT_KIND_EGRESS,
                 "tunnel": pb.FACT_KIND_TUNNEL, "miner": pb.FACT_KIND_MINER,
                 "internal_scan": pb.FACT_KIND_INTERNAL_SCAN, "gpu_open": pb.FACT_KIND_GPU_OPEN,
-                "gpu_compute": pb.FACT_KIND_GPU_COMPUTE}
+                "gpu_compute": pb.FACT_KIND_GPU_COMPUTE, "gpu_profile": pb.FACT_KIND_GPU_PROFILE}
 
 
 def expected_fact(fact: f.Fact, field: str, detail: Message, ref: pb.ProcessRef = REF) -> pb.Fact:

@@ -93,7 +93,8 @@ def test_uvm_commands_are_accepted_without_argument() -> None:
 def test_every_shipped_fixture_loads() -> None:
     names = sorted(p.name for p in FIXTURES.glob("*.yaml"))
     assert names == ["ampere-bringup.yaml", "compute-loop.yaml", "decoder-edges.yaml", "fd-inheritance.yaml",
-                     "hopper-bringup.yaml", "query-only.yaml", "training-job.yaml"]
+                     "hopper-bringup.yaml", "miner-like.yaml", "query-only.yaml", "training-job.yaml",
+                     "training-like.yaml"]
     for name in names:
         fixture = load(FIXTURES / name)
         assert fixture.driver == "595.45.04" and fixture.source
@@ -118,6 +119,12 @@ def test_every_shipped_fixture_loads() -> None:
     ("format: 1\nname: x\ndriver: d\narch: hopper\nsource: s\n"
      "steps: [{xfer: {fd: c, step: {uvm: {cmd: INITIALIZE}}}}]\n",
      "`xfer` wraps an alloc, free or control"),
+    ("format: 1\nname: x\ndriver: d\narch: hopper\nsource: s\nsteps: [{alloc: {fd: c, class: 0x80, bytes: 4096}}]\n",
+     "`bytes` is for memory classes (0x3E, 0x3F, 0x40, 0x70, 0x71, 0xC2, 0xF8, 0x50A0), not 0x80"),
+    ("format: 1\nname: x\ndriver: d\narch: hopper\nsource: s\nsteps: [{alloc: {fd: c, class: 0x40, bytes: 0}}]\n",
+     "`bytes` must be an integer from 1 to 2**64 - 1, not 0"),
+    ("format: 1\nname: x\ndriver: d\narch: hopper\nsource: s\nsteps: [{uvm: {fd: u, cmd: FREE, bytes: 1}}]\n",
+     "`bytes` of a UVM command is for MAP_EXTERNAL_ALLOCATION"),
     ("steps: [oops\n", "not valid YAML"),
 ])
 def test_bad_fixtures_are_refused_with_the_place(tmp_path: Path, text: str, message: str) -> None:
@@ -127,3 +134,41 @@ def test_bad_fixtures_are_refused_with_the_place(tmp_path: Path, text: str, mess
         load(path)
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
+
+
+def test_memory_parameters_put_the_size_where_the_driver_reads_it() -> None:
+    """NVIDIA-ABI.md, Memory classes: the offsets the BPF reads the size from."""
+    local = abi.memory_params(0x40, 3 << 20)
+    assert local is not None and len(local) == 128
+    assert struct.unpack_from("<IQ", local, 8)[0] == 0 and struct.unpack_from("<Q", local, 64)[0] == 3 << 20
+    virtual = abi.memory_params(0x40, 1 << 30, virtual=True)
+    assert virtual is not None and struct.unpack_from("<I", virtual, 8)[0] == 0x80000
+    assert struct.unpack_from("<Q", abi.memory_params(0x71, 4096) or b"", 24)[0] == 4095  # limit
+    assert struct.unpack_from("<QQ", abi.memory_params(0x50A0, 1 << 20) or b"", 0) == (0, (1 << 20) - 1)
+    assert struct.unpack_from("<Q", abi.memory_params(0xC2, 8192) or b"", 0)[0] == 8192
+    assert struct.unpack_from("<Q", abi.memory_params(0xF8, 2 << 20) or b"", 8)[0] == 2 << 20
+    assert abi.memory_params(0x80, 4096) is None
+
+
+def test_alloc_memory_registers_host_memory_and_answers_in_its_status() -> None:
+    rm = FakeRm()
+    client = bytearray(48)
+    abi.ALLOC_HEAD.pack_into(client, 0, 0, 0, 0, 0x41, 0)
+    rm.ioctl("nvidiactl", abi.ioc(0x2B, 48), client)
+    root = struct.unpack_from("<I", client, 8)[0]
+    described = bytearray(abi.ALLOC_MEMORY.pack(root, root, 0x77, 0x71, 0, 0x1000, 4095, 0, 3))
+    assert len(described) == 56 and rm.ioctl("nvidia0", abi.ioc(0x27, 56), described) == 0
+    assert struct.unpack_from("<I", described, 40)[0] == abi.NV_OK and rm.objects[(root, 0x77)] == 0x71
+    wrong = bytearray(abi.ALLOC_MEMORY.pack(root, root, 0x78, 0x40, 0, 0x1000, 4095, 0, 3))
+    rm.ioctl("nvidia0", abi.ioc(0x27, 56), wrong)
+    assert struct.unpack_from("<I", wrong, 40)[0] == abi.NV_ERR_INVALID_CLASS
+
+
+@pytest.mark.parametrize("seconds", [0, 31, "3", True])
+def test_hold_is_bounded(tmp_path: Path, seconds: object) -> None:
+    path = tmp_path / "hold.yaml"
+    value = f'"{seconds}"' if isinstance(seconds, str) else str(seconds).lower()
+    path.write_text("format: 1\nname: x\ndriver: d\narch: hopper\nsource: s\n"
+                    f"steps: [{{hold: {{seconds: {value}}}}}]\n")
+    with pytest.raises(FixtureError, match="`hold` takes `seconds` from 0 to 30"):
+        load(path)

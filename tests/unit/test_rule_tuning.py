@@ -66,7 +66,7 @@ def test_a_disabled_sequence_keeps_no_partial_matches(tmp_path: Path) -> None:
     engine = RuleEngine(site(tmp_path, f"rules:\n  - id: {ROME}\n    enabled: false\n"), ctx)
     agent = proc(10, ctx, lineage={"L1"})
     engine.on_fact(tunnel(agent, SEC), agent)
-    assert engine.stats.partials == 1  # only reverse-tunnel-then-miner-egress's
+    assert engine.stats.partials == 2  # only reverse-tunnel-then-miner-egress's and -small-long-gpu-compute's
 
 
 def test_a_later_file_turns_a_disabled_rule_back_on(tmp_path: Path) -> None:
@@ -320,7 +320,7 @@ def test_rule_statuses_show_tuning_and_exception_counts(tmp_path: Path) -> None:
     raised(aggregator, reverse_tunnel_to("198.51.100.1").events)
     assert aggregator.detector is not None
     statuses = {s.id: s for s in rule_statuses(aggregator.detector.engine)}
-    assert len(statuses) == 9
+    assert len(statuses) == 10
     opened, scan = statuses["reverse-tunnel-opened"], statuses["internal-scan"]
     site_file = tmp_path / "50-site.yaml"
     assert (opened.enabled, opened.alerts, opened.suppressed, dict(opened.suppressed_by_exception)) == (
@@ -373,8 +373,8 @@ ROME_OVERRIDE = f"rules:\n  - id: {ROME}\n    override:\n"
     (ROME_OVERRIDE + "      window: soon\n",
      f"SITE:4: rule {ROME}: `window` is a duration like 90s, 30m, 2h (or seconds)"),
     (ROME_OVERRIDE + "      steps: [{fact: tunnel}, {fact: gpu_compte}]\n",
-     f"SITE:4: rule {ROME}: `fact` is one of connect, egress, exec, gpu_compute, gpu_open, internal_scan, miner, "
-     "tunnel, not 'gpu_compte'"),
+     f"SITE:4: rule {ROME}: `fact` is one of connect, egress, exec, gpu_compute, gpu_open, gpu_profile, "
+     "internal_scan, miner, tunnel, not 'gpu_compte'"),
     (OPENED + "    enabled: maybe\n", "SITE:3: rule reverse-tunnel-opened: `enabled` is true or false"),
     (OPENED + "    severity: low\n    override: {tags: []}\n",
      "SITE:3: rule reverse-tunnel-opened: 'severity' next to `override:`: put what to change under `override:` "

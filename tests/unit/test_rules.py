@@ -43,7 +43,8 @@ RULE = """  - id: r1
 
 @pytest.mark.parametrize(("text", "expected"), [
     (HEADER + RULE + "    match: {fact: tunel}\n",
-     "FILE:6: rule r1: `fact` is one of connect, egress, exec, gpu_compute, gpu_open, internal_scan, miner, tunnel, "
+     "FILE:6: rule r1: `fact` is one of connect, egress, exec, gpu_compute, gpu_open, gpu_profile, internal_scan, "
+     "miner, tunnel, "
      "not 'tunel'"),
     (HEADER + RULE + "    match: {fact: tunnel, where: {colour: red}}\n",
      "FILE:6: rule r1: a tunnel fact has no field 'colour'"),
@@ -110,7 +111,7 @@ def test_builtin_rules_load() -> None:
     assert {r.id for r in ruleset.rules} == {
         "reverse-tunnel-opened", "tunnel-to-nonstandard-port", "miner-pool-connection", "known-miner-binary",
         "gpu-compute-in-tunnel-scope", "reverse-tunnel-then-gpu-compute", "reverse-tunnel-then-miner-egress",
-        "gpu-compute-then-miner-egress", "internal-scan"}
+        "gpu-compute-then-miner-egress", "internal-scan", "reverse-tunnel-then-small-long-gpu-compute"}
     sequence = ruleset.by_id("reverse-tunnel-then-gpu-compute")
     assert sequence is not None and sequence.window_ns == 1800 * SEC and sequence.scopes == ("lineage", "tunnel")
 

@@ -45,6 +45,7 @@ class FactKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FACT_KIND_INTERNAL_SCAN: _ClassVar[FactKind]
     FACT_KIND_GPU_OPEN: _ClassVar[FactKind]
     FACT_KIND_GPU_COMPUTE: _ClassVar[FactKind]
+    FACT_KIND_GPU_PROFILE: _ClassVar[FactKind]
 SEVERITY_UNSPECIFIED: Severity
 SEVERITY_INFO: Severity
 SEVERITY_LOW: Severity
@@ -72,6 +73,7 @@ FACT_KIND_MINER: FactKind
 FACT_KIND_INTERNAL_SCAN: FactKind
 FACT_KIND_GPU_OPEN: FactKind
 FACT_KIND_GPU_COMPUTE: FactKind
+FACT_KIND_GPU_PROFILE: FactKind
 
 class Host(_message.Message):
     __slots__ = ("hostname", "machine_id")
@@ -426,23 +428,65 @@ class InternalScanFact(_message.Message):
     def __init__(self, destinations: _Optional[int] = ..., window_s: _Optional[int] = ...) -> None: ...
 
 class GpuComputeFact(_message.Message):
-    __slots__ = ("handle", "class_id", "architecture", "channel_class", "device_id", "by_name")
+    __slots__ = ("handle", "class_id", "architecture", "channel_class", "device_id", "by_name", "held_bytes")
     HANDLE_FIELD_NUMBER: _ClassVar[int]
     CLASS_ID_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_CLASS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     BY_NAME_FIELD_NUMBER: _ClassVar[int]
+    HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
     handle: int
     class_id: int
     architecture: str
     channel_class: int
     device_id: int
     by_name: bool
-    def __init__(self, handle: _Optional[int] = ..., class_id: _Optional[int] = ..., architecture: _Optional[str] = ..., channel_class: _Optional[int] = ..., device_id: _Optional[int] = ..., by_name: _Optional[bool] = ...) -> None: ...
+    held_bytes: int
+    def __init__(self, handle: _Optional[int] = ..., class_id: _Optional[int] = ..., architecture: _Optional[str] = ..., channel_class: _Optional[int] = ..., device_id: _Optional[int] = ..., by_name: _Optional[bool] = ..., held_bytes: _Optional[int] = ...) -> None: ...
+
+class GpuProfileFact(_message.Message):
+    __slots__ = ("held_bytes", "peak_bytes", "allocated_bytes", "system_bytes", "registered_bytes", "virtual_bytes", "uvm_mapped_bytes", "allocations", "frees", "alloc_rate", "ioctl_rate", "compute_objects", "channels", "compute_age_s", "devices", "uvm_gpus", "peer_objects", "untracked")
+    HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VIRTUAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UVM_MAPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    FREES_FIELD_NUMBER: _ClassVar[int]
+    ALLOC_RATE_FIELD_NUMBER: _ClassVar[int]
+    IOCTL_RATE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    UVM_GPUS_FIELD_NUMBER: _ClassVar[int]
+    PEER_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    UNTRACKED_FIELD_NUMBER: _ClassVar[int]
+    held_bytes: int
+    peak_bytes: int
+    allocated_bytes: int
+    system_bytes: int
+    registered_bytes: int
+    virtual_bytes: int
+    uvm_mapped_bytes: int
+    allocations: int
+    frees: int
+    alloc_rate: int
+    ioctl_rate: int
+    compute_objects: int
+    channels: int
+    compute_age_s: int
+    devices: int
+    uvm_gpus: int
+    peer_objects: int
+    untracked: int
+    def __init__(self, held_bytes: _Optional[int] = ..., peak_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., system_bytes: _Optional[int] = ..., registered_bytes: _Optional[int] = ..., virtual_bytes: _Optional[int] = ..., uvm_mapped_bytes: _Optional[int] = ..., allocations: _Optional[int] = ..., frees: _Optional[int] = ..., alloc_rate: _Optional[int] = ..., ioctl_rate: _Optional[int] = ..., compute_objects: _Optional[int] = ..., channels: _Optional[int] = ..., compute_age_s: _Optional[int] = ..., devices: _Optional[int] = ..., uvm_gpus: _Optional[int] = ..., peer_objects: _Optional[int] = ..., untracked: _Optional[int] = ...) -> None: ...
 
 class Fact(_message.Message):
-    __slots__ = ("time", "ts", "kind", "process", "summary", "exec", "connect", "egress", "tunnel", "miner", "internal_scan", "gpu_open", "gpu_compute")
+    __slots__ = ("time", "ts", "kind", "process", "summary", "exec", "connect", "egress", "tunnel", "miner", "internal_scan", "gpu_open", "gpu_compute", "gpu_profile")
     TIME_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -456,6 +500,7 @@ class Fact(_message.Message):
     INTERNAL_SCAN_FIELD_NUMBER: _ClassVar[int]
     GPU_OPEN_FIELD_NUMBER: _ClassVar[int]
     GPU_COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    GPU_PROFILE_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     ts: int
     kind: FactKind
@@ -469,7 +514,8 @@ class Fact(_message.Message):
     internal_scan: InternalScanFact
     gpu_open: GpuOpen
     gpu_compute: GpuComputeFact
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ts: _Optional[int] = ..., kind: _Optional[_Union[FactKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., summary: _Optional[str] = ..., exec: _Optional[_Union[ExecFact, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., miner: _Optional[_Union[MinerFact, _Mapping]] = ..., internal_scan: _Optional[_Union[InternalScanFact, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_compute: _Optional[_Union[GpuComputeFact, _Mapping]] = ...) -> None: ...
+    gpu_profile: GpuProfileFact
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ts: _Optional[int] = ..., kind: _Optional[_Union[FactKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., summary: _Optional[str] = ..., exec: _Optional[_Union[ExecFact, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., miner: _Optional[_Union[MinerFact, _Mapping]] = ..., internal_scan: _Optional[_Union[InternalScanFact, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_compute: _Optional[_Union[GpuComputeFact, _Mapping]] = ..., gpu_profile: _Optional[_Union[GpuProfileFact, _Mapping]] = ...) -> None: ...
 
 class AlertStep(_message.Message):
     __slots__ = ("fact", "time", "summary", "exec_id", "fields_json", "detail")
