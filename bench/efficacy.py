@@ -18,7 +18,10 @@ coming back from the agent, says the agent has read everything before it; then a
 for a counting alert (--timeout), and a negative is watched for a fixed window (--window): "no
 alert" means none in that window.
 
-    .venv/bin/python -m bench.efficacy [--only NAME ...] [--window 3] [--timeout 10] [--json]
+    .venv/bin/python -m bench.efficacy [--only NAME ...] [--rounds 1] [--window 3] [--timeout 5] [--json]
+
+With --rounds N the corpus runs N times over (round after round, same agent and network), and
+each variant's verdicts and times are summed up: median [min-max].
 
 Needs root.
 """
@@ -39,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +51,7 @@ from typing import Any, TypeVar
 import grpc
 
 from bench.efficacy_corpus import SEVERITIES, VARIANTS, Step, Variant
+from bench.figures import spread
 from sensor.api.client import sensor_stub
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.fakegpu.session import fake_driver
@@ -186,6 +191,7 @@ class Subscriber:
         self.alerts: list[tuple[int, pb.Alert]] = []
         self.changed = threading.Condition()
         self.error: grpc.RpcError | None = None
+        self.gaps = 0  # times this subscriber fell behind, and windows the sensor was blind
         self._subscribed = threading.Event()
         self._stream = sensor_stub(channel).Subscribe(pb.SubscribeRequest(alerts=True))
         threading.Thread(target=self._read, daemon=True).start()
@@ -203,6 +209,8 @@ class Subscriber:
                     with self.changed:
                         self.alerts.append((arrived, response.alert))
                         self.changed.notify_all()
+                elif item in ("gap", "sensor_gap"):
+                    self.gaps += 1
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 self.error = exc
@@ -282,6 +290,7 @@ class Cgroups:
 
 @dataclass
 class Bench:
+    agent: Agent
     net: Network
     drivers: dict[str, Path]  # fake driver mount by architecture
     cgroups: Cgroups
@@ -292,11 +301,13 @@ class Bench:
     timeout: float
 
     def run(self, variant: Variant, number: int) -> Result:
+        if self.agent.proc.poll() is not None:
+            raise RuntimeError("the agent stopped: " + " | ".join(self.agent.messages[-5:]))
         missing = [p for p in variant.needs if shutil.which(p) is None]
         if missing:
             return Result(variant.name, variant.label, expected(variant), "skipped",
                           reason=f"not installed: {', '.join(missing)}", note=variant.note)
-        scope = self.cgroups.make(variant.name)
+        scope = self.cgroups.make(f"{variant.name}-{number}")
         cgroup_id = scope.stat().st_ino  # the kernel's cgroup id, as bpf_get_current_cgroup_id gives it
         try:
             self._act(variant, number, scope, cgroup_id)
@@ -307,7 +318,7 @@ class Bench:
         return judge(variant, self.subscriber.in_scope(cgroup_id))
 
     def _act(self, variant: Variant, number: int, scope: Path, cgroup_id: int) -> None:
-        scratch = self.workdir / variant.name
+        scratch = self.workdir / f"{variant.name}-{number}"
         scratch.mkdir()
         values = self._placeholders(variant, number, scope, scratch)
         for step in variant.steps:
@@ -372,17 +383,27 @@ def bench(window: float, timeout: float) -> Iterator[Bench]:
         channel = stack.enter_context(contextlib.closing(grpc.insecure_channel(f"unix:{agent.socket}")))
         subscriber = Subscriber(channel)
         stack.callback(subscriber.close)
-        yield Bench(net, drivers, cgroups, channel, subscriber, workdir, window, timeout)
+        yield Bench(agent, net, drivers, cgroups, channel, subscriber, workdir, window, timeout)
 
 
-def run_corpus(variants: list[Variant], window: float, timeout: float,
-               progress: Callable[[Result], None] = lambda _: None) -> list[Result]:
+@dataclass
+class Run:
+    results: list[Result]  # every variant's, round after round
+    gaps: int  # the subscriber fell behind, or the sensor was blind: results may be short
+    drops: dict[str, int]  # the agent's drop counters at the end ("hop: what"), host-wide
+
+
+def run_corpus(variants: list[Variant], window: float, timeout: float, rounds: int = 1,
+               progress: Callable[[Result], None] = lambda _: None) -> Run:
+    """Every variant, `rounds` times over (round after round), with one agent and one network."""
     results = []
     with bench(window, timeout) as b:
-        for number, variant in enumerate(variants):
-            results.append(b.run(variant, number))
+        for number in range(rounds * len(variants)):
+            results.append(b.run(variants[number % len(variants)], number))
             progress(results[-1])
-    return results
+        status = sensor_stub(b.channel).GetStatus(pb.GetStatusRequest(), timeout=30)
+        drops = {f"{d.hop}: {d.what}": d.count for d in status.drops if d.count}
+        return Run(results, b.subscriber.gaps, drops)
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -393,6 +414,21 @@ def rates(results: list[Result]) -> dict[str, Any]:
     positives, negatives = count["TP"] + count["FN"], count["TN"] + count["FP"]
     return {**count, "true_positive_rate": count["TP"] / positives if positives else None,
             "false_positive_rate": count["FP"] / negatives if negatives else None}
+
+
+def per_variant(results: list[Result]) -> list[dict[str, Any]]:
+    """Each variant over its rounds: how often each verdict, the highest severity, every rule
+    raised, and the times to alert."""
+    names = list(dict.fromkeys(r.name for r in results))
+    out = []
+    for name in names:
+        runs = [r for r in results if r.name == name]
+        verdicts = dict(Counter(r.verdict for r in runs))
+        severity = max((r.severity for r in runs), key=lambda x: SEVERITIES.index(x) if x else -1)
+        out.append({"name": name, "label": runs[0].label, "expected": runs[0].expected, "rounds": len(runs),
+                    "verdicts": verdicts, "severity": severity, "rules": sorted({x for r in runs for x in r.rules}),
+                    "latency_ms": [r.latency_ms for r in runs if r.latency_ms is not None]})
+    return out
 
 
 def row(r: Result) -> str:
@@ -406,7 +442,21 @@ def header() -> str:
     return f"{'variant':26} {'label':8} {'verdict':7} {'highest':8} {'ms':>7} {'decisive':11} rules raised"
 
 
-def print_summary(summary: dict[str, Any], window: float, timeout: float, seconds: float) -> None:
+def variant_row(v: dict[str, Any]) -> str:
+    verdicts = ", ".join(f"{k} {n}/{v['rounds']}" for k, n in v["verdicts"].items())
+    latency = spread(v["latency_ms"], "{:.0f}") if v["latency_ms"] else "-"
+    return f"{v['name']:26} {v['label']:8} {verdicts:16} {v['severity'] or '-':8} {latency:>14} " + (
+        ",".join(v["rules"]) or "-")
+
+
+def print_summary(run: Run, rounds: int, window: float, timeout: float, seconds: float) -> None:
+    if rounds > 1:
+        print(f"\nover {rounds} rounds (ms: median [min-max])")
+        print(f"{'variant':26} {'label':8} {'verdicts':16} {'highest':8} {'ms':>14} rules raised")
+        for v in per_variant(run.results):
+            print(variant_row(v))
+    summary = rates(run.results)
+
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -417,13 +467,17 @@ def print_summary(summary: dict[str, Any], window: float, timeout: float, second
     print(f"ms: decisive event (kernel time, CLOCK_BOOTTIME) to the alert at the API subscriber; negatives: "
           f"no alert at their severity in a {window:g} s window after the agent had read their last step; "
           f"positives waited {timeout:g} s at most. Whole run {seconds:.0f} s.")
+    drops = ", ".join(f"{k} {n}" for k, n in run.drops.items()) or "none"
+    print(f"subscriber and sensor gaps: {run.gaps}; the agent's drops (host-wide): {drops}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="detection efficacy over a labelled corpus, against the real agent")
     parser.add_argument("--only", action="append", default=[], metavar="NAME", help="only this variant (repeatable)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the corpus this many times over (default 1)")
     parser.add_argument("--window", type=float, default=3.0, help="seconds a negative is watched (default 3)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds a positive is waited for (default 10)")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="seconds a positive is waited for, once the agent has read its last step (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object: results, rates, settings")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     args = parser.parse_args()
@@ -434,21 +488,24 @@ def main() -> None:
     unknown = set(args.only) - {v.name for v in VARIANTS}
     if unknown:
         raise SystemExit(f"no variant {', '.join(sorted(unknown))}; --list names them")
+    if args.rounds < 1:
+        raise SystemExit("--rounds: at least 1")
     if os.geteuid() != 0:
         raise SystemExit("bench.efficacy needs root (network namespaces, the agent, cgroups)")
     variants = [v for v in VARIANTS if not args.only or v.name in args.only]
     started = time.monotonic()
     if not args.json:
         print(header(), flush=True)
-    results = run_corpus(variants, args.window, args.timeout,
-                         progress=(lambda r: None) if args.json else (lambda r: print(row(r), flush=True)))
+    run = run_corpus(variants, args.window, args.timeout, args.rounds,
+                     progress=(lambda r: None) if args.json else (lambda r: print(row(r), flush=True)))
     seconds = time.monotonic() - started
-    summary = rates(results)
     if args.json:
-        print(json.dumps({"results": [asdict(r) for r in results], "summary": summary, "window_s": args.window,
-                          "timeout_s": args.timeout, "run_s": round(seconds, 1)}, indent=1))
+        print(json.dumps({"results": [asdict(r) for r in run.results], "variants": per_variant(run.results),
+                          "summary": rates(run.results), "gaps": run.gaps, "drops": run.drops,
+                          "rounds": args.rounds, "window_s": args.window, "timeout_s": args.timeout,
+                          "run_s": round(seconds, 1)}, indent=1))
     else:
-        print_summary(summary, args.window, args.timeout, seconds)
+        print_summary(run, args.rounds, args.window, args.timeout, seconds)
 
 
 if __name__ == "__main__":

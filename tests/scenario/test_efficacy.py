@@ -16,7 +16,8 @@ NOT_INSTALLED = negative("needs-a-missing-program", gpuhost("true"), needs=("gs-
 
 def test_a_positive_a_negative_a_false_positive_and_a_skip(root: None) -> None:
     variants = [CORPUS["rome-ssh-fNR"], CORPUS["ssh-L-then-compute"], MISLABELLED, NOT_INSTALLED]
-    caught, control, flagged, skipped = run_corpus(variants, window=1.0, timeout=10.0)
+    run = run_corpus(variants, window=1.0, timeout=10.0)
+    caught, control, flagged, skipped = run.results
 
     assert (caught.name, caught.verdict, caught.detected, caught.severity, caught.decisive) == (
         "rome-ssh-fNR", "TP", True, "critical", "gpu_compute")
@@ -31,5 +32,6 @@ def test_a_positive_a_negative_a_false_positive_and_a_skip(root: None) -> None:
         "FP", True, "high", ["reverse-tunnel-opened"])
     assert (skipped.verdict, skipped.reason) == ("skipped", "not installed: gs-no-such-program")
 
-    summary = rates([caught, control, flagged, skipped])
+    summary = rates(run.results)
     assert (summary["true_positive_rate"], summary["false_positive_rate"], summary["skipped"]) == (1.0, 0.5, 1)
+    assert run.gaps == 0

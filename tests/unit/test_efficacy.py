@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import string
 
-from bench.efficacy import Result, judge, rates, row
+from bench.efficacy import Result, judge, per_variant, rates, row, variant_row
 from bench.efficacy_corpus import SEVERITIES, VARIANTS, gpuhost, negative, positive
 from sensor.api.v1 import gpusentry_pb2 as pb
 
@@ -57,6 +57,20 @@ def test_rates_leave_out_skipped_and_failed_variants() -> None:
         2, 1, 3, 1, 1, 1)
     assert summary["true_positive_rate"] == 2 / 3 and summary["false_positive_rate"] == 1 / 4
     assert rates([])["true_positive_rate"] is None
+
+
+def test_rounds_of_a_variant_are_summed_up() -> None:
+    results = [Result("rome", "positive", "x", "TP", True, "critical", ["a"], 40.0),
+               Result("scp", "negative", "y", "TN"),
+               Result("rome", "positive", "x", "FN", False, "high", ["b"]),
+               Result("scp", "negative", "y", "TN"),
+               Result("rome", "positive", "x", "TP", True, "critical", ["a"], 20.0)]
+    rome, scp = per_variant(results)
+    assert rome == {"name": "rome", "label": "positive", "expected": "x", "rounds": 3, "verdicts": {"TP": 2, "FN": 1},
+                    "severity": "critical", "rules": ["a", "b"], "latency_ms": [40.0, 20.0]}
+    assert (scp["verdicts"], scp["severity"], scp["rules"], scp["latency_ms"]) == ({"TN": 2}, "", [], [])
+    assert variant_row(rome).split() == ["rome", "positive", "TP", "2/3,", "FN", "1/3", "critical", "30", "[20-40]",
+                                         "a,b"]
 
 
 def test_a_row_shows_the_verdict_severity_time_and_rules() -> None:
