@@ -337,11 +337,11 @@ class Bench:
                 "gpu": replay(self.drivers["hopper"], "hopper-bringup.yaml"),
                 "training": replay(self.drivers["ampere"], "training-job.yaml"),
                 "pool": f"bash -c 'exec 3<>/dev/tcp/{OUTSIDE_IP}/3333' 2>/dev/null || true",
-                "python": PYTHON, "root": str(ROOT), "enter": f"echo $$ >{scope}/cgroup.procs;"}
+                "python": PYTHON, "root": str(ROOT), "enter": f"echo $$ >{procs(scope)};"}
 
     def _step(self, step: Step, values: dict[str, str], scope: Path) -> None:
         script = PRELUDE + step.script.format(**values)
-        inner = f"echo $$ >{scope}/cgroup.procs && cd {shlex.quote(str(ROOT))} && exec sh -c {shlex.quote(script)}"
+        inner = f"echo $$ >{procs(scope)} && cd {shlex.quote(str(ROOT))} && exec sh -c {shlex.quote(script)}"
         if step.host == "gpuhost":  # a login, as an agent's shell: the lineage starts below sshd
             argv = self.net.gpuhost.command(SSH, *self.net.ssh_options, "root@127.0.0.1", inner)
         else:
@@ -353,6 +353,11 @@ class Bench:
     def _marker(self, scope: Path, marker: str) -> None:
         subprocess.run(["sh", "-c", f'echo $$ >"$0"/cgroup.procs && exec /usr/bin/true {marker}', str(scope)],
                        check=True)
+
+
+def procs(scope: Path) -> str:
+    """The scope's cgroup.procs, quoted for a shell: a shell writing its $$ there enters it."""
+    return shlex.quote(str(scope / "cgroup.procs"))
 
 
 def replay(driver: Path, fixture: str) -> str:
