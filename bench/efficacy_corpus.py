@@ -141,10 +141,14 @@ CONTROL_VARIANTS = (
 )
 
 # Tunnels by behaviour (issue 14 §1), wired by the lead once their workloads are merged: each
-# is a script under tests/scenario/workloads/ that prints `ready` once set up, e.g.
+# is a script under tests/scenario/workloads/ that prints `ready` once set up. A workload that
+# needs a listener on the outside host starts it in an outside(...) step first. E.g.
 #   positive("paramiko-reverse-forward", gpuhost("ready {python} tests/scenario/workloads/<script>.py "
 #            "{outside} {port} && {gpu}"), rules=ROME, note="paramiko -R under an unrelated name"),
-#   negative("web-server-with-db", gpuhost("ready {python} tests/scenario/workloads/<script>.py ..."), ...),
+#   positive("port-forward-like", gpuhost("ready ..."), rules=("<its rule>",), severity="medium",
+#            note="a true tunnel, flagged at a lower severity"),
+#   negative("web-server-with-db", gpuhost("ready {python} tests/scenario/workloads/<script>.py ..."),
+#            note="serves inbound requests, holds an outbound database connection"),
 BEHAVIOUR_VARIANTS: tuple[Variant, ...] = ()
 
 VARIANTS = ROME_VARIANTS + BEHAVIOUR_VARIANTS + CONTROL_VARIANTS
