@@ -509,7 +509,7 @@ def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
                    "    match: {fact: exec, where: {cmdline: {regex: 'x(?=y)'}}}\n")
     ok = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good)], capture_output=True,
                         text=True, cwd=ROOT)
-    assert (ok.returncode, ok.stdout.splitlines()[-1]) == (0, "ok: 10 rules (0 disabled) in 2 file(s)")
+    assert (ok.returncode, ok.stdout.splitlines()[-1]) == (0, "ok: 11 rules (0 disabled) in 2 file(s)")
     assert f"  fine: enabled, low, {good}:2; facts: exec; can fire" in ok.stdout.splitlines()
     checked = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good), str(bad)],
                              capture_output=True, text=True, cwd=ROOT)
