@@ -32,6 +32,14 @@ TRACEPOINTS: dict[str, tuple[str, ...]] = {
             "syscalls/sys_exit_open"),
 }
 
+# Tracepoints the probe uses where the kernel has them, and starts without: what each gives.
+OPTIONAL_TRACEPOINTS: dict[str, tuple[str, ...]] = {
+    "socket bytes": ("sock/sock_send_length", "sock/sock_recv_length"),
+}
+SOCK_BYTES_LOST = ("without them no per-socket byte counts: tunnels are still found by their command line, "
+                   "but not by behaviour (a process relaying bytes between an egress connection and a local "
+                   "service, whatever its name)")
+
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 # The bpf() syscall's number, which differs by architecture (arch/x86/entry/syscalls/
@@ -126,6 +134,23 @@ def check_tracepoints() -> Check:
     return Check("tracepoints", True, f"all {count} present")
 
 
+def has_sock_length() -> bool:
+    """sock:sock_send_length and sock:sock_recv_length (kernel 6.3): per-socket byte counts."""
+    return all((TRACEFS / "events" / tp).is_dir() for tp in OPTIONAL_TRACEPOINTS["socket bytes"])
+
+
+def check_sock_bytes() -> Check:
+    """Optional: the probe starts without them, and says what is lost."""
+    if not tracefs_mounted():
+        return Check("socket bytes", False, "unknown: tracefs is not mounted", f"mount -t tracefs nodev {TRACEFS}",
+                     required=False)
+    if has_sock_length():
+        return Check("socket bytes", True, "sock:sock_send_length and sock:sock_recv_length present: "
+                     "tunnels are also found by behaviour", required=False)
+    return Check("socket bytes", False, "sock:sock_send_length / sock_recv_length missing (kernel before 6.3); "
+                 + SOCK_BYTES_LOST, "a kernel of 6.3 or later", required=False)
+
+
 def exit_has_group_dead() -> bool:
     """sched_process_exit gained `group_dead`; older kernels need the leader-only test."""
     fmt = TRACEFS / "events/sched/sched_process_exit/format"
@@ -204,6 +229,7 @@ def run_checks(mount: bool = False) -> list[Check]:
         check_btf(),
         check_tracefs(mount=mount),
         check_tracepoints(),
+        check_sock_bytes(),
         check_ringbuf(),
         check_headers(),
         check_bcc(),
