@@ -1,0 +1,239 @@
+"""Tunnels by behaviour: a process that relays bytes between an outward connection and this host.
+
+Whatever its name and argv, a reverse tunnel does one thing the kernel sees: it holds a
+connection out of the host, and, within the same process, opens connections to local listening
+services (loopback or this host's own addresses) and moves bytes between the two: what comes in
+from outside goes to the local service, and what the service answers goes out. A forward tunnel
+(kubectl port-forward, ssh -L's own process) is the mirror image: it accepts local clients and
+moves their bytes through an outward connection.
+
+Per relay group (a process that exec'd, with its forked children that did not: DESIGN.md,
+identity follows fork), this keeps its outward connections, its connections to local services,
+the local clients it accepted, and each socket's byte counts (SockBytes frames, every second).
+A group relays when, since its first local connection, the outward connection carried at least
+what went to and came from the local side (within RATIO_MIN..RATIO_MAX, plus a protocol slack),
+and each direction on the local side moved at least FLOOR_BYTES. Processes whose *children* make
+the local connections (a CI runner and its tests) are separate groups: no relay.
+
+What it cannot see (docs/threat-model.md): a relay that pads or delays bytes beyond the ratios, UDP
+and QUIC tunnels (only TCP is counted), and a relay split across two processes that pass the bytes
+through a pipe or a UNIX socket.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sensor import events as ev
+from sensor.aggregator.process_table import Process, ProcKey
+
+FLOOR_BYTES = 1024  # each way on the local side, before a relay is called one
+RATIO_MIN, RATIO_MAX = 0.5, 4.0  # outward bytes per local byte (encryption and framing add, never halve)
+SLACK_BYTES = 16 * 1024  # outward bytes the relay's own protocol may add (keep-alives, channel set-up)
+MAX_SOCKETS = 65536  # sockets followed at once; the oldest go first, counted
+MAX_LOCAL_PER_GROUP = 256  # local connections kept per group (the sum goes on; only the list is capped)
+OUTWARD = ("egress", "lan")
+LOCAL = ("loopback", "local")
+
+
+@dataclass(slots=True)
+class Socket:
+    """One TCP connection of a relay group, and its byte totals as the last SockBytes row gave them."""
+
+    group: ProcKey
+    # "outward" (it connected out), "service" (it connected to a local service), "client" (it
+    # accepted a client on this host)
+    role: str
+    address: str
+    port: int
+    destination: str  # the route verdict of the far end: egress, lan, loopback, local
+    opened_ts: int
+    sent: int = 0
+    received: int = 0
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class Group:
+    """A relay group's connections; `baseline`: an outward socket's totals when the first local
+    connection opened (what it carried before is the tunnel's own set-up, not relayed bytes)."""
+
+    key: ProcKey
+    outward: list[int] = field(default_factory=list)
+    local: list[int] = field(default_factory=list)  # service and client sockets, oldest first
+    baseline: dict[int, tuple[int, int]] = field(default_factory=dict)
+    reported: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A relay found: what the TunnelFact says."""
+
+    group: ProcKey
+    reverse: bool  # it connected to local services (a reverse tunnel); else it accepted local clients
+    outward_address: str
+    outward_port: int
+    destination: str
+    local_services: tuple[str, ...]  # "127.0.0.1:22", or the local clients' listening address
+    to_local: int  # bytes sent to the local side
+    from_local: int  # bytes received from it
+    outward_sent: int  # outward bytes since the first local connection
+    outward_received: int
+
+
+@dataclass
+class RelayStats:
+    sockets: int = 0  # sockets followed
+    evicted: int = 0  # followed sockets forgotten at the cap
+    unknown_rows: int = 0  # byte rows for sockets not followed (UDP-free, so: opened before the agent, or evicted)
+    relays: int = 0
+    not_counted: int = 0  # the kernel's own: sends and receives its map had no room for
+    closed_lost: int = 0
+
+
+def is_local_peer(address: str, local_address: str) -> bool:
+    """An accepted client on this host: a loopback peer, or one from the service's own address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or (bool(local_address) and address == local_address)
+
+
+class RelayDetector:
+    """Follows the sockets of every relay group; `on_bytes` says which groups now relay."""
+
+    def __init__(self, group_of: Callable[[Process], ProcKey]) -> None:
+        self._group_of = group_of
+        self._sockets: OrderedDict[int, Socket] = OrderedDict()
+        self._groups: dict[ProcKey, Group] = {}
+        self.stats = RelayStats()
+
+    def on_tcp(self, process: Process, event: ev.TcpEstablished, destination: str) -> None:
+        """An outbound connection: outward, or to a local service."""
+        if not event.sock:
+            return
+        if destination in OUTWARD:
+            self._follow(process, event.sock, "outward", event.daddr, event.dport, destination, event.ts)
+        elif destination in LOCAL:
+            self._follow(process, event.sock, "service", event.daddr, event.dport, destination, event.ts)
+
+    def on_accept(self, process: Process, event: ev.Accept) -> None:
+        """An accepted connection from a client on this host (a forward tunnel's listener takes them)."""
+        if event.sock and event.fd >= 0 and is_local_peer(event.address, event.local_address):
+            self._follow(process, event.sock, "client", event.local_address, event.local_port, "loopback", event.ts)
+
+    def _follow(self, process: Process, sock: int, role: str, address: str, port: int, destination: str,
+                ts: int) -> None:
+        key = self._group_of(process)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(key)
+        self._sockets[sock] = Socket(key, role, address, port, destination, ts)
+        self.stats.sockets += 1
+        if role == "outward":
+            group.outward.append(sock)
+        else:
+            if not group.local:  # the first local connection: what the outward ones carried so far is set-up
+                group.baseline = {s: self._totals(s) for s in group.outward}
+            group.local.append(sock)
+            del group.local[:-MAX_LOCAL_PER_GROUP]
+        while len(self._sockets) > MAX_SOCKETS:
+            old, gone = self._sockets.popitem(last=False)
+            self._forget(old, gone)
+            self.stats.evicted += 1
+
+    def _totals(self, sock: int) -> tuple[int, int]:
+        s = self._sockets.get(sock)
+        return (s.sent, s.received) if s is not None else (0, 0)
+
+    def on_bytes(self, event: ev.SockBytes) -> list[Relay]:
+        """New totals; the relays found now (each group once)."""
+        self.stats.not_counted, self.stats.closed_lost = event.not_counted, event.closed_lost
+        touched: dict[ProcKey, None] = {}
+        for sock, _tgid, sent, received, _last_ts, closed in event.rows:
+            s = self._sockets.get(sock)
+            if s is None:
+                self.stats.unknown_rows += 1
+                continue
+            s.sent, s.received, s.closed = sent, received, bool(closed)
+            touched[s.group] = None
+        found = []
+        for key in touched:
+            group = self._groups.get(key)
+            if group is not None and not group.reported:
+                relay = self._judge(group)
+                if relay is not None:
+                    group.reported = True
+                    self.stats.relays += 1
+                    found.append(relay)
+        return found
+
+    def _judge(self, group: Group) -> Relay | None:
+        """Whether one of the group's outward connections carries what its local side moved: the
+        services it connected to after that connection opened (reverse), or else the local clients
+        it accepted (forward)."""
+        local = [self._sockets[s] for s in group.local if s in self._sockets]
+        for sock in group.outward:
+            out = self._sockets.get(sock)
+            if out is None:
+                continue
+            services = [s for s in local if s.role == "service" and s.opened_ts >= out.opened_ts]
+            clients = [s for s in local if s.role == "client"]
+            for reverse, side in ((True, services), (False, clients)):
+                relay = self._relays(group, sock, out, side, reverse)
+                if relay is not None:
+                    return relay
+        return None
+
+    def _relays(self, group: Group, sock: int, out: Socket, side: list[Socket], reverse: bool) -> Relay | None:
+        to_local = sum(s.sent for s in side)
+        from_local = sum(s.received for s in side)
+        if to_local < FLOOR_BYTES or from_local < FLOOR_BYTES:
+            return None
+        sent0, received0 = group.baseline.get(sock, (0, 0))
+        out_sent, out_received = out.sent - sent0, out.received - received0
+        if not (_carries(out_received, to_local) and _carries(out_sent, from_local)):
+            return None
+        return Relay(group.key, reverse, out.address, out.port, out.destination, _services(side), to_local,
+                     from_local, out_sent, out_received)
+
+    def is_candidate(self, key: ProcKey) -> bool:
+        """The group holds an outward connection: its local connections may turn out to be relayed."""
+        group = self._groups.get(key)
+        return group is not None and bool(group.outward)
+
+    def forget(self, key: ProcKey) -> None:
+        """A process gone from the table: its group and sockets go too."""
+        group = self._groups.pop(key, None)
+        if group is not None:
+            for sock in (*group.outward, *group.local):
+                self._sockets.pop(sock, None)
+
+    def _forget(self, sock: int, gone: Socket) -> None:
+        group = self._groups.get(gone.group)
+        if group is None:
+            return
+        for held in (group.outward, group.local):
+            if sock in held:
+                held.remove(sock)
+        if not group.outward and not group.local:
+            del self._groups[gone.group]
+
+
+def _carries(outward: int, local: int) -> bool:
+    """The outward connection carried the local side's bytes: no fewer than RATIO_MIN of them, no
+    more than RATIO_MAX of them plus the protocol's slack."""
+    return RATIO_MIN * local <= outward <= RATIO_MAX * local + SLACK_BYTES
+
+
+def _services(local: list[Socket]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for s in local:
+        seen[f"[{s.address}]:{s.port}" if ":" in s.address else f"{s.address}:{s.port}"] = None
+    return tuple(seen)
