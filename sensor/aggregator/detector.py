@@ -87,11 +87,13 @@ class Detector:
                 destination = DESTINATION_TEXT[self.egress.judge(event.daddr, event.route,
                                                                  event.route_by_range).destination]
                 group = self.relay_group(process)
-                self.relay.on_tcp(process, event, destination)
+                relay = self.relay.on_tcp(process, event, destination)
                 self.taint.on_tcp(process, event, destination, group if self.relay.is_candidate(group) else None)
+                return self._relay_facts([relay] if relay else [], event.ts)
             case ev.Accept():
-                self.relay.on_accept(process, event)
+                relay = self.relay.on_accept(process, event)
                 self.taint.on_accept(process, event)
+                return self._relay_facts([relay] if relay else [], event.ts)
             case ev.GpuOpen():
                 return [f.GpuOpenFact(event.ts, process.key, device_name(event.kind, event.minor), event.minor,
                                       event.by_name)]
@@ -120,6 +122,12 @@ class Detector:
             if root is not None:
                 out.append((self._relay_fact(relay, root, event.ts), root))
         return out
+
+    def _relay_facts(self, relays: list[Relay], ts: int) -> list[f.Fact]:
+        """Found on a connection's own record (its counts came first): the fact is the relay's
+        process's, which is the record's or the process it forked from."""
+        roots = [(relay, self.table.get(relay.group)) for relay in relays]
+        return [self._relay_fact(relay, root, ts) for relay, root in roots if root is not None]
 
     def _relay_fact(self, relay: Relay, root: Process, ts: int) -> f.TunnelFact:
         label = f"tunnel:{root.exec_id}"

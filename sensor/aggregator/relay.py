@@ -34,7 +34,13 @@ FLOOR_BYTES = 1024  # each way on the local side, before a relay is called one
 RATIO_MIN, RATIO_MAX = 0.5, 4.0  # outward bytes per local byte (encryption and framing add, never halve)
 SLACK_BYTES = 16 * 1024  # outward bytes the relay's own protocol may add (keep-alives, channel set-up)
 MAX_SOCKETS = 65536  # sockets followed at once; the oldest go first, counted
+READINGS_KEPT = 16  # per outward socket: 16 s of readings
 MAX_LOCAL_PER_GROUP = 256  # local connections kept per group (the sum goes on; only the list is capped)
+# Byte counts of a socket not (yet) followed: the probe reads the counts on a timer and the
+# connection's record comes through a ring, so a socket's first row may arrive first. Kept this
+# long (in the rows' own time), at most this many, for the record to catch up.
+EARLY_TTL_NS = 30 * 1_000_000_000
+MAX_EARLY = 4096
 OUTWARD = ("egress", "lan")
 LOCAL = ("loopback", "local")
 
@@ -54,6 +60,9 @@ class Socket:
     sent: int = 0
     received: int = 0
     closed: bool = False
+    # an outward socket's last readings (read time, sent, received): its totals as they were when a
+    # local connection opened, whichever came first downstream
+    readings: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -88,7 +97,8 @@ class Relay:
 class RelayStats:
     sockets: int = 0  # sockets followed
     evicted: int = 0  # followed sockets forgotten at the cap
-    unknown_rows: int = 0  # byte rows for sockets not followed (UDP-free, so: opened before the agent, or evicted)
+    unknown_rows: int = 0  # rows never matched to a followed socket (opened before the agent, not relayable, evicted)
+    early_rows: int = 0  # rows that came before their socket's record, and were matched when it came
     relays: int = 0
     not_counted: int = 0  # the kernel's own: sends and receives its map had no room for
     closed_lost: int = 0
@@ -112,24 +122,29 @@ class RelayDetector:
         self._group_of = group_of
         self._sockets: OrderedDict[int, Socket] = OrderedDict()
         self._groups: dict[ProcKey, Group] = {}
+        self._early: OrderedDict[int, tuple[int, int, bool, int]] = OrderedDict()  # sock -> sent, received, closed, ts
         self.stats = RelayStats()
 
-    def on_tcp(self, process: Process, event: ev.TcpEstablished, destination: str) -> None:
-        """An outbound connection: outward, or to a local service."""
+    def on_tcp(self, process: Process, event: ev.TcpEstablished, destination: str) -> Relay | None:
+        """An outbound connection: outward, or to a local service. A relay, when the counts that came
+        ahead of this record complete one."""
         if not event.sock:
-            return
+            return None
         if destination in OUTWARD:
-            self._follow(process, event.sock, "outward", event.daddr, event.dport, destination, event.ts)
-        elif destination in LOCAL:
-            self._follow(process, event.sock, "service", event.daddr, event.dport, destination, event.ts)
+            return self._follow(process, event.sock, "outward", event.daddr, event.dport, destination, event.ts)
+        if destination in LOCAL:
+            return self._follow(process, event.sock, "service", event.daddr, event.dport, destination, event.ts)
+        return None
 
-    def on_accept(self, process: Process, event: ev.Accept) -> None:
+    def on_accept(self, process: Process, event: ev.Accept) -> Relay | None:
         """An accepted connection from a client on this host (a forward tunnel's listener takes them)."""
         if event.sock and event.fd >= 0 and is_local_peer(event.address, event.local_address):
-            self._follow(process, event.sock, "client", event.local_address, event.local_port, "loopback", event.ts)
+            return self._follow(process, event.sock, "client", event.local_address, event.local_port, "loopback",
+                                event.ts)
+        return None
 
     def _follow(self, process: Process, sock: int, role: str, address: str, port: int, destination: str,
-                ts: int) -> None:
+                ts: int) -> Relay | None:
         key = self._group_of(process)
         group = self._groups.get(key)
         if group is None:
@@ -140,17 +155,26 @@ class RelayDetector:
             group.outward.append(sock)
         else:
             if not group.local:  # the first local connection: what the outward ones carried so far is set-up
-                group.baseline = {s: self._totals(s) for s in group.outward}
+                group.baseline = {s: self._totals_at(s, ts) for s in group.outward}
             group.local.append(sock)
             del group.local[:-MAX_LOCAL_PER_GROUP]
         while len(self._sockets) > MAX_SOCKETS:
             old, gone = self._sockets.popitem(last=False)
             self._forget(old, gone)
             self.stats.evicted += 1
+        early = self._early.pop(sock, None)
+        if early is None:
+            return None
+        self.stats.early_rows += 1
+        followed = self._sockets[sock]
+        followed.sent, followed.received, followed.closed = early[0], early[1], early[2]
+        return self._report(group)
 
-    def _totals(self, sock: int) -> tuple[int, int]:
+    def _totals_at(self, sock: int, ts: int) -> tuple[int, int]:
+        """An outward socket's totals at the last reading before `ts`."""
         s = self._sockets.get(sock)
-        return (s.sent, s.received) if s is not None else (0, 0)
+        before = [(sent, received) for read_ts, sent, received in (s.readings if s else []) if read_ts <= ts]
+        return before[-1] if before else (0, 0)
 
     def on_bytes(self, event: ev.SockBytes) -> list[Relay]:
         """New totals; the relays found now (each group once)."""
@@ -159,20 +183,46 @@ class RelayDetector:
         for sock, _tgid, sent, received, _last_ts, closed in event.rows:
             s = self._sockets.get(sock)
             if s is None:
-                self.stats.unknown_rows += 1
+                self._keep_early(sock, (sent, received, bool(closed), event.ts))
                 continue
             s.sent, s.received, s.closed = sent, received, bool(closed)
+            if s.role == "outward":
+                s.readings.append((event.ts, sent, received))
+                del s.readings[:-READINGS_KEPT]
             touched[s.group] = None
+        self._expire_early(event.ts)
         found = []
         for key in touched:
             group = self._groups.get(key)
-            if group is not None and not group.reported:
-                relay = self._judge(group)
-                if relay is not None:
-                    group.reported = True
-                    self.stats.relays += 1
-                    found.append(relay)
+            relay = self._report(group) if group is not None else None
+            if relay is not None:
+                found.append(relay)
         return found
+
+    def _report(self, group: Group) -> Relay | None:
+        """The group's relay, the first time it is one."""
+        if group.reported:
+            return None
+        relay = self._judge(group)
+        if relay is not None:
+            group.reported = True
+            self.stats.relays += 1
+        return relay
+
+    def _keep_early(self, sock: int, row: tuple[int, int, bool, int]) -> None:
+        self._early[sock] = row
+        self._early.move_to_end(sock)
+        while len(self._early) > MAX_EARLY:
+            self._early.popitem(last=False)
+            self.stats.unknown_rows += 1
+
+    def _expire_early(self, now: int) -> None:
+        while self._early:
+            sock, row = next(iter(self._early.items()))
+            if now - row[3] <= EARLY_TTL_NS:
+                return
+            del self._early[sock]
+            self.stats.unknown_rows += 1
 
     def _judge(self, group: Group) -> Relay | None:
         """Whether one of the group's outward connections carries what its local side moved: the

@@ -285,6 +285,8 @@ class Probe:
         counters = self.gpu_counters()
         if counters.counts or counters.overflow:
             self._emit(counters, block=True)
+        # a socket's counts may go ahead of its connect's record, still in a ring: the aggregator
+        # keeps such rows until the record comes (sensor/aggregator/relay.py)
         for frame in self.sock_bytes():
             self._emit(frame, block=True)
         self._emit(self.stats(), block=True)
@@ -345,6 +347,7 @@ class Probe:
         maps = self.bpf.maps
         if "sock_bytes" not in maps:
             return []
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)  # before the read: what it holds is older
         rows: list[list[int]] = []
         live = maps["sock_bytes"]
         seen: set[int] = set()
@@ -373,7 +376,6 @@ class Probe:
         not_counted, closed_lost = (sum(_U64.unpack(v)[0] for v in overflow.per_cpu(_U32.pack(i))) for i in (0, 1))
         if not rows and not not_counted and not closed_lost:
             return []
-        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         chunks = [rows[i:i + SOCK_ROWS_PER_FRAME] for i in range(0, len(rows), SOCK_ROWS_PER_FRAME)] or [[]]
         return [ev.SockBytes(now, os.getpid(), os.getpid(), chunk, not_counted, closed_lost) for chunk in chunks]
 

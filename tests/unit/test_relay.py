@@ -258,7 +258,29 @@ def test_an_exited_relay_is_forgotten_with_its_sockets() -> None:
     assert not detector.relay.is_candidate(proc.key)
     rows = ev.SockBytes(wire.host.ts + SEC, 999, 999, [[outward, 100, 1, 1, 0, 1], [local, 100, 1, 1, 0, 1]])
     aggregator.handle(rows)
-    assert detector.relay.stats.unknown_rows == 2
+    # kept a while for a record that may still come, then counted as never matched
+    later = wire.host.ts + SEC + relay.EARLY_TTL_NS + 1
+    aggregator.handle(ev.SockBytes(later, 999, 999, []))
+    assert (detector.relay.stats.unknown_rows, detector.relay.stats.early_rows) == (2, 0)
+
+
+def test_counts_that_come_before_their_connections_record_are_matched_when_it_comes() -> None:
+    """The probe reads the counts on a timer; the connect's record comes through a ring and may
+    be later: the relay is found on the record."""
+    wire = Wire()
+    wire.host.spawn(1, 100, "/usr/bin/python3", "/tmp/notes.py")
+    outward, _ = wire.dial(100, OUTSIDE, 22)
+    wire.read(outward)
+    local, _ = wire.dial(100, *SSHD)
+    record = wire.host.events.pop()  # the local connection's record, held back
+    wire.move(local, sent=6000, received=6000)
+    wire.move(outward, sent=6300, received=6300)
+    wire.read(outward, local)
+    wire.host.events.append(record)
+    aggregator, facts, raised = run(wire)
+    (fact,) = facts
+    assert fact.local_services == ("127.0.0.1:22",) and ("reverse-tunnel-opened", "high") in raised
+    assert aggregator.detector is not None and aggregator.detector.relay.stats.early_rows == 1
 
 
 def test_a_tunnel_to_a_public_tunnel_service_is_critical_and_a_lookalike_is_not() -> None:
