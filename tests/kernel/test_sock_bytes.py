@@ -75,3 +75,22 @@ def test_an_accept_with_an_address_keeps_it_and_adds_the_service(live: LiveProbe
     assert isinstance(acc, ev.Accept)
     assert (acc.address, acc.port, acc.peer_from_socket) == ("127.0.0.1", client_port, False)
     assert (acc.local_address, acc.local_port) == ("127.0.0.1", service_port)
+
+
+def test_without_the_socket_byte_tracepoints_the_programs_load_and_count_nothing(root: None) -> None:
+    """Compiled as for a kernel before 6.3: every other program loads and attaches, the sock
+    tracepoints are not attached, and the byte-count map stays empty through real traffic."""
+    from sensor.probe import program
+
+    config = program.ProbeConfig(ringbuf_pages=16)
+    flags = [f for f in program.cflags(config, program.kernel_constants()) if not f.startswith("-DHAVE_SOCK_LENGTH")]
+    bpf = program.compile_text(program.source_text(), [*flags, "-DHAVE_SOCK_LENGTH=0"])
+    try:
+        attached = {name.decode() if isinstance(name, bytes) else name for name in bpf.tracepoint_fds}
+        assert "sock:inet_sock_set_state" in attached
+        assert not {"sock:sock_send_length", "sock:sock_recv_length"} & attached
+        helper = run_python(PAIR)
+        assert helper.returncode == 0, helper.stderr
+        assert [v for v in bpf[b"sock_bytes"].values() if v.sent or v.received] == []
+    finally:
+        bpf.cleanup()
