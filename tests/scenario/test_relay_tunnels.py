@@ -22,7 +22,7 @@ from sensor.fakegpu.session import fake_driver
 from sensor.rules.alert import Alert
 from tests.scenario import workloads
 from tests.scenario.conftest import OUTSIDE_IP, Network
-from tests.scenario.test_rome import ROOT, Recorder, replay_command
+from tests.scenario.test_rome import ROOT, Recorder, analyze, replay_command
 from tests.waiting import wait_until
 
 
@@ -118,6 +118,12 @@ def test_a_paramiko_reverse_forward_under_another_name_and_the_logins_through_it
     assert (chain.severity, chain.scope, chain.scope_key) == ("critical", "tunnel", tunnel.scope)
     assert [s.fact for s in chain.steps] == ["tunnel", "gpu_compute"]
 
+    # the capture, analysed offline, raises the same: the byte counts travel in it
+    recorder.stop()
+    report = analyze(recorder.capture)
+    assert "ALERT HIGH reverse-tunnel-opened" in report and "ALERT CRITICAL reverse-tunnel-then-gpu-compute" in report
+    assert f"reverse {OUTSIDE_IP}:22 <-> 127.0.0.1:22" in report
+
 
 def test_a_plain_socket_relay_that_dials_sshd_for_each_request(network: Network, recorder: Recorder) -> None:
     _, relay = workloads.plain_relay(network)
@@ -135,6 +141,22 @@ def test_a_plain_socket_relay_that_dials_sshd_for_each_request(network: Network,
         with recorder.live.lock:
             login_proc = recorder.live.aggregator.table.by_pid(shell)
             assert login_proc is not None and tunnel.scope in login_proc.tunnel_scopes, n
+
+
+def test_ssh_with_its_reverse_forward_only_in_a_config_file(network: Network, recorder: Recorder) -> None:
+    """No -R on the command line: the relay ssh's own forked child does is the evidence."""
+    workloads.ssh_config_reverse_forward(network)
+    login = workloads.login_through(network, 9000, "echo gs-config-login")
+    assert login.returncode == 0 and "gs-config-login" in login.stdout, login.stderr
+    tunnel = wait_until(lambda: behaviour_tunnels(recorder, network), timeout=15, what="the behaviour tunnel")[0]
+    assert (tunnel.tool, tunnel.reverse, tunnel.remote_host, tunnel.remote_port, tunnel.local_services) == (
+        "ssh", True, OUTSIDE_IP, 22, ("127.0.0.1:22",))
+    argv = argv_of(recorder, tunnel.process)
+    assert "-F" in argv and "-R" not in argv
+    (shell,) = pids_running(recorder, network, b"gs-config-login")
+    with recorder.live.lock:
+        login_proc = recorder.live.aggregator.table.by_pid(shell)
+        assert login_proc is not None and tunnel.scope in login_proc.tunnel_scopes
 
 
 def test_a_port_forward_is_a_forward_tunnel_at_medium(network: Network, recorder: Recorder) -> None:

@@ -3,7 +3,7 @@ start them in a scenario Network (sensor/simulate/network.py): gpuhost has sshd 
 the outside host is 198.51.100.1, reached from gpuhost through a gateway. Each helper returns the
 processes it started, once each has printed "ready"; Network.close (or its fixture) ends them.
 
-Positives: `paramiko_reverse_forward`, `plain_relay` (reverse tunnels: the outside reaches
+Positives: `paramiko_reverse_forward`, `plain_relay`, `ssh_config_reverse_forward` (reverse tunnels: the outside reaches
 gpuhost's sshd through them, `login_through`), and `port_forward` (a forward tunnel, kubectl
 port-forward's shape, used by `local_client`). Negatives: `web_with_db`, `ci_runner`,
 `health_checker`.
@@ -54,6 +54,21 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
 def paramiko_reverse_forward(net: Network, remote_port: int = 9000) -> list[subprocess.Popen[bytes]]:
     """The outside's 127.0.0.1:remote_port leads to gpuhost's sshd, through a paramiko script."""
     return [start(net.gpuhost, "notes_sync", OUTSIDE_IP, str(net.key), str(remote_port), "127.0.0.1:22")]
+
+
+def ssh_config_reverse_forward(net: Network, remote_port: int = 9000) -> list[subprocess.Popen[bytes]]:
+    """`ssh -fN tunnelhost` with the reverse forward only in the config file it is given (-F): no
+    -R on its command line. It backgrounds itself once the forward is up (ExitOnForwardFailure),
+    so nothing is returned; the namespace's removal ends it."""
+    config = net.gpuhost.workdir / "ssh_config"
+    config.write_text(f"Host tunnelhost\n  HostName {OUTSIDE_IP}\n  User root\n  IdentityFile {net.key}\n"
+                      f"  RemoteForward {remote_port} localhost:22\n  ExitOnForwardFailure yes\n"
+                      "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n"
+                      "  LogLevel ERROR\n")
+    done = net.gpuhost.run(SSH, "-F", str(config), "-fN", "tunnelhost")
+    if done.returncode != 0:
+        raise RuntimeError(f"ssh -F did not set up its forward: {done.stderr[-2000:]}")
+    return []
 
 
 def plain_relay(net: Network, relay_port: int = 7000, user_port: int = 7001) -> list[subprocess.Popen[bytes]]:
