@@ -10,7 +10,7 @@ moves their bytes through an outward connection.
 Per relay group (a process that exec'd, with its forked children that did not: DESIGN.md,
 identity follows fork), this keeps its outward connections, its connections to local services,
 the local clients it accepted, and each socket's byte counts (SockBytes frames, every second).
-A group relays when, since its first local connection, the outward connection carried at least
+A group relays when, since its first local connection, its outward connections carried at least
 what went to and came from the local side (within RATIO_MIN..RATIO_MAX, plus a protocol slack),
 and each direction on the local side moved at least FLOOR_BYTES. Processes whose *children* make
 the local connections (a CI runner and its tests) are separate groups: no relay.
@@ -225,33 +225,31 @@ class RelayDetector:
             self.stats.unknown_rows += 1
 
     def _judge(self, group: Group) -> Relay | None:
-        """Whether one of the group's outward connections carries what its local side moved: the
-        services it connected to after that connection opened (reverse), or else the local clients
-        it accepted (forward)."""
+        """Whether the group's outward connections together carry what its local side moved: the
+        services it connected to after its first outward connection opened (reverse), or else the
+        local clients it accepted (forward). Together: a relay may open an outward connection per
+        request, or carry many requests on one."""
+        outward = [(sock, self._sockets[sock]) for sock in group.outward if sock in self._sockets]
+        if not outward:
+            return None
         local = [self._sockets[s] for s in group.local if s in self._sockets]
-        for sock in group.outward:
-            out = self._sockets.get(sock)
-            if out is None:
+        first_out = min(out.opened_ts for _, out in outward)
+        services = [s for s in local if s.role == "service" and s.opened_ts >= first_out]
+        clients = [s for s in local if s.role == "client"]
+        carried = {sock: (out.sent - group.baseline.get(sock, (0, 0))[0],
+                          out.received - group.baseline.get(sock, (0, 0))[1]) for sock, out in outward}
+        out_sent = sum(sent for sent, _ in carried.values())
+        out_received = sum(received for _, received in carried.values())
+        for reverse, side in ((True, services), (False, clients)):
+            to_local = sum(s.sent for s in side)
+            from_local = sum(s.received for s in side)
+            if to_local < FLOOR_BYTES or from_local < FLOOR_BYTES:
                 continue
-            services = [s for s in local if s.role == "service" and s.opened_ts >= out.opened_ts]
-            clients = [s for s in local if s.role == "client"]
-            for reverse, side in ((True, services), (False, clients)):
-                relay = self._relays(group, sock, out, side, reverse)
-                if relay is not None:
-                    return relay
+            if _carries(out_received, to_local) and _carries(out_sent, from_local):
+                busiest = self._sockets[max(carried, key=lambda sock: sum(carried[sock]))]
+                return Relay(group.key, reverse, busiest.address, busiest.port, busiest.destination, _services(side),
+                             to_local, from_local, out_sent, out_received)
         return None
-
-    def _relays(self, group: Group, sock: int, out: Socket, side: list[Socket], reverse: bool) -> Relay | None:
-        to_local = sum(s.sent for s in side)
-        from_local = sum(s.received for s in side)
-        if to_local < FLOOR_BYTES or from_local < FLOOR_BYTES:
-            return None
-        sent0, received0 = group.baseline.get(sock, (0, 0))
-        out_sent, out_received = out.sent - sent0, out.received - received0
-        if not (_carries(out_received, to_local) and _carries(out_sent, from_local)):
-            return None
-        return Relay(group.key, reverse, out.address, out.port, out.destination, _services(side), to_local,
-                     from_local, out_sent, out_received)
 
     def is_candidate(self, key: ProcKey) -> bool:
         """The group holds an outward connection: its local connections may turn out to be relayed."""

@@ -132,7 +132,7 @@ def test_a_plain_socket_relay_that_dials_sshd_for_each_request(network: Network,
         assert login.returncode == 0 and f"gs-relay-login-{n}" in login.stdout, login.stderr
     tunnel = wait_until(lambda: behaviour_tunnels(recorder, network), timeout=15, what="the behaviour tunnel")[0]
     assert (tunnel.process.pid, tunnel.reverse, tunnel.remote_host, tunnel.remote_port, tunnel.local_services) == (
-        relay.pid, True, OUTSIDE_IP, 7000, ("127.0.0.1:22",))
+        relay.pid, True, OUTSIDE_IP, 7002, ("127.0.0.1:22",))  # a request's own connection out
     assert "workloads.plain_relay" in argv_of(recorder, tunnel.process)
     wait_until(lambda: [a for a in gpuhost_alerts(recorder, network) if a.rule_id == "reverse-tunnel-opened"],
                what="the high alert")

@@ -71,10 +71,12 @@ def ssh_config_reverse_forward(net: Network, remote_port: int = 9000) -> list[su
     return []
 
 
-def plain_relay(net: Network, relay_port: int = 7000, user_port: int = 7001) -> list[subprocess.Popen[bytes]]:
-    """The outside's user_port leads to gpuhost's sshd, through a relay that dialled out to relay_port."""
-    control = start(net.outside, "outside", "control", str(relay_port), str(user_port))
-    return [control, start(net.gpuhost, "plain_relay", f"{OUTSIDE_IP}:{relay_port}", "127.0.0.1:22")]
+def plain_relay(net: Network, relay_port: int = 7000, data_port: int = 7002,
+                user_port: int = 7001) -> list[subprocess.Popen[bytes]]:
+    """The outside's user_port leads to gpuhost's sshd, through a relay that dialled out to relay_port
+    and dials data_port (and gpuhost's sshd) for each request."""
+    control = start(net.outside, "outside", "control", str(relay_port), str(data_port), str(user_port))
+    return [control, start(net.gpuhost, "plain_relay", OUTSIDE_IP, str(relay_port), str(data_port), "127.0.0.1:22")]
 
 
 def login_through(net: Network, port: int, command: str, host: str = "127.0.0.1") -> subprocess.CompletedProcess[str]:

@@ -1,8 +1,9 @@
 """The outside end of the behaviour workloads: small TCP servers (and one client), run in the
 outside namespace. Each prints "ready" once it listens.
 
-    outside.py control RELAY_PORT USER_PORT   a relay dials RELAY_PORT and keeps it; each user on
-                                             USER_PORT is piped to it, one at a time
+    outside.py control RELAY_PORT DATA_PORT USER_PORT   a relay dials RELAY_PORT and keeps it;
+                                             for each user on USER_PORT it is told "new", dials
+                                             DATA_PORT, and the user is piped to that connection
     outside.py echo PORT                      echoes what it is sent (a forwarded service)
     outside.py sink PORT                      reads metric lines, answers "ok\\n" to each
     outside.py db PORT                        answers each query line with 2,000 bytes of rows
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 
-from tests.scenario.workloads.pipe import pipe_to_lasting
+from tests.scenario.workloads.pipe import pipe_both
 
 
 def listen(port: int, host: str = "0.0.0.0") -> socket.socket:
@@ -41,13 +42,15 @@ def lines(conn: socket.socket, answer: object) -> None:
             conn.sendall(answer(line))  # type: ignore[operator]
 
 
-def control(relay_port: int, user_port: int) -> None:
-    relays, users = listen(relay_port), listen(user_port)
+def control(relay_port: int, data_port: int, user_port: int) -> None:
+    relays, data, users = listen(relay_port), listen(data_port), listen(user_port)
     print("ready", flush=True)
     relay, _ = relays.accept()
     while True:
         user, _ = users.accept()
-        pipe_to_lasting(user, relay)  # the relay's connection outlives each user
+        relay.sendall(b"new\n")
+        carrier, _ = data.accept()
+        threading.Thread(target=pipe_both, args=(user, carrier), daemon=True).start()
 
 
 def echo(conn: socket.socket) -> None:
@@ -73,7 +76,7 @@ def web(host: str, port: int, count: int) -> None:
 def main(argv: list[str]) -> None:
     mode, args = argv[0], argv[1:]
     if mode == "control":
-        control(int(args[0]), int(args[1]))
+        control(int(args[0]), int(args[1]), int(args[2]))
     elif mode == "echo":
         serve(listen(int(args[0])), echo)
     elif mode == "sink":

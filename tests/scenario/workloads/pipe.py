@@ -36,33 +36,3 @@ def pipe_both(first: Stream, second: Stream) -> None:
     back.join()
     first.close()
     second.close()
-
-
-def pipe_to_lasting(first: socket.socket, lasting: socket.socket) -> None:
-    """Until `first` ends; `lasting` stays open to serve again, so it is read with a short
-    timeout and never past the end of this exchange."""
-    done = threading.Event()
-    lasting.settimeout(0.2)
-
-    def back() -> None:
-        while not done.is_set():
-            try:
-                data = lasting.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            with contextlib.suppress(OSError):
-                first.sendall(data)
-        done.set()
-
-    reader = threading.Thread(target=back, daemon=True)
-    reader.start()
-    _copy(first, lasting, done)
-    with contextlib.suppress(OSError):
-        first.shutdown(socket.SHUT_RDWR)
-    reader.join()
-    first.close()
-    lasting.settimeout(None)

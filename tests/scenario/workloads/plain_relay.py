@@ -1,36 +1,28 @@
 """A reverse tunnel in plain sockets: it dials an outside control server and keeps that
-connection; whenever bytes arrive on it, it dials TARGET on this host and pipes the two until
-the local side ends, then waits for the next request. Prints "ready" once connected.
+connection; for each request the server sends on it ("new"), it dials the server again for the
+request's bytes and dials TARGET on this host, and pipes the two. Prints "ready" once connected.
 
-    python -m tests.scenario.workloads.plain_relay CONTROL_HOST:PORT TARGET_HOST:TARGET_PORT
+    python -m tests.scenario.workloads.plain_relay SERVER_HOST CONTROL_PORT DATA_PORT TARGET_HOST:TARGET_PORT
 """
 
 from __future__ import annotations
 
-import select
 import socket
 import sys
+import threading
 
-from tests.scenario.workloads.pipe import pipe_to_lasting
-
-
-def address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host, int(port)
+from tests.scenario.workloads.pipe import pipe_both
 
 
-def main(control_at: str, target: str) -> None:
-    control = socket.create_connection(address(control_at))
+def main(server: str, control_port: int, data_port: int, target: str) -> None:
+    host, _, port = target.rpartition(":")
+    control = socket.create_connection((server, control_port))
     print("ready", flush=True)
-    while True:
-        select.select([control], [], [])
-        first = control.recv(65536)
-        if not first:
-            return
-        local = socket.create_connection(address(target))
-        local.sendall(first)
-        pipe_to_lasting(local, control)
+    for _request in control.makefile("rb"):
+        carrier = socket.create_connection((server, data_port))
+        local = socket.create_connection((host, int(port)))
+        threading.Thread(target=pipe_both, args=(carrier, local), daemon=True).start()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
