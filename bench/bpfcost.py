@@ -1,9 +1,10 @@
 """What each BPF program costs per call, against the floor of an empty and a counting program.
 
 A static C helper (bench/helpers/hook_loop.c) runs one syscall pattern in a tight loop:
-fork+exec+exit, UDP connect() to loopback, openat+close of a regular file, getpid (no
-program hooks it: it shows what merely having syscall tracepoints enabled costs), and an io_uring
-NOP (what following io_uring opens costs every other io_uring request). In each of
+fork+exec+exit, UDP connect() to loopback, openat+close of a regular file, a 64-byte send and
+its recv on a loopback TCP connection (the per-socket byte counts), getpid (no program hooks it:
+it shows what merely having syscall tracepoints enabled costs), and an io_uring NOP (what
+following io_uring opens costs every other io_uring request). In each of
 --rounds interleaved rounds the same workloads run under:
 - bare: no program of ours loaded;
 - empty: a program that returns at once on exactly the hooks sensor/bpf/*.c uses;
@@ -245,6 +246,8 @@ def workloads(scale: float) -> list[Workload]:
         Workload("connect", "connect", int(20000 * scale), 3,
                  ("syscalls:sys_enter_connect", "syscalls:sys_exit_connect")),
         Workload("open+close", "open", int(50000 * scale), 2, ("syscalls:sys_exit_openat",)),
+        Workload("send+recv (TCP)", "sendrecv", int(200000 * scale), 1,
+                 ("sock:sock_send_length", "sock:sock_recv_length")),
         Workload("getpid", "getpid", int(500000 * scale), 1),
         Workload("io_uring nop", "uring", int(100000 * scale), 1,
                  ("io_uring:io_uring_submit_req", "io_uring:io_uring_complete")),
@@ -341,7 +344,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every workload's iterations")
     parser.add_argument("--only", default="",
-                        help="comma-separated workload modes (forkexec,connect,open,getpid,uring)")
+                        help="comma-separated workload modes (forkexec,connect,open,sendrecv,getpid,uring)")
     args = parser.parse_args()
     works = [w for w in workloads(args.scale) if not args.only or w.mode in args.only.split(",")]
     rounds: list[dict[str, Sample]] = []
@@ -351,7 +354,8 @@ def main() -> None:
         helper = build_helper(Path(tmp))
         plain = Path(tmp) / "plain-file"
         plain.write_bytes(b"x")
-        extras = {"forkexec": "", "connect": str(closed_port()), "open": str(plain), "getpid": "", "uring": ""}
+        extras = {"forkexec": "", "connect": str(closed_port()), "open": str(plain), "sendrecv": "", "getpid": "",
+                  "uring": ""}
         for number in range(args.rounds):
             samples, drops = run_round(helper, works, extras)
             rounds.append(samples)

@@ -36,6 +36,7 @@ class Kind(IntEnum):
     GPU_COUNTERS = 34  # in-kernel ioctl aggregation, read on a timer
     END = 35  # the probe's last frame: it stopped on purpose (a stream without it was cut)
     CONTAINER = 36  # what the probe learnt about a container (sensor/containers/resolve.py)
+    SOCK_BYTES = 40  # per-socket byte counts from the kernel, read on a timer
 
 
 # /proc gives start times in clock ticks (USER_HZ: 100 on every mainstream architecture), BPF
@@ -151,6 +152,9 @@ class TcpEstablished(Event):
     netns: int = 0
     route: str = ""  # where daddr is, as for Connect
     route_by_range: bool = False
+    # The socket, named by the probe (a keyed hash, never its kernel address): SockBytes rows name
+    # it the same way. 0: not known (a frame from before this field).
+    sock: int = 0
 
 
 @dataclass(slots=True)
@@ -162,6 +166,12 @@ class Accept(Event):
     address: str  # the peer
     port: int
     netns: int = 0
+    sock: int = 0  # as TcpEstablished.sock
+    # The listening service's own address and port, read from the accepted socket ("" and 0: not read).
+    local_address: str = ""
+    local_port: int = 0
+    # The peer above came from the socket, not from accept()'s address argument (the caller passed NULL).
+    peer_from_socket: bool = False
 
 
 @dataclass(slots=True)
@@ -353,13 +363,27 @@ class GpuCounters(Event):
         return [GpuMemory(*row) for row in self.memory]
 
 
+@dataclass(slots=True)
+class SockBytes(Event):
+    """TCP sockets whose byte counts changed since the last read (sensor/bpf/net.bpf.c, sock_bytes).
+
+    Each row: [sock, tgid, sent, received, last_ts, closed]: totals since the socket was
+    established (or since the probe started, for one that was open before), the process that sent
+    or received last, and whether the socket has closed (its last row)."""
+
+    KIND = Kind.SOCK_BYTES
+    rows: list[list[int]] = field(default_factory=list)
+    not_counted: int = 0  # sends and receives the kernel could not count: its map was full (total)
+    closed_lost: int = 0  # closed sockets whose final counts were lost: the probe read too late (total)
+
+
 # Made by the probe in user space, not by a monitored process: their tgid is the probe's.
-PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters, End, Container)
+PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters, End, Container, SockBytes)
 
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
     for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters, End,
-                Container)
+                Container, SockBytes)
 }
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {

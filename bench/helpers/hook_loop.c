@@ -5,6 +5,8 @@
  *     hook_loop connect COUNT PORT   UDP connect() to 127.0.0.1:PORT (no handshake, one syscall)
  *     hook_loop open COUNT PATH      openat() + close() of a regular file
  *     hook_loop getpid COUNT         getpid(): a syscall none of the programs hooks
+ *     hook_loop sendrecv COUNT       send() 64 bytes on one end of a loopback TCP connection,
+ *                                    recv() them on the other (the pair is set up before the clock)
  *     hook_loop uring COUNT          one io_uring NOP submitted and waited for: what following
  *                                    io_uring opens costs every other io_uring request
  *
@@ -76,6 +78,40 @@ static int uring_nops(long count)
 	return 0;
 }
 
+/* Both ends of a loopback TCP connection, in this process. */
+static int tcp_pair(int *client, int *server)
+{
+	struct sockaddr_in addr = {.sin_family = AF_INET};
+	socklen_t len = sizeof(addr);
+	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int listener = socket(AF_INET, SOCK_STREAM, 0);
+	if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof(addr)) || listen(listener, 1) ||
+	    getsockname(listener, (struct sockaddr *)&addr, &len))
+		return -1;
+	*client = socket(AF_INET, SOCK_STREAM, 0);
+	if (*client < 0 || connect(*client, (struct sockaddr *)&addr, sizeof(addr)))
+		return -1;
+	*server = accept(listener, NULL, NULL);
+	close(listener);
+	return *server < 0 ? -1 : 0;
+}
+
+static void send_recv(int client, int server, long count)
+{
+	char buf[64] = {0};
+	for (long i = 0; i < count; i++) {
+		send(client, buf, sizeof(buf), 0);
+		for (ssize_t got = 0; got < (ssize_t)sizeof(buf);) {
+			ssize_t n = recv(server, buf, sizeof(buf) - got, 0);
+			if (n <= 0)
+				return;
+			got += n;
+		}
+	}
+}
+
+static int sendrecv_client = -1, sendrecv_server = -1;
+
 static int loop(const char *mode, long count, const char *extra, const char *self)
 {
 	if (strcmp(mode, "forkexec") == 0) {
@@ -96,6 +132,8 @@ static int loop(const char *mode, long count, const char *extra, const char *sel
 	} else if (strcmp(mode, "getpid") == 0) {
 		for (long i = 0; i < count; i++)
 			syscall(SYS_getpid); /* the real syscall, whatever the C library caches */
+	} else if (strcmp(mode, "sendrecv") == 0) {
+		send_recv(sendrecv_client, sendrecv_server, count);
 	} else {
 		return 2;
 	}
@@ -107,7 +145,7 @@ int main(int argc, char **argv)
 	if (argc >= 2 && strcmp(argv[1], "exit") == 0)
 		return 0;
 	if (argc < 3) {
-		fprintf(stderr, "usage: hook_loop forkexec|connect|open|getpid|uring COUNT [PORT|PATH]\n");
+		fprintf(stderr, "usage: hook_loop forkexec|connect|open|getpid|sendrecv|uring COUNT [PORT|PATH]\n");
 		return 2;
 	}
 	char self[4096];
@@ -115,6 +153,8 @@ int main(int argc, char **argv)
 	if (n <= 0)
 		return 2;
 	self[n] = 0; /* the real path: exec'ing /proc/self/exe would add a procfs lookup */
+	if (strcmp(argv[1], "sendrecv") == 0 && tcp_pair(&sendrecv_client, &sendrecv_server))
+		return 2;
 	long long start = now_ns();
 	if (loop(argv[1], atol(argv[2]), argc > 3 ? argv[3] : NULL, self) != 0)
 		return 2;

@@ -47,6 +47,8 @@ class Counters:
     unknown_process: int = 0  # events for a process neither forked nor in the snapshot
     gpu_count_overflow: int = 0  # GPU ioctls the kernel could not count: its map was full
     gpu_mem_overflow: int = 0  # GPU memory allocations the kernel could not sum: its map was full
+    sock_bytes_not_counted: int = 0  # TCP sends and receives the kernel could not count: its map was full
+    sock_bytes_closed_lost: int = 0  # closed sockets whose final byte counts were lost before the probe read them
 
 
 class Aggregator:
@@ -70,6 +72,7 @@ class Aggregator:
             ev.Stats: self._on_stats,  # type: ignore[dict-item]
             ev.GpuCounters: self._on_gpu_counters,  # type: ignore[dict-item]
             ev.Container: self._on_container,  # type: ignore[dict-item]
+            ev.SockBytes: self._on_sock_bytes,  # type: ignore[dict-item]
         }
         self._waiting_for_parent: dict[int, list[Process]] = {}  # snapshot: ppid -> children
         self._concluding: dict[type[ev.Event], bool] = {}  # event type -> _concludes
@@ -85,6 +88,12 @@ class Aggregator:
             facts = self._conclude(event, process)
             if facts and self.detector is not None:
                 alerts = self.detector.evaluate(facts, process)
+        elif kind is ev.SockBytes and self.detector is not None:
+            # byte counts of many processes' sockets: a fact for each process found relaying
+            for fact, about in self.detector.on_sock_bytes(event):  # type: ignore[arg-type]
+                facts.append(fact)
+                alerts += self.detector.evaluate([fact], about)
+                process = process or about
         if self.now_ns - self._last_profiles >= PROFILE_TICK_NS:
             self._last_profiles = self.now_ns
             self._profiles(facts, alerts)
@@ -184,6 +193,10 @@ class Aggregator:
         self.counters.gpu_count_overflow = event.overflow
         self.counters.gpu_mem_overflow = event.memory_overflow
         self.gpu.on_counters(event, self.table.by_pid)
+
+    def _on_sock_bytes(self, event: ev.SockBytes) -> None:
+        self.counters.sock_bytes_not_counted, self.counters.sock_bytes_closed_lost = (event.not_counted,
+                                                                                      event.closed_lost)
 
     def _on_container(self, event: ev.Container) -> None:
         self.containers.on_frame(event)

@@ -18,6 +18,7 @@ from sensor.aggregator import facts as f
 from sensor.aggregator.containers import ContainerTable
 from sensor.aggregator.exec_reading import ExecReadings
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
+from sensor.aggregator.relay import Relay, RelayDetector
 from sensor.aggregator.taint import TunnelTaint
 from sensor.classify.binaries import basename
 from sensor.classify.egress import DESTINATION_TEXT, Destination, EgressPolicy
@@ -58,6 +59,8 @@ class Detector:
         self.readings = ExecReadings(self.miner)
         self.scan = ScanDetector(config.scan_threshold, config.scan_window_s)
         self.taint = TunnelTaint()
+        self.relay = RelayDetector(self.relay_group)
+        table.on_remove.append(self.relay.forget)
         self.engine = RuleEngine(ruleset, self)
         self._lineage: OrderedDict[tuple[ProcKey, int], frozenset[str]] = OrderedDict()
 
@@ -81,10 +84,16 @@ class Detector:
             case ev.Connect():
                 return self._connect_facts(event, process)
             case ev.TcpEstablished():
-                destination = self.egress.judge(event.daddr, event.route, event.route_by_range).destination
-                self.taint.on_tcp(process, event, DESTINATION_TEXT[destination])
+                destination = DESTINATION_TEXT[self.egress.judge(event.daddr, event.route,
+                                                                 event.route_by_range).destination]
+                group = self.relay_group(process)
+                relay = self.relay.on_tcp(process, event, destination)
+                self.taint.on_tcp(process, event, destination, group if self.relay.is_candidate(group) else None)
+                return self._relay_facts([relay] if relay else [], event.ts)
             case ev.Accept():
+                relay = self.relay.on_accept(process, event)
                 self.taint.on_accept(process, event)
+                return self._relay_facts([relay] if relay else [], event.ts)
             case ev.GpuOpen():
                 return [f.GpuOpenFact(event.ts, process.key, device_name(event.kind, event.minor), event.minor,
                                       event.by_name)]
@@ -92,6 +101,48 @@ class Detector:
 
     def on_fork(self, parent_pid: int, child: Process) -> None:
         self.taint.on_fork(parent_pid, child)
+
+    def relay_group(self, process: Process) -> ProcKey:
+        """The process a relay is judged as: the nearest that exec'd, with its forked children that
+        did not (identity follows fork: a relay that forks per connection is one relay)."""
+        root = process
+        while root.inherited and root.parent is not None:
+            parent = self.table.get(root.parent)
+            if parent is None:
+                break
+            root = parent
+        return root.key
+
+    def on_sock_bytes(self, event: ev.SockBytes) -> list[tuple[f.Fact, Process]]:
+        """Byte counts: a tunnel fact for each process found relaying now, with its scope handed to
+        the sessions its connections brought in, even those that began before it was found."""
+        out: list[tuple[f.Fact, Process]] = []
+        for relay in self.relay.on_bytes(event):
+            root = self.table.get(relay.group)
+            if root is not None:
+                out.append((self._relay_fact(relay, root, event.ts), root))
+        return out
+
+    def _relay_facts(self, relays: list[Relay], ts: int) -> list[f.Fact]:
+        """Found on a connection's own record (its counts came first): the fact is the relay's
+        process's, which is the record's or the process it forked from."""
+        roots = [(relay, self.table.get(relay.group)) for relay in relays]
+        return [self._relay_fact(relay, root, ts) for relay, root in roots if root is not None]
+
+    def _relay_fact(self, relay: Relay, root: Process, ts: int) -> f.TunnelFact:
+        label = f"tunnel:{root.exec_id}"
+        if relay.reverse:
+            scopes = frozenset({label})
+            for member in (root, *self.table.descendants(root.key)):
+                if member is root or self.relay_group(member) == root.key:
+                    member.tunnel_scopes = member.tunnel_scopes | scopes
+            self.taint.taint_late(root.key, scopes, self.table)
+        direction = "reverse" if relay.reverse else "local"
+        far = f"{relay.outward_address}:{relay.outward_port}"
+        forwards = tuple(f"{direction} {far} <-> {service}" for service in relay.local_services)
+        return f.TunnelFact(ts, root.key, _name(root), relay.reverse, (direction,), relay.outward_address, "",
+                            relay.outward_port, forwards, label, evidence="behaviour",
+                            local_services=relay.local_services, relayed_bytes=relay.to_local + relay.from_local)
 
     def _exec_facts(self, event: ev.Exec, process: Process) -> list[f.Fact]:
         known_tool = event.tool

@@ -83,8 +83,12 @@ class TunnelFact(Fact):
     remote_port: int
     forwards: tuple[str, ...]  # each "direction listen -> target", as given
     scope: str  # the tunnel scope label its process and what comes back through it carry
-    evidence: str = "argv"
+    evidence: str = "argv"  # what showed it: argv, config (ssh's files) or behaviour (bytes relayed)
     via: tuple[str, ...] = ()  # ssh's ProxyJump hops, or "ProxyCommand": a tunnel inside a tunnel
+    # evidence "behaviour" (sensor/aggregator/relay.py): the local services the relay reached (or,
+    # for a forward tunnel, where it took local clients), and the bytes it moved to and from them
+    local_services: tuple[str, ...] = ()
+    relayed_bytes: int = 0
 
     def summary(self) -> str:
         spec = ", ".join(self.forwards)

@@ -121,6 +121,11 @@ struct tcp_rec {
 	u32 _pad2;
 	u8 saddr[16];
 	u8 daddr[16];
+	/* The socket, for user space to name it (never sent on: the probe replaces the pair with a
+	 * keyed hash, sensor/probe/records.py socket_id): its address, and when it was established
+	 * (the same time keys its byte counts in sock_bytes, so a reused address is a new socket). */
+	u64 sk;
+	u64 sk_gen;
 };
 
 struct accept_rec {
@@ -130,6 +135,16 @@ struct accept_rec {
 	u32 addrlen; /* as returned by the kernel; 0 when the caller asked for no address */
 	u32 netns;
 	u8 sockaddr[SOCKADDR_LEN];
+	/* Read from the accepted socket itself (fd -> file -> socket -> sock): the service's own
+	 * address and port, and the peer's, which a caller passing a NULL address never gets. */
+	u64 sk; /* as in tcp_rec: the probe hashes these two, never sends them */
+	u64 sk_gen;
+	u16 sk_family; /* 0: the socket could not be read */
+	u16 local_port;
+	u16 peer_port;
+	u16 _pad;
+	u8 local_addr[16];
+	u8 peer_addr[16];
 };
 
 /* What kind of NVIDIA device an fd is (decided from the file: NVIDIA-ABI.md, Device nodes). */
@@ -227,6 +242,25 @@ struct gpu_mem {
 	u64 peak_device; /* most device memory held at once (best effort when threads allocate together) */
 	u64 untracked;   /* allocations whose handle could not be kept: their free is not subtracted */
 	u64 last_ts;
+};
+
+/* Bytes sent and received per TCP socket, aggregated in the kernel (sock:sock_send_length and
+ * sock:sock_recv_length) and read by the probe on a timer: never a record per send. Keyed by the
+ * socket's address while it lives; at close its totals move to sock_bytes_closed under (address,
+ * sk_gen), so that a new socket at the same address starts from zero and nothing is lost before
+ * the probe reads them. */
+struct sock_bytes {
+	u64 sent;
+	u64 received;
+	u64 sk_gen;  /* when it was established (boot ns); 0: before the probe, or not seen */
+	u64 last_ts; /* the last send or receive */
+	u32 tgid;    /* the process that sent or received last */
+	u32 closed;  /* set in sock_bytes_closed entries */
+};
+
+struct sock_gen_key {
+	u64 sk;
+	u64 sk_gen;
 };
 
 #endif /* GPUSENTRY_EVENTS_H */

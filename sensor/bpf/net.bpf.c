@@ -1,5 +1,7 @@
-/* Outbound connections (connect), accepted connections (accept, accept4), and the kernel's
- * own view of each outbound TCP connection once established (sock:inet_sock_set_state).
+/* Outbound connections (connect), accepted connections (accept, accept4), the kernel's
+ * own view of each outbound TCP connection once established (sock:inet_sock_set_state), and the
+ * bytes each TCP socket sends and receives (sock:sock_send_length, sock:sock_recv_length: counted
+ * here, read by the probe on a timer).
  *
  * The sockaddr is read at syscall exit: the kernel has copied it by then, so its page is
  * resident. What a caller's other thread writes there afterwards is not what the kernel
@@ -13,6 +15,97 @@
 #define TCP_ESTABLISHED_ 1
 #define TCP_SYN_SENT_ 2
 #define TCP_CLOSE_ 7
+#define MSG_PEEK_ 2
+
+#ifndef SOCK_BYTES_ENTRIES
+#define SOCK_BYTES_ENTRIES 65536
+#endif
+/* Live TCP sockets' byte counts by socket address, and the final counts of closed ones until the
+ * probe has read them (it deletes what it read). Plain hashes, not LRU: an LRU would evict a
+ * count unseen, where a full hash refuses it and sock_bytes_overflow says how many. */
+BPF_HASH(sock_bytes, u64, struct sock_bytes, SOCK_BYTES_ENTRIES);
+BPF_HASH(sock_bytes_closed, struct sock_gen_key, struct sock_bytes, 16384);
+/* [0]: sends and receives not counted (sock_bytes full); [1]: closed sockets' totals lost
+ * (sock_bytes_closed full: the probe has not read for a while). */
+BPF_PERCPU_ARRAY(sock_bytes_overflow, u64, 2);
+
+static __always_inline void sock_overflow(u32 which)
+{
+	u64 *count = sock_bytes_overflow.lookup(&which);
+	if (count)
+		(*count)++;
+}
+
+/* A socket's counts, closed: kept under (address, generation) for the probe's next read. */
+static __always_inline void sock_bytes_retire(u64 sk, struct sock_bytes *live)
+{
+	if (!live->sent && !live->received)
+		return;
+	struct sock_gen_key key = {.sk = sk, .sk_gen = live->sk_gen};
+	struct sock_bytes final = *live;
+	final.closed = 1;
+	if (sock_bytes_closed.update(&key, &final) < 0)
+		sock_overflow(1);
+}
+
+/* Established (either way): a new generation at this address, from zero. */
+static __always_inline void sock_bytes_start(u64 sk, u64 gen)
+{
+	struct sock_bytes *old = sock_bytes.lookup(&sk);
+	if (old)
+		sock_bytes_retire(sk, old); /* a socket whose close was not seen */
+	struct sock_bytes fresh = {.sk_gen = gen, .last_ts = gen};
+	if (sock_bytes.update(&sk, &fresh) < 0)
+		sock_overflow(0);
+}
+
+static __always_inline void sock_bytes_end(u64 sk)
+{
+	struct sock_bytes *live = sock_bytes.lookup(&sk);
+	if (!live)
+		return;
+	sock_bytes_retire(sk, live);
+	sock_bytes.delete(&sk);
+}
+
+#if HAVE_SOCK_LENGTH
+/* Only TCP over IPv4/IPv6 is counted, in place: a lookup and an atomic add per call. A socket
+ * established before the probe started gets an entry at its first send (generation 0). */
+static __always_inline int sock_bytes_add(u64 sk, u16 family, u16 protocol, int ret, int sending)
+{
+	if (ret <= 0 || protocol != IPPROTO_TCP_ || (family != AF_INET_ && family != AF_INET6_))
+		return 0;
+	struct sock_bytes *count = sock_bytes.lookup(&sk);
+	if (!count) {
+		struct sock_bytes fresh = {};
+		sock_bytes.insert(&sk, &fresh); /* fails harmlessly when another CPU made it first */
+		count = sock_bytes.lookup(&sk);
+		if (!count) {
+			sock_overflow(0);
+			return 0;
+		}
+	}
+	if (sending)
+		__sync_fetch_and_add(&count->sent, (u64)ret);
+	else
+		__sync_fetch_and_add(&count->received, (u64)ret);
+	count->last_ts = bpf_ktime_get_boot_ns();
+	count->tgid = bpf_get_current_pid_tgid() >> 32;
+	return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_send_length)
+{
+	return sock_bytes_add((u64)args->sk, args->family, args->protocol, args->ret, 1);
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length)
+{
+	if (args->flags & MSG_PEEK_) /* a peek reads nothing off the socket */
+		return 0;
+	return sock_bytes_add((u64)args->sk, args->family, args->protocol, args->ret, 0);
+}
+#endif
 
 struct connect_args {
 	u64 uaddr;
@@ -141,6 +234,48 @@ static __always_inline int accept_enter(u64 uaddr, u64 uaddrlen, s32 listen_fd)
 	return 0;
 }
 
+/* fd -> struct file -> struct socket (file->private_data) -> struct sock, in the current task.
+ * The same walk as gpu.bpf.c's fd_to_file, kept here because net.bpf.c comes first in the text.
+ * Called only on the fd accept() has just returned, which is a socket. */
+static __always_inline u64 sock_of_fd(s32 fd)
+{
+	if (fd < 0)
+		return 0;
+	const void *files = (const void *)load_kptr(current_task(), OFF_TASK_FILES);
+	const void *fdt = (const void *)load_kptr(files, OFF_FILES_FDT);
+	if (!fdt)
+		return 0;
+	u32 max_fds = load_ku32(fdt, OFF_FDT_MAX_FDS);
+	const void *fd_array = (const void *)load_kptr(fdt, OFF_FDT_FD);
+	if ((u32)fd >= max_fds)
+		return 0;
+	const void *file = (const void *)read_kptr(fd_array, (u32)fd * 8);
+	const void *socket = (const void *)read_kptr(file, OFF_FILE_PRIVATE_DATA);
+	return read_kptr(socket, OFF_SOCKET_SK);
+}
+
+/* The accepted socket's own addresses: the service (local) and the peer. */
+static __always_inline void read_sock_ends(u64 sk, struct accept_rec *rec)
+{
+	const char *base = (const char *)sk;
+	u16 family = 0;
+	bpf_probe_read_kernel(&family, sizeof(family), base + OFF_SK_FAMILY);
+	if (family != AF_INET_ && family != AF_INET6_)
+		return;
+	rec->sk_family = family;
+	bpf_probe_read_kernel(&rec->local_port, sizeof(rec->local_port), base + OFF_SK_NUM); /* host order */
+	u16 dport = 0;
+	bpf_probe_read_kernel(&dport, sizeof(dport), base + OFF_SK_DPORT);
+	rec->peer_port = (dport >> 8) | (dport << 8); /* network order */
+	if (family == AF_INET6_) {
+		bpf_probe_read_kernel(rec->local_addr, 16, base + OFF_SK_V6_RCV_SADDR);
+		bpf_probe_read_kernel(rec->peer_addr, 16, base + OFF_SK_V6_DADDR);
+	} else {
+		bpf_probe_read_kernel(rec->local_addr, 4, base + OFF_SK_RCV_SADDR);
+		bpf_probe_read_kernel(rec->peer_addr, 4, base + OFF_SK_DADDR);
+	}
+}
+
 static __always_inline int accept_exit(long ret)
 {
 	u32 tid = bpf_get_current_pid_tgid();
@@ -169,6 +304,21 @@ static __always_inline int accept_exit(long ret)
 	rec->addrlen = len;
 	if (len && bpf_probe_read_user(rec->sockaddr, len & (SOCKADDR_LEN * 2 - 1), (void *)call.uaddr) < 0)
 		rec->hdr.flags = 1;
+	rec->sk = sock_of_fd(ret);
+	rec->sk_gen = 0;
+	rec->sk_family = 0;
+	rec->local_port = 0;
+	rec->peer_port = 0;
+	rec->_pad = 0;
+	__builtin_memset(rec->local_addr, 0, 16);
+	__builtin_memset(rec->peer_addr, 0, 16);
+	if (rec->sk) {
+		u64 sk = rec->sk;
+		struct sock_bytes *count = sock_bytes.lookup(&sk);
+		if (count)
+			rec->sk_gen = count->sk_gen;
+		read_sock_ends(sk, rec);
+	}
 	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }
@@ -198,6 +348,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 	if (args->protocol != IPPROTO_TCP_)
 		return 0;
 	u64 sk = (u64)args->skaddr;
+	u64 gen = 0;
+	if (args->newstate == TCP_ESTABLISHED_) {
+		gen = bpf_ktime_get_boot_ns();
+		sock_bytes_start(sk, gen);
+	} else if (args->newstate == TCP_CLOSE_) {
+		sock_bytes_end(sk);
+	}
 	if (args->newstate == TCP_SYN_SENT_) {
 		/* Inside connect(): current is the connecting task. */
 		u64 id = bpf_get_current_pid_tgid();
@@ -239,6 +396,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 		__builtin_memcpy(rec->saddr, args->saddr, 4);
 		__builtin_memcpy(rec->daddr, args->daddr, 4);
 	}
+	rec->sk = sk;
+	rec->sk_gen = gen;
 	events.ringbuf_submit(rec, RB_FLAGS);
 	return 0;
 }

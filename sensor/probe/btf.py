@@ -69,6 +69,15 @@ KERNEL_FIELDS: tuple[KernelField, ...] = (
     KernelField("OFF_TASK_CGROUPS", "task_struct", "cgroups", "cgroup v1: are its cgroups its parent's?"),
     KernelField("OFF_SB_DEV", "super_block", "s_dev", "executable identity"),
     KernelField("OFF_DENTRY_NAME", "dentry", "d_name.name", "name of an fd's file"),
+    KernelField("OFF_FILE_PRIVATE_DATA", "file", "private_data", "an accepted fd's struct socket"),
+    KernelField("OFF_SOCKET_SK", "socket", "sk", "an accepted socket's struct sock"),
+    KernelField("OFF_SK_FAMILY", "sock", "__sk_common.skc_family", "an accepted socket's addresses"),
+    KernelField("OFF_SK_NUM", "sock", "__sk_common.skc_num", "an accepted socket's local port"),
+    KernelField("OFF_SK_DPORT", "sock", "__sk_common.skc_dport", "an accepted socket's peer port"),
+    KernelField("OFF_SK_RCV_SADDR", "sock", "__sk_common.skc_rcv_saddr", "an accepted socket's local address"),
+    KernelField("OFF_SK_DADDR", "sock", "__sk_common.skc_daddr", "an accepted socket's peer (NULL-address accept)"),
+    KernelField("OFF_SK_V6_RCV_SADDR", "sock", "__sk_common.skc_v6_rcv_saddr", "the same, IPv6"),
+    KernelField("OFF_SK_V6_DADDR", "sock", "__sk_common.skc_v6_daddr", "the same, IPv6"),
 )
 
 # Read only where io_uring opens are followed (features.io_uring_opens): a kernel without them

@@ -40,6 +40,14 @@ IO_URING_TRACEPOINTS: dict[str, tuple[str, ...]] = {
     "io_uring/io_uring_complete": ("req", "res"),
 }
 
+# Tracepoints the probe uses where the kernel has them, and starts without: what each gives.
+OPTIONAL_TRACEPOINTS: dict[str, tuple[str, ...]] = {
+    "socket bytes": ("sock/sock_send_length", "sock/sock_recv_length"),
+}
+SOCK_BYTES_LOST = ("without them no per-socket byte counts: tunnels are still found by their command line, "
+                   "but not by behaviour (a process relaying bytes between an egress connection and a local "
+                   "service, whatever its name)")
+
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 # The bpf() syscall's number, which differs by architecture (arch/x86/entry/syscalls/
@@ -132,6 +140,23 @@ def check_tracepoints() -> Check:
                      "a kernel with CONFIG_FTRACE_SYSCALLS=y and the sched/sock tracepoints")
     count = sum(len(t) for t in TRACEPOINTS.values())
     return Check("tracepoints", True, f"all {count} present")
+
+
+def has_sock_length() -> bool:
+    """sock:sock_send_length and sock:sock_recv_length (kernel 6.3): per-socket byte counts."""
+    return all((TRACEFS / "events" / tp).is_dir() for tp in OPTIONAL_TRACEPOINTS["socket bytes"])
+
+
+def check_sock_bytes() -> Check:
+    """Optional: the probe starts without them, and says what is lost."""
+    if not tracefs_mounted():
+        return Check("socket bytes", False, "unknown: tracefs is not mounted", f"mount -t tracefs nodev {TRACEFS}",
+                     required=False)
+    if has_sock_length():
+        return Check("socket bytes", True, "sock:sock_send_length and sock:sock_recv_length present: "
+                     "tunnels are also found by behaviour", required=False)
+    return Check("socket bytes", False, "sock:sock_send_length / sock_recv_length missing (kernel before 6.3); "
+                 + SOCK_BYTES_LOST, "a kernel of 6.3 or later", required=False)
 
 
 def exit_has_group_dead() -> bool:
@@ -255,6 +280,7 @@ def run_checks(mount: bool = False) -> list[Check]:
         check_tracefs(mount=mount),
         check_tracepoints(),
         check_io_uring(),
+        check_sock_bytes(),
         check_ringbuf(),
         check_headers(),
         check_bcc(),

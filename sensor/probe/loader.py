@@ -28,7 +28,8 @@ from sensor.probe.bpfsys import BpfMap
 
 # The maps the long-lived probe reads or writes; the programs' other maps live on with them.
 PROBE_MAPS = ("events", "decisive", "self_tgids", "ringbuf_drops", "gpu_counts", "gpu_count_overflow",
-              "known_exes", "known_scopes", "gpu_mem", "gpu_mem_overflow")
+              "known_exes", "known_scopes", "gpu_mem", "gpu_mem_overflow", "sock_bytes", "sock_bytes_closed",
+              "sock_bytes_overflow")
 _PERCPU_TYPES = {5, 6, 10}  # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
 _MESSAGE_MAX = 64 * 1024
 _FDS_MAX = 250  # SCM_RIGHTS takes at most 253 descriptors per message

@@ -50,6 +50,9 @@ _FAMILIES = len(ev.GPU_MEM_FAMILIES)
 # untracked, last_ts
 _GPU_MEM = struct.Struct(f"<{4 * _FAMILIES + 3}Q")
 _U64 = struct.Struct("<Q")
+_SOCK_BYTES = struct.Struct("<QQQQII")  # struct sock_bytes: sent, received, sk_gen, last_ts, tgid, closed
+_SOCK_GEN_KEY = struct.Struct("<QQ")  # struct sock_gen_key: sk, sk_gen
+SOCK_ROWS_PER_FRAME = 4096  # a read with more changed sockets sends several frames
 SELF_ONLY, SELF_AND_DESCENDANTS = b"\x01", b"\x02"  # self_tgids values, as in common.bpf.c
 
 
@@ -87,6 +90,8 @@ class Probe:
         self._gpu_totals: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
         self._gpu_memory: dict[int, bytes] = {}  # tgid -> its memory totals as last sent
         self._exited: set[int] = set()  # processes whose GPU counters go after the next read
+        self._sock_totals: dict[int, tuple[int, int]] = {}  # live socket (kernel address) -> last sent totals
+        self._sock_lost = 0  # sends and receives not counted, and closed sockets' counts lost (the kernel's)
         # decoded records of the poll under way: whether each came from the decisive ring, and
         # for an exec what the kernel read of its file
         self._polled: list[tuple[ev.Event, bool, records.ExecFacts | None]] = []
@@ -301,6 +306,10 @@ class Probe:
         counters = self.gpu_counters()
         if counters.counts or counters.overflow or counters.memory or counters.memory_overflow:
             self._emit(counters, block=True)
+        # a socket's counts may go ahead of its connect's record, still in a ring: the aggregator
+        # keeps such rows until the record comes (sensor/aggregator/relay.py)
+        for frame in self.sock_bytes():
+            self._emit(frame, block=True)
         self._emit(self.stats(), block=True)
 
     def _fail(self, exc: BaseException) -> None:
@@ -374,9 +383,52 @@ class Probe:
                 self._gpu_memory.pop(tgid, None)
         return changed
 
+    def sock_bytes(self) -> list[ev.SockBytes]:
+        """The TCP sockets whose byte counts changed since the last read, in frames of at most
+        SOCK_ROWS_PER_FRAME rows; closed sockets' final counts are sent once and deleted from the
+        kernel. Sockets are named by socket_id, never by their kernel address."""
+        assert self.bpf is not None
+        maps = self.bpf.maps
+        if "sock_bytes" not in maps:
+            return []
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)  # before the read: what it holds is older
+        rows: list[list[int]] = []
+        live = maps["sock_bytes"]
+        seen: set[int] = set()
+        for key in list(live.keys()):
+            raw = live.lookup(key)
+            if raw is None:
+                continue  # closed since the walk began: its totals are in sock_bytes_closed
+            (sk,) = _U64.unpack(key)
+            sent, received, gen, last_ts, tgid, _ = _SOCK_BYTES.unpack(raw)
+            seen.add(sk)
+            if (sent or received) and self._sock_totals.get(sk) != (sent, received):
+                self._sock_totals[sk] = (sent, received)
+                rows.append([records.socket_id(sk, gen), tgid, sent, received, last_ts, 0])
+        closed = maps["sock_bytes_closed"]
+        for key in list(closed.keys()):
+            raw = closed.lookup(key)
+            if raw is None:
+                continue
+            sk, gen = _SOCK_GEN_KEY.unpack(key)
+            sent, received, _, last_ts, tgid, _ = _SOCK_BYTES.unpack(raw)
+            rows.append([records.socket_id(sk, gen), tgid, sent, received, last_ts, 1])
+            closed.delete(key)
+        for sk in set(self._sock_totals) - seen:
+            del self._sock_totals[sk]
+        overflow = maps["sock_bytes_overflow"]
+        not_counted, closed_lost = (sum(_U64.unpack(v)[0] for v in overflow.per_cpu(_U32.pack(i))) for i in (0, 1))
+        self._sock_lost = not_counted + closed_lost
+        if not rows and not not_counted and not closed_lost:
+            return []
+        chunks = [rows[i:i + SOCK_ROWS_PER_FRAME] for i in range(0, len(rows), SOCK_ROWS_PER_FRAME)] or [[]]
+        return [ev.SockBytes(now, os.getpid(), os.getpid(), chunk, not_counted, closed_lost) for chunk in chunks]
+
     def stats(self) -> ev.Stats:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         kernel = self.kernel_drops() if self.bpf is not None else {}
+        if self._sock_lost:  # shown with the ring drops wherever they are (status, the live view)
+            kernel["sock_bytes"] = self._sock_lost
         probe = dict(self.probe_drops)
         if self.decode_errors:
             probe["undecodable"] = self.decode_errors

@@ -110,6 +110,7 @@ def cflags(config: ProbeConfig, offsets: dict[str, int]) -> list[str]:
     }
     if features.exit_has_group_dead():
         defines["HAVE_EXIT_GROUP_DEAD"] = 1
+    defines["HAVE_SOCK_LENGTH"] = int(features.has_sock_length())
     return [f"-D{name}={int(value)}" for name, value in sorted(defines.items())] + [f"-I{BPF_DIR}"]
 
 
@@ -120,6 +121,7 @@ def kernel_features(config: ProbeConfig) -> dict[str, str]:
         "btf": "yes (struct offsets from /sys/kernel/btf/vmlinux)",
         "ring_buffer": f"{config.ringbuf_pages * 4} KiB",
         "exit_group_dead": "yes" if features.exit_has_group_dead() else "no (leader exit)",
+        "socket_bytes": "yes" if features.has_sock_length() else f"no: {features.SOCK_BYTES_LOST}",
         "nvidia_uvm_major": str(uvm_major() or "not loaded"),
         "possible_cpus": str(possible_cpus()),
         "argv": f"{config.max_args} args x {config.arg_len} bytes",

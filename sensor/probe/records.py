@@ -9,6 +9,7 @@ out of the record at once (the buffer is reused when the callback returns).
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import socket
 import struct
@@ -85,6 +86,8 @@ class TcpRec(ctypes.Structure):
         ("_pad2", u32),
         ("saddr", ctypes.c_uint8 * 16),
         ("daddr", ctypes.c_uint8 * 16),
+        ("sk", u64),
+        ("sk_gen", u64),
     ]
 
 
@@ -96,6 +99,14 @@ class AcceptRec(ctypes.Structure):
         ("addrlen", u32),
         ("netns", u32),
         ("sockaddr", ctypes.c_uint8 * SOCKADDR_LEN),
+        ("sk", u64),
+        ("sk_gen", u64),
+        ("sk_family", u16),
+        ("local_port", u16),
+        ("peer_port", u16),
+        ("_pad", u16),
+        ("local_addr", ctypes.c_uint8 * 16),
+        ("peer_addr", ctypes.c_uint8 * 16),
     ]
 
 
@@ -153,6 +164,14 @@ class GpuMemValue(ctypes.Structure):
                 ("untracked", u64), ("last_ts", u64)]
 
 
+class SockBytesValue(ctypes.Structure):
+    _fields_ = [("sent", u64), ("received", u64), ("sk_gen", u64), ("last_ts", u64), ("tgid", u32), ("closed", u32)]
+
+
+class SockGenKey(ctypes.Structure):
+    _fields_ = [("sk", u64), ("sk_gen", u64)]
+
+
 # record type -> (C struct name in events.h, mirror); the layout test walks this.
 MIRRORS: dict[ev.Kind, tuple[str, type[ctypes.Structure]]] = {
     ev.Kind.EXEC: ("exec_rec", ExecRec),
@@ -166,7 +185,21 @@ MIRRORS: dict[ev.Kind, tuple[str, type[ctypes.Structure]]] = {
 }
 # map key and value structs, checked the same way
 MAP_MIRRORS: dict[str, type[ctypes.Structure]] = {"gpu_count_key": GpuCountKey, "gpu_count": GpuCountValue,
-                                                   "gpu_mem": GpuMemValue}
+                                                   "gpu_mem": GpuMemValue, "sock_bytes": SockBytesValue,
+                                                   "sock_gen_key": SockGenKey}
+
+# The key a socket's name is hashed with: made when the probe starts, never written anywhere, so
+# that no frame, capture or client ever holds a kernel address (KASLR) nor can compute one.
+_SOCKET_KEY = os.urandom(32)
+
+
+def socket_id(sk: int, sk_gen: int) -> int:
+    """A socket's name downstream: a keyed hash of its kernel address and when it was established
+    (a later socket at the same address is another); 0 for none. 63 bits: a msgpack int as is."""
+    if not sk:
+        return 0
+    digest = hashlib.blake2b(struct.pack("<QQ", sk, sk_gen), key=_SOCKET_KEY, digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1 or 1
 
 
 class RecordError(ValueError):
@@ -316,13 +349,21 @@ def decode_tcp(data: int, size: int) -> ev.TcpEstablished:
         _ip(rec.family, bytes(rec.daddr)),
         rec.dport,
         rec.netns,
+        sock=socket_id(rec.sk, rec.sk_gen),
     )
 
 
 def decode_accept(data: int, size: int) -> ev.Accept:
     rec = _as(AcceptRec, data, size)
     family, address, port = decode_sockaddr(bytes(rec.sockaddr), rec.addrlen)
-    return ev.Accept(*_hdr(rec), rec.fd, rec.listen_fd, family, address, port, rec.netns)
+    event = ev.Accept(*_hdr(rec), rec.fd, rec.listen_fd, family, address, port, rec.netns,
+                      sock=socket_id(rec.sk, rec.sk_gen))
+    if rec.sk_family in (socket.AF_INET, socket.AF_INET6):
+        event.local_address, event.local_port = _ip(rec.sk_family, bytes(rec.local_addr)), rec.local_port
+        if not rec.addrlen:  # accept(fd, NULL, NULL): the peer as the socket has it
+            event.family, event.port = _family_name(rec.sk_family), rec.peer_port
+            event.address, event.peer_from_socket = _ip(rec.sk_family, bytes(rec.peer_addr)), True
+    return event
 
 
 def decode_gpu_open(data: int, size: int) -> ev.GpuOpen:

@@ -40,7 +40,8 @@ MAX_PATTERN = 1000
 # RE2's default is 8 MiB per pattern; half of it still takes \pL{200} or .{1000} (the longest repeat),
 # and keeps a few dozen rule patterns (and their search caches) in bounded memory.
 RE2_MAX_MEM = 4 << 20
-OPERATORS = ("equals", "in", "prefix", "suffix", "contains", "glob", "regex", "cidr", "range", "port_range", "not")
+OPERATORS = ("equals", "in", "prefix", "suffix", "contains", "glob", "regex", "cidr", "range", "port_range", "not",
+             "domain")
 RE2_REFUSES = ("backreferences, lookahead and lookbehind, atomic groups and possessive repeats, conditionals, "
                "repeat counts over 1000")
 
@@ -160,6 +161,21 @@ class Cidr:
 
 
 @dataclass(frozen=True)
+class Domain:
+    """A host name that is one of the domains or below one (`a.pinggy.io` is in `pinggy.io`);
+    letter case and a final dot do not matter. An IP address is in none."""
+
+    domains: frozenset[str]
+
+    def holds(self, value: Any) -> bool:
+        return _scalar_test(value, self._one)
+
+    def _one(self, value: Any) -> bool:
+        labels = str(value)[:MAX_TEXT].lower().rstrip(".").split(".")
+        return any(".".join(labels[i:]) in self.domains for i in range(len(labels)))
+
+
+@dataclass(frozen=True)
 class Range:
     low: int
     high: int
@@ -201,6 +217,8 @@ def _operator(operator: str, operand: Any, lists: Mapping[str, Sequence[Any]]) -
         return Cidr(tuple(_network(n) for n in _scalars(_resolve(operand, lists), operator)))
     if operator in ("range", "port_range"):
         return _range(operand, operator)
+    if operator == "domain":
+        return Domain(frozenset(str(d).lower().rstrip(".") for d in _scalars(_resolve(operand, lists), operator)))
     if operator == "not":
         return Not(compile_condition(operand, lists))
     raise ConditionError(f"unknown operator {operator!r} (operators: {', '.join(OPERATORS)})")

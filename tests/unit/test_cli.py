@@ -152,3 +152,20 @@ def test_a_known_architecture_runs_the_ring_buffer_check() -> None:
     check = features.check_ringbuf()
     assert not check.skipped
     assert check.ok or "cannot create a BPF ring buffer" in check.detail
+
+
+def test_without_the_socket_byte_tracepoints_doctor_says_what_is_lost(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel before 6.3 (sock_send_length only, here, to show both are needed): not required, and said."""
+    (tmp_path / "events/sock/sock_send_length").mkdir(parents=True)
+    monkeypatch.setattr(features, "TRACEFS", tmp_path)
+    monkeypatch.setattr(features, "tracefs_mounted", lambda: True)
+    check = features.check_sock_bytes()
+    assert (check.ok, check.required, check.name) == (False, False, "socket bytes")
+    assert "missing" in check.detail and "not by behaviour" in check.detail
+    from sensor.probe import program
+
+    assert "-DHAVE_SOCK_LENGTH=0" in program.cflags(program.ProbeConfig(), {})
+    assert program.kernel_features(program.ProbeConfig())["socket_bytes"].startswith("no: without them")
+    (tmp_path / "events/sock/sock_recv_length").mkdir()
+    assert features.check_sock_bytes().ok and "-DHAVE_SOCK_LENGTH=1" in program.cflags(program.ProbeConfig(), {})

@@ -15,7 +15,7 @@ import pytest
 from sensor.rules.conditions import MAX_PATTERN, MAX_TEXT, ConditionError, compile_condition
 
 LISTS: dict[str, list[Any]] = {"pool_ports": [3333, 4444], "tools": ["ssh", "autossh"],
-                               "internal": ["10.0.0.0/8", "fd00::/8"]}
+                               "internal": ["10.0.0.0/8", "fd00::/8"], "tunnel_services": ["serveo.net", "pinggy.io"]}
 ARGV = ("/usr/bin/ssh", "-fNR", "9000:localhost:22", "root@198.51.100.1")
 
 
@@ -56,6 +56,9 @@ HOLDS = [
     ({"not": {"in": "$pool_ports"}}, 443),
     ({"not": {"cidr": "$internal"}}, "203.0.113.9"),
     ({"not": {"contains": "-L"}}, ARGV),  # no element contains it
+    ({"domain": "pinggy.io"}, "a.pinggy.io"),  # a name below the domain
+    ({"domain": "$tunnel_services"}, "SERVEO.NET."),  # the domain itself; case and a final dot do not matter
+    ({"domain": ["ngrok.io", "loca.lt"]}, ("198.51.100.1", "x.loca.lt")),
 ]
 
 HOLDS_NOT = [
@@ -97,6 +100,9 @@ HOLDS_NOT = [
     ({"not": {"in": "$pool_ports"}}, 4444),
     ({"not": {"cidr": "$internal"}}, "10.9.9.9"),
     ({"not": {"contains": "NR"}}, ARGV),  # `not` negates the whole: one element has it
+    ({"domain": "pinggy.io"}, "evilpinggy.io"),  # a label, not a text suffix
+    ({"domain": "pinggy.io"}, "pinggy.io.example.com"),
+    ({"domain": "$tunnel_services"}, "198.51.100.1"),  # an address is in no domain
 ]
 
 
@@ -137,7 +143,7 @@ def re2_refuses(pattern: str, reason: str) -> str:
 @pytest.mark.parametrize(("spec", "message"), [
     ({"equals": {"a": 1}}, "`equals` takes a plain value, not dict"),
     ({"in": []}, "`in` needs at least one value"),
-    ({"in": "$nope"}, "no list named 'nope' (lists: internal, pool_ports, tools)"),
+    ({"in": "$nope"}, "no list named 'nope' (lists: internal, pool_ports, tools, tunnel_services)"),
     ({"prefix": ""}, "`prefix` takes a non-empty string"),
     ({"glob": 7}, "`glob` takes a non-empty string"),
     ({"cidr": "10.0.0.0/33"}, "`cidr`: '10.0.0.0/33' is not a network ('10.0.0.0/33' does not appear to be an "
@@ -146,7 +152,7 @@ def re2_refuses(pattern: str, reason: str) -> str:
     ({"port_range": ["a", 2]}, "`port_range` bounds must be integers"),
     ({"range": 5}, "`range` takes [low, high] or \"low-high\""),
     ({"not": {"between": 1}}, "unknown operator 'between' (operators: equals, in, prefix, suffix, contains, glob, "
-                              "regex, cidr, range, port_range, not)"),
+                              "regex, cidr, range, port_range, not, domain)"),
     ({"in": [1], "not": 2}, "a condition has one operator, not 2 (in, not)"),
     ({"regex": "a" * (MAX_PATTERN + 1)}, f"`regex` is longer than {MAX_PATTERN} characters"),
     ({"regex": "(x"}, "`regex` '(x' does not compile: missing ): (x"),

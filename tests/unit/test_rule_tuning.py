@@ -320,7 +320,7 @@ def test_rule_statuses_show_tuning_and_exception_counts(tmp_path: Path) -> None:
     raised(aggregator, reverse_tunnel_to("198.51.100.1").events)
     assert aggregator.detector is not None
     statuses = {s.id: s for s in rule_statuses(aggregator.detector.engine)}
-    assert len(statuses) == 10
+    assert len(statuses) == 12
     opened, scan = statuses["reverse-tunnel-opened"], statuses["internal-scan"]
     site_file = tmp_path / "50-site.yaml"
     assert (opened.enabled, opened.alerts, opened.suppressed, dict(opened.suppressed_by_exception)) == (
@@ -389,7 +389,8 @@ ROME_OVERRIDE = f"rules:\n  - id: {ROME}\n    override:\n"
     # lists
     ("lists:\n  miner_pool_portz: {items: [1], append: true}\n",
      "SITE:2: no list 'miner_pool_portz' to append to (lists: allowed_egress, miner_binaries, miner_flags, "
-     "miner_pool_hosts, miner_pool_ports, standard_tunnel_ports); to define it, write `miner_pool_portz: [...]`"),
+     "miner_pool_hosts, miner_pool_ports, public_tunnel_services, standard_tunnel_ports); to define it, "
+     "write `miner_pool_portz: [...]`"),
     ("lists:\n  miner_flags: [--coin]\n",
      "SITE:2: list 'miner_flags' is already defined at BUILTIN:19; to add items write "
      "`miner_flags: {items: [...], append: true}`"),

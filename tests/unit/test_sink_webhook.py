@@ -462,7 +462,8 @@ def test_incidents_sensor_gaps_events_and_facts_keep_the_same_shape(receivers: C
     assert {k: v for k, v in concluded["output_fields"].items() if k.startswith("gpusentry.fact.tunnel.")} == {
         "gpusentry.fact.tunnel.tool": "ssh", "gpusentry.fact.tunnel.reverse": True,
         "gpusentry.fact.tunnel.directions[0]": "reverse", "gpusentry.fact.tunnel.remote_host": "203.0.113.5",
-        "gpusentry.fact.tunnel.remote_port": 22, "gpusentry.fact.tunnel.forwards[0]": "reverse 2222 -> localhost:22"}
+        "gpusentry.fact.tunnel.remote_port": 22, "gpusentry.fact.tunnel.forwards[0]": "reverse 2222 -> localhost:22",
+        "gpusentry.fact.tunnel.relayed_bytes": 0}
 
 
 @pytest.mark.parametrize(("severity", "priority"), [

@@ -320,7 +320,7 @@ class GpuActivity(_message.Message):
     def __init__(self, calls_by_command: _Optional[_Mapping[str, int]] = ..., rate_by_device: _Optional[_Mapping[str, float]] = ..., errors: _Optional[int] = ..., suppressed: _Optional[int] = ...) -> None: ...
 
 class Tunnel(_message.Message):
-    __slots__ = ("tool", "reverse", "directions", "remote_host", "remote_user", "remote_port", "forwards", "scope", "evidence", "via")
+    __slots__ = ("tool", "reverse", "directions", "remote_host", "remote_user", "remote_port", "forwards", "scope", "evidence", "via", "local_services", "relayed_bytes")
     TOOL_FIELD_NUMBER: _ClassVar[int]
     REVERSE_FIELD_NUMBER: _ClassVar[int]
     DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +331,8 @@ class Tunnel(_message.Message):
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     VIA_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_SERVICES_FIELD_NUMBER: _ClassVar[int]
+    RELAYED_BYTES_FIELD_NUMBER: _ClassVar[int]
     tool: str
     reverse: bool
     directions: _containers.RepeatedScalarFieldContainer[str]
@@ -341,7 +343,9 @@ class Tunnel(_message.Message):
     scope: str
     evidence: str
     via: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tool: _Optional[str] = ..., reverse: _Optional[bool] = ..., directions: _Optional[_Iterable[str]] = ..., remote_host: _Optional[str] = ..., remote_user: _Optional[str] = ..., remote_port: _Optional[int] = ..., forwards: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ..., evidence: _Optional[str] = ..., via: _Optional[_Iterable[str]] = ...) -> None: ...
+    local_services: _containers.RepeatedScalarFieldContainer[str]
+    relayed_bytes: int
+    def __init__(self, tool: _Optional[str] = ..., reverse: _Optional[bool] = ..., directions: _Optional[_Iterable[str]] = ..., remote_host: _Optional[str] = ..., remote_user: _Optional[str] = ..., remote_port: _Optional[int] = ..., forwards: _Optional[_Iterable[str]] = ..., scope: _Optional[str] = ..., evidence: _Optional[str] = ..., via: _Optional[_Iterable[str]] = ..., local_services: _Optional[_Iterable[str]] = ..., relayed_bytes: _Optional[int] = ...) -> None: ...
 
 class Egress(_message.Message):
     __slots__ = ("address", "port", "result", "allowed")
