@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -36,6 +37,8 @@ class Kind(IntEnum):
     GPU_COUNTERS = 34  # in-kernel ioctl aggregation, read on a timer
     END = 35  # the probe's last frame: it stopped on purpose (a stream without it was cut)
     CONTAINER = 36  # what the probe learnt about a container (sensor/containers/resolve.py)
+    LAUNCH_WATCH = 40  # a launch watch on a process began, was refused, or ended (sensor/probe/launches.py)
+    LAUNCH_COUNTS = 41  # a watched process's libcuda launch counts, read on a timer
 
 
 # /proc gives start times in clock ticks (USER_HZ: 100 on every mainstream architecture), BPF
@@ -317,13 +320,58 @@ class GpuCounters(Event):
         return [GpuCount(*row) for row in self.counts]
 
 
+@dataclass(slots=True)
+class LaunchWatch(Event):
+    """What became of a request to count a process's kernel launches (sensor/probe/launches.py).
+    Made by the probe; tgid is the process watched."""
+
+    KIND = Kind.LAUNCH_WATCH
+    start_ns: int = 0
+    state: str = ""  # watching, refused, ended
+    reason: str = ""  # why refused or ended (LAUNCH_WATCH_REASONS); "" while watching
+    library: str = ""  # the libcuda file watched, as the process maps it (a path it controls)
+
+
+@dataclass(slots=True)
+class LaunchCounts(Event):
+    """A watched process's launch counts since its watch began (totals), from the kernel's map.
+    Made by the probe; tgid is the process watched."""
+
+    KIND = Kind.LAUNCH_COUNTS
+    start_ns: int = 0
+    launches: int = 0  # cuLaunchKernel calls
+    launches_ex: int = 0  # cuLaunchKernelEx calls
+    distinct: int = 0  # distinct kernel functions launched (up to the probe's cap)
+    unrecorded: int = 0  # launches of functions past that cap
+    since_ns: int = 0  # when the watch began (boot clock)
+
+
+# A request for a launch watch, from the aggregator to the probe on a pipe of their own: a process
+# by pid and start time (ns since boot), nothing else (sensor/probe/launches.py checks it).
+LAUNCH_REQUEST = struct.Struct("<QQ")
+
+# Why a launch watch was refused or ended, for status and output.
+LAUNCH_WATCH_REASONS = {
+    "not running": "refused: no process with that PID and start time",
+    "no libcuda": "refused: the process maps no libcuda",
+    "no entry points": "refused: its libcuda exports no launch entry point we could read",
+    "watched before": "refused: the process was watched already (a watch is never renewed)",
+    "at capacity": "refused: as many processes as allowed are watched now",
+    "attach failed": "refused: the kernel would not attach the uprobes",
+    "exit": "ended: the process exited",
+    "duration": "ended: the watch's time was up",
+    "hit budget": "ended: more launches a second than the budget allows (each costs the process a trap)",
+    "stopped": "ended: the probe stopped",
+}
+
+
 # Made by the probe in user space, not by a monitored process: their tgid is the probe's.
 PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters, End, Container)
 
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
     for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters, End,
-                Container)
+                Container, LaunchWatch, LaunchCounts)
 }
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {

@@ -107,7 +107,7 @@ class SensorService(pb_grpc.SensorServicer):
             process=convert.process(proc, clock, containers),
             ancestors=[convert.process(p, clock, containers) for p in table.ancestors(proc.key)],
             children=[convert.process(c, clock, containers) for c in children],
-            gpu=convert.gpu_summary(session, clock))
+            gpu=convert.gpu_summary(session, clock, self.state.aggregator.launches.sessions.get(proc.key)))
 
     # -- GetStatus ------------------------------------------------------------------------
 

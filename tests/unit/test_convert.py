@@ -147,11 +147,14 @@ FACTS: list[tuple[f.Fact, str, Message]] = [
     (f.GpuCompute(TS, KEY, 5, 0xCBC0, "Hopper", 0xC86F, 0, True), "gpu_compute",
      pb.GpuComputeFact(handle=5, class_id=0xCBC0, architecture="Hopper", channel_class=0xC86F, device_id=0,
                        by_name=True)),
+    (f.GpuLaunches(TS, KEY, 420, 3, 5, 2100, 9000, "hit budget"), "gpu_launches",
+     pb.GpuLaunchesFact(launches_per_s=420, distinct_kernels=3, window_s=5, launches=2100, total_launches=9000,
+                        watch="hit budget")),
 ]
 FACT_KIND_OF = {"exec": pb.FACT_KIND_EXEC, "connect": pb.FACT_KIND_CONNECT, "egress": pb.FACT_KIND_EGRESS,
                 "tunnel": pb.FACT_KIND_TUNNEL, "miner": pb.FACT_KIND_MINER,
                 "internal_scan": pb.FACT_KIND_INTERNAL_SCAN, "gpu_open": pb.FACT_KIND_GPU_OPEN,
-                "gpu_compute": pb.FACT_KIND_GPU_COMPUTE}
+                "gpu_compute": pb.FACT_KIND_GPU_COMPUTE, "gpu_launches": pb.FACT_KIND_GPU_LAUNCHES}
 
 
 def expected_fact(fact: f.Fact, field: str, detail: Message, ref: pb.ProcessRef = REF) -> pb.Fact:

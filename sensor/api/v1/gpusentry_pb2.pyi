@@ -45,6 +45,7 @@ class FactKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FACT_KIND_INTERNAL_SCAN: _ClassVar[FactKind]
     FACT_KIND_GPU_OPEN: _ClassVar[FactKind]
     FACT_KIND_GPU_COMPUTE: _ClassVar[FactKind]
+    FACT_KIND_GPU_LAUNCHES: _ClassVar[FactKind]
 SEVERITY_UNSPECIFIED: Severity
 SEVERITY_INFO: Severity
 SEVERITY_LOW: Severity
@@ -72,6 +73,7 @@ FACT_KIND_MINER: FactKind
 FACT_KIND_INTERNAL_SCAN: FactKind
 FACT_KIND_GPU_OPEN: FactKind
 FACT_KIND_GPU_COMPUTE: FactKind
+FACT_KIND_GPU_LAUNCHES: FactKind
 
 class Host(_message.Message):
     __slots__ = ("hostname", "machine_id")
@@ -435,8 +437,24 @@ class GpuComputeFact(_message.Message):
     by_name: bool
     def __init__(self, handle: _Optional[int] = ..., class_id: _Optional[int] = ..., architecture: _Optional[str] = ..., channel_class: _Optional[int] = ..., device_id: _Optional[int] = ..., by_name: _Optional[bool] = ...) -> None: ...
 
+class GpuLaunchesFact(_message.Message):
+    __slots__ = ("launches_per_s", "distinct_kernels", "window_s", "launches", "total_launches", "watch")
+    LAUNCHES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_KERNELS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAUNCHES_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
+    launches_per_s: int
+    distinct_kernels: int
+    window_s: int
+    launches: int
+    total_launches: int
+    watch: str
+    def __init__(self, launches_per_s: _Optional[int] = ..., distinct_kernels: _Optional[int] = ..., window_s: _Optional[int] = ..., launches: _Optional[int] = ..., total_launches: _Optional[int] = ..., watch: _Optional[str] = ...) -> None: ...
+
 class Fact(_message.Message):
-    __slots__ = ("time", "ts", "kind", "process", "summary", "exec", "connect", "egress", "tunnel", "miner", "internal_scan", "gpu_open", "gpu_compute")
+    __slots__ = ("time", "ts", "kind", "process", "summary", "exec", "connect", "egress", "tunnel", "miner", "internal_scan", "gpu_open", "gpu_compute", "gpu_launches")
     TIME_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -450,6 +468,7 @@ class Fact(_message.Message):
     INTERNAL_SCAN_FIELD_NUMBER: _ClassVar[int]
     GPU_OPEN_FIELD_NUMBER: _ClassVar[int]
     GPU_COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAUNCHES_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     ts: int
     kind: FactKind
@@ -463,7 +482,8 @@ class Fact(_message.Message):
     internal_scan: InternalScanFact
     gpu_open: GpuOpen
     gpu_compute: GpuComputeFact
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ts: _Optional[int] = ..., kind: _Optional[_Union[FactKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., summary: _Optional[str] = ..., exec: _Optional[_Union[ExecFact, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., miner: _Optional[_Union[MinerFact, _Mapping]] = ..., internal_scan: _Optional[_Union[InternalScanFact, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_compute: _Optional[_Union[GpuComputeFact, _Mapping]] = ...) -> None: ...
+    gpu_launches: GpuLaunchesFact
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ts: _Optional[int] = ..., kind: _Optional[_Union[FactKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., summary: _Optional[str] = ..., exec: _Optional[_Union[ExecFact, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., miner: _Optional[_Union[MinerFact, _Mapping]] = ..., internal_scan: _Optional[_Union[InternalScanFact, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_compute: _Optional[_Union[GpuComputeFact, _Mapping]] = ..., gpu_launches: _Optional[_Union[GpuLaunchesFact, _Mapping]] = ...) -> None: ...
 
 class AlertStep(_message.Message):
     __slots__ = ("fact", "time", "summary", "exec_id", "fields_json", "detail")
@@ -746,20 +766,30 @@ class GetProcessRequest(_message.Message):
     def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class GpuSessionSummary(_message.Message):
-    __slots__ = ("devices", "compute", "first_compute", "channels", "cuda_boost", "failed_allocations")
+    __slots__ = ("devices", "compute", "first_compute", "channels", "cuda_boost", "failed_allocations", "launch_watch", "launch_watch_why", "launches", "launches_per_s", "distinct_kernels")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_FIELD_NUMBER: _ClassVar[int]
     FIRST_COMPUTE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     CUDA_BOOST_FIELD_NUMBER: _ClassVar[int]
     FAILED_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_WATCH_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_WATCH_WHY_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_KERNELS_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedScalarFieldContainer[str]
     compute: bool
     first_compute: _timestamp_pb2.Timestamp
     channels: _containers.RepeatedScalarFieldContainer[str]
     cuda_boost: bool
     failed_allocations: int
-    def __init__(self, devices: _Optional[_Iterable[str]] = ..., compute: _Optional[bool] = ..., first_compute: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channels: _Optional[_Iterable[str]] = ..., cuda_boost: _Optional[bool] = ..., failed_allocations: _Optional[int] = ...) -> None: ...
+    launch_watch: str
+    launch_watch_why: str
+    launches: int
+    launches_per_s: int
+    distinct_kernels: int
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., compute: _Optional[bool] = ..., first_compute: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channels: _Optional[_Iterable[str]] = ..., cuda_boost: _Optional[bool] = ..., failed_allocations: _Optional[int] = ..., launch_watch: _Optional[str] = ..., launch_watch_why: _Optional[str] = ..., launches: _Optional[int] = ..., launches_per_s: _Optional[int] = ..., distinct_kernels: _Optional[int] = ...) -> None: ...
 
 class GetProcessResponse(_message.Message):
     __slots__ = ("process", "ancestors", "children", "gpu")
