@@ -230,6 +230,8 @@ VERDICTS_MISSED = {
     "container_unnamed": "containers whose name and image the runtime's API did not give (failed or over budget)",
     "container_unread": "execs whose cgroup could not be read (process gone): they keep the container they were in",
     "pod_gpus_unread": "Kubernetes containers whose GPUs the kubelet's pod-resources API did not give (it failed)",
+    "launch_unwatched": "launch-watch requests not served: this kernel cannot attach uprobes (see doctor)",
+    "launch_request_invalid": "launch-watch requests the probe could not read (not a pid and start time)",
 }
 
 

@@ -98,6 +98,7 @@ class Probe:
         self._launch_requests = launch_requests
         self._launch_budget = launch_budget or LaunchBudget()
         self.launches: LaunchWatcher | None = None
+        self._unwatched = 0  # launch-watch requests not served: no uprobes here
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -316,7 +317,7 @@ class Probe:
             return
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if self.launches is None:
-            self.probe_drops["launch_request"] += len(data) // REQUEST.size  # no uprobes here (doctor says why)
+            self._unwatched += len(data) // REQUEST.size  # no uprobes here (doctor says why)
             return
         for frame in self.launches.on_bytes(data, now):
             self._emit(frame, block=True)
@@ -384,12 +385,14 @@ class Probe:
         probe = dict(self.probe_drops)
         if self.decode_errors:
             probe["undecodable"] = self.decode_errors
-        if self.launches is not None and self.launches.stats.invalid:
-            probe["launch_request"] = self.probe_drops["launch_request"] + self.launches.stats.invalid
         missed = {"route_by_range": self.router.stats.by_range, "binary_unread": self.identity.stats.unread,
                   "container_unnamed": self.containers.stats.unnamed,
                   "container_unread": self.containers.stats.cgroup_unread,
                   "pod_gpus_unread": self.containers.stats.gpus_unread}
+        if self._unwatched:
+            missed["launch_unwatched"] = self._unwatched
+        if self.launches is not None and self.launches.stats.invalid:
+            missed["launch_request_invalid"] = self.launches.stats.invalid
         return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records), missed)
 
     def _emit_snapshot(self) -> None:

@@ -855,7 +855,7 @@ class RuleSetStatus(_message.Message):
     def __init__(self, rules: _Optional[_Iterable[_Union[RuleStatus, _Mapping]]] = ..., files: _Optional[_Iterable[str]] = ..., load_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps", "incidents", "host", "config_file", "sinks")
+    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps", "incidents", "host", "config_file", "sinks", "launch_watches")
     class KernelFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -864,6 +864,13 @@ class Status(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class EventsByKindEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class LaunchWatchesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -885,6 +892,7 @@ class Status(_message.Message):
     HOST_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
     SINKS_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_WATCHES_FIELD_NUMBER: _ClassVar[int]
     started: _timestamp_pb2.Timestamp
     uptime_s: float
     kernel: str
@@ -900,7 +908,8 @@ class Status(_message.Message):
     host: Host
     config_file: str
     sinks: _containers.RepeatedCompositeFieldContainer[SinkStatus]
-    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ..., incidents: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., config_file: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ...) -> None: ...
+    launch_watches: _containers.ScalarMap[str, int]
+    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ..., incidents: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., config_file: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ..., launch_watches: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SinkStatus(_message.Message):
     __slots__ = ("name", "type", "target", "sent", "retried", "dropped", "failed", "queued", "behind", "cursor", "last_error", "up")
