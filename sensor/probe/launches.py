@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
@@ -51,7 +52,9 @@ _U32 = struct.Struct("<I")
 class LaunchBudget:
     watched: int = WATCH_MAX  # processes watched at once (at most WATCH_MAX)
     duration_s: float = 600.0  # how long one process is watched
-    hits_per_s: int = 5000  # launches a second beyond which the watch ends (each hit costs a trap)
+    # launches a second beyond which the watch ends: each hit costs the process a trap, 1.4 to 22 us
+    # here (bench/launches.py), so at most 0.3% to 4.4% of a CPU; a higher rate is training-like
+    hits_per_s: int = 2000
 
 
 @dataclass
@@ -207,13 +210,21 @@ class LaunchWatcher:
         return launches, launches_ex, distinct, unrecorded
 
     def _release(self, pid: int, perf_fds: list[int]) -> None:
-        """Detach (closing a perf event removes its uprobe), then forget the process's counts."""
-        for fd in perf_fds:
-            os.close(fd)
+        """Forget the process's counts (its hits count no more, at once), then detach: closing a
+        uprobe's perf event removes it, but waits for the kernel's grace periods (about 0.2 s
+        here, bench/launches.py), so the closes run on a thread of their own and the probe's
+        timer never waits for them."""
         self.counts.delete(_U32.pack(pid))
         for key in list(self.funcs.keys()):
             if _FUNC_KEY.unpack(key)[0] == pid:
                 self.funcs.delete(key)
+        if perf_fds:
+            threading.Thread(target=_close_all, args=(perf_fds,), name="probe-detach", daemon=True).start()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _running(pid: int, start_ns: int) -> bool:

@@ -58,8 +58,8 @@ def corrupt(library: Path, edit: int, value: bytes) -> io.BytesIO:
 def dynsym_header(library: Path) -> int:
     """Where the .dynsym section's header is in the file."""
     data = library.read_bytes()
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shnum, = struct.unpack_from("<H", data, 0x3C)
+    shoff: int = struct.unpack_from("<Q", data, 0x28)[0]
+    shnum: int = struct.unpack_from("<H", data, 0x3C)[0]
     for i in range(shnum):
         if SHDR.unpack_from(data, shoff + i * SHDR.size)[1] == 11:
             return shoff + i * SHDR.size
