@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.errors import GpusentryError, UsageError
-from sensor.probe import features, launches, settled
+from sensor.probe import features, launches, settled, uprobes
 from sensor.probe.btf import BtfError, resolve_offsets
 
 
@@ -124,7 +124,17 @@ def kernel_features(config: ProbeConfig) -> dict[str, str]:
         "nvidia_uvm_major": str(uvm_major() or "not loaded"),
         "possible_cpus": str(possible_cpus()),
         "argv": f"{config.max_args} args x {config.arg_len} bytes",
+        "launch_watches": _launch_watches(),
     }
+
+
+def _launch_watches() -> str:
+    why = uprobes.available()
+    if why is not None:
+        return f"unavailable: {why}"
+    budget = launches.LaunchBudget()
+    return (f"libcuda uprobes on suspicious processes only: at most {budget.watched} at once, "
+            f"{budget.duration_s:g} s each, {budget.hits_per_s} launches/s")
 
 
 def source_text() -> str:
