@@ -23,7 +23,7 @@ from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.facts import GpuLaunches
 from sensor.aggregator.launches import pipe_sender
 from sensor.probe.elfsym import function_offsets
-from sensor.probe.launches import REQUEST, LaunchWatcher
+from sensor.probe.launches import FUNCS_MAX, REQUEST, LaunchWatcher
 from sensor.probe.probe import Probe
 from sensor.probe.program import ProbeConfig
 from sensor.rules.loader import load_rules
@@ -214,6 +214,32 @@ def test_another_process_calling_the_same_library_is_not_counted(watching: Watch
         assert kernel_entry(watching, other.pid) is None
     finally:
         other.close()
+
+
+def test_distinct_kernels_are_capped_per_process_and_the_rest_counted(watching: Watching, client: Client) -> None:
+    watching.ask(client.pid, client.start_ns)
+    watching.watch_state(client.pid, "watching")
+    client.launch(600, FUNCS_MAX + 44)  # round robin: 44 functions past the cap, launched twice each
+    counts = watching.counted(client.pid, 600)
+    assert (counts.launches, counts.distinct, counts.unrecorded) == (600, FUNCS_MAX, 88)
+
+
+def test_its_threads_are_counted_and_its_forked_children_are_not(watching: Watching, client: Client) -> None:
+    """A process's threads share its memory, where the breakpoint is: counted. A child forked after
+    the watch began is another process: the kernel takes the breakpoint out of its copy at its
+    first hit, and nothing is counted for it."""
+    watching.ask(client.pid, client.start_ns)
+    watching.watch_state(client.pid, "watching")
+    client.launch(100, 2)
+    assert client.say("thread 300 3") == "done 300"
+    assert client.say("fork 500 5") == "done 500"
+    client.launch(100, 2)
+    counts = watching.counted(client.pid, 500)
+    assert (counts.launches, counts.distinct) == (500, 3)
+    client.close()
+    watching.watch_state(client.pid, "ended")
+    last = [e for e in watching.frames(ev.LaunchCounts, client.pid) if isinstance(e, ev.LaunchCounts)][-1]
+    assert (last.launches, last.distinct) == (500, 3)
 
 
 def test_a_watch_ends_past_its_hit_budget_and_counts_no_more(watching: Watching, client: Client) -> None:

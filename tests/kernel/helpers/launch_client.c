@@ -5,6 +5,8 @@
  *                   of them through cuLaunchKernelEx, the rest through cuLaunchKernel
  *   time N          N cuLaunchKernel calls, timed: prints the nanoseconds they took
  *   open PATH       open PATH and keep it open (a GPU device, or a file named like one)
+ *   thread N K      launch N K from a thread of its own (joined before the answer)
+ *   fork N K        launch N K in a forked child (waited for before the answer)
  *
  * Usage: launch_client LIBRARY, or with LAUNCH_LIBRARY set in the environment, any arguments
  * (the tests run it as `ssh -R ...`, a tunnel by its command line). Prints "ready PID" once the
@@ -13,11 +15,13 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef int (*launch_fn)(void *f, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *,
@@ -48,6 +52,40 @@ static void launch_many(unsigned long n, unsigned long k, unsigned long ex)
 		else
 			launch(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
 	}
+	printf("done %lu\n", n);
+}
+
+struct job {
+	unsigned long n, k;
+};
+
+static void *launch_job(void *arg)
+{
+	struct job *job = arg;
+	for (unsigned long i = 0; i < job->n; i++)
+		launch(function_handle(i % job->k), 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
+	return NULL;
+}
+
+static void launch_in_thread(unsigned long n, unsigned long k)
+{
+	struct job job = {n, k};
+	pthread_t thread;
+	pthread_create(&thread, NULL, launch_job, &job);
+	pthread_join(thread, NULL);
+	printf("done %lu\n", n);
+}
+
+static void launch_in_child(unsigned long n, unsigned long k)
+{
+	struct job job = {n, k};
+	fflush(stdout);
+	pid_t child = fork();
+	if (child == 0) {
+		launch_job(&job);
+		_exit(0);
+	}
+	waitpid(child, NULL, 0);
 	printf("done %lu\n", n);
 }
 
@@ -87,6 +125,10 @@ int main(int argc, char **argv)
 	while (fgets(line, sizeof(line), stdin)) {
 		if (sscanf(line, "launch %lu %lu %lu", &n, &k, &ex) == 3 && k > 0)
 			launch_many(n, k, ex);
+		else if (sscanf(line, "thread %lu %lu", &n, &k) == 2 && k > 0)
+			launch_in_thread(n, k);
+		else if (sscanf(line, "fork %lu %lu", &n, &k) == 2 && k > 0)
+			launch_in_child(n, k);
 		else if (sscanf(line, "time %lu", &n) == 1)
 			time_launches(n);
 		else if (sscanf(line, "open %3999s", path) == 1)
