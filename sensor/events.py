@@ -360,6 +360,8 @@ LAUNCH_WATCH_REASONS = {
     "watched before": "refused: the process was watched already (a watch is never renewed)",
     "at capacity": "refused: as many processes as allowed are watched now",
     "attach failed": "refused: the kernel would not attach the uprobes",
+    "library on a stalling filesystem": "refused: its libcuda is on FUSE or a network filesystem, whose reads could "
+                                        "hang the probe",
     "exit": "ended: the process exited",
     "duration": "ended: the watch's time was up",
     "hit budget": "ended: more launches a second than the budget allows (each costs the process a trap)",

@@ -6,7 +6,8 @@ uses a GPU (it has a GPU session) and is already suspicious: in a tunnel's scope
 scope of a sequence rule whose first step matched (an open sequence). A process is asked for
 once; the probe says what became of it (LaunchWatch frames) and sends its counts each second
 (LaunchCounts), from which come `gpu_launches` facts: launches a second and distinct kernels,
-one per window (WINDOW_NS) in which it launched, and a last one when the watch ends.
+one per window (WINDOW_NS) in which it launched, and a last one when the watch ends (if it
+launched at all while watched).
 
 Requests go through `send` (pid, start time), the agent's pipe to the probe; offline (a capture
 analysed) there is none, and nothing is asked.
@@ -123,11 +124,12 @@ class LaunchEvidence:
         return session
 
     def _window(self, session: LaunchSession, ts: int, key: ProcKey, final: bool = False) -> list[Fact]:
-        """The window that ends at `ts`: its fact, when the process launched in it."""
+        """The window that ends at `ts`: its fact, when the process launched in it; the last one
+        (`final`) whenever it launched at all while watched, so that the end is told too."""
         launched = session.launches - session.window_launches
         elapsed = ts - session.window_ts
         session.window_ts, session.window_launches = ts, session.launches
-        if launched <= 0 or elapsed <= 0:
+        if elapsed <= 0 or launched < 0 or (launched == 0 and not (final and session.launches)):
             return []
         session.launches_per_s = launched * 1_000_000_000 // elapsed
         watch = session.why if final else "watching"

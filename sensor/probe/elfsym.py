@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterable
 from typing import BinaryIO
 
-MAX_TABLE = 64 * 1024 * 1024  # a symbol or string table larger than this is not a real libcuda's
+MAX_TABLE = 4 * 1024 * 1024  # a symbol or string table larger than this is not a real libcuda's (~100 KiB)
 MAX_HEADERS = 4096
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")

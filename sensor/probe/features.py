@@ -198,6 +198,17 @@ def check_ringbuf(machine: str | None = None) -> Check:
     return Check("ring buffer", True, "BPF_MAP_TYPE_RINGBUF available")
 
 
+def filesystem_type(fd: int) -> int:
+    """The filesystem magic number (statfs f_type) of an open file; 0 when unknown."""
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(120)  # struct statfs: f_type is its first field (a long)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fstatfs(fd, buffer) != 0:
+        return 0
+    return int.from_bytes(buffer.raw[:ctypes.sizeof(ctypes.c_long)], "little") & 0xFFFFFFFF
+
+
 def check_uprobes() -> Check:
     """Launch watches (libcuda's launch entry points, in suspicious processes only) need uprobes;
     without them the agent runs on, with no gpu_launches facts."""

@@ -32,6 +32,7 @@ from sensor import events as ev
 from sensor.probe import procfs, uprobes
 from sensor.probe.bpfsys import BpfMap
 from sensor.probe.elfsym import ElfError, function_offsets
+from sensor.probe.features import filesystem_type
 
 WATCH_MAX = 16  # processes watched at once: the kernel map's size (launch.bpf.c)
 FUNCS_MAX = 256  # distinct kernel functions recorded per process
@@ -43,6 +44,9 @@ REMEMBERED = 4096  # processes watched before, kept so that none is watched twic
 ENTRY_POINTS = {"cuLaunchKernel": "launch_kernel", "cuLaunchKernel_ptsz": "launch_kernel",
                 "cuLaunchKernelEx": "launch_kernel_ex", "cuLaunchKernelEx_ptsz": "launch_kernel_ex"}
 _LIBCUDA = re.compile(rb"libcuda\.so(\.[0-9]+)*")
+# Filesystems whose reads the process (FUSE) or a server (NFS, CIFS) can stall: reading the library,
+# or the kernel reading its first instruction to plant the breakpoint, could then hang the probe.
+STALLING_FILESYSTEMS = {0x65735546: "FUSE", 0x6969: "NFS", 0xFF534D42: "CIFS", 0xFE534D42: "SMB2"}
 _COUNT = struct.Struct("<QQII")  # struct launch_count
 _FUNC_KEY = struct.Struct("<IIQ")  # struct launch_func_key
 _U32 = struct.Struct("<I")
@@ -136,6 +140,8 @@ class LaunchWatcher:
         mapped, shown = library
         try:
             with open(mapped, "rb") as file:
+                if filesystem_type(file.fileno()) in STALLING_FILESYSTEMS:
+                    return "library on a stalling filesystem"
                 offsets = function_offsets(file, ENTRY_POINTS)
         except (OSError, ElfError):
             return "no entry points"

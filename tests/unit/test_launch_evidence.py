@@ -150,6 +150,17 @@ def test_counts_give_a_fact_per_window_and_a_last_one_at_the_end() -> None:
     assert launch_watches(aggregator.launches.stats) == {"asked": 1, "unsent": 0, "watching": 0, "ended: exit": 1}
 
 
+def test_the_end_is_told_even_after_a_quiet_last_window() -> None:
+    host = agent_tree()
+    host.spawn(101, 102, *REVERSE)
+    aggregator, since = watched(host, 102)
+    (window,) = launch_facts(aggregator, counts(host, 102, since, 400, 2, 5))
+    assert (window.launches, window.watch) == (400, "watching")
+    (last,) = launch_facts(aggregator, ev.LaunchWatch(host.tick(2), 102, 102, host.started[102], "ended", "exit"))
+    assert (last.launches, last.launches_per_s, last.total_launches, last.distinct_kernels, last.watch) == (
+        0, 0, 400, 2, "exit")
+
+
 def test_a_watch_with_no_launches_gives_no_fact() -> None:
     host = agent_tree()
     host.spawn(101, 102, *REVERSE)
