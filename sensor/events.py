@@ -332,6 +332,7 @@ class LaunchWatch(Event):
     state: str = ""  # watching, refused, ended
     reason: str = ""  # why refused or ended (LAUNCH_WATCH_REASONS); "" while watching
     library: str = ""  # the libcuda file watched, as the process maps it (a path it controls)
+    detail: str = ""  # what the kernel answered, when it would not attach
 
 
 @dataclass(slots=True)

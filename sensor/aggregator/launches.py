@@ -37,6 +37,7 @@ class LaunchSession:
     reason: str  # why it was asked for: "tunnel" or "sequence <rule id>"
     state: str = "requested"  # requested, watching, refused, ended
     why: str = ""  # why refused or ended
+    detail: str = ""  # what the kernel answered, when it would not attach
     library: str = ""
     since_ns: int = 0
     launches: int = 0  # both entry points, since the watch began
@@ -91,7 +92,7 @@ class LaunchEvidence:
     def on_watch(self, event: ev.LaunchWatch, process: Process) -> list[Fact]:
         session = self._session(process, event.start_ns)
         before = session.state
-        session.state, session.why = event.state, event.reason
+        session.state, session.why, session.detail = event.state, event.reason, event.detail
         session.library = event.library or session.library
         if event.state == "watching":
             session.since_ns = session.window_ts = event.ts

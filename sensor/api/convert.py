@@ -182,7 +182,8 @@ def gpu_summary(session: GpuSession | None, clock: Clock,
         first_compute=first, channels=[f"{o.klass:#x}" for o in session.ever(Role.CHANNEL)],
         cuda_boost=session.cuda_boost, failed_allocations=session.failed_count)
     if launches is not None:
-        summary.launch_watch, summary.launch_watch_why = launches.state, launches.why
+        summary.launch_watch = launches.state
+        summary.launch_watch_why = f"{launches.why}: {launches.detail}" if launches.detail else launches.why
         summary.launches, summary.launches_per_s = launches.launches, launches.launches_per_s
         summary.distinct_kernels = launches.distinct
     return summary

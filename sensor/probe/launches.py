@@ -93,6 +93,7 @@ class LaunchWatcher:
         self._watches: dict[int, _Watch] = {}
         self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._partial = b""
+        self.last_attach_error = ""  # the kernel's answer to the last attach that failed
 
     @property
     def watching(self) -> int:
@@ -122,7 +123,8 @@ class LaunchWatcher:
             reason = self._attach(pid, start_ns, library, now)
         if reason is not None:
             self.stats.refused[reason] += 1
-            return ev.LaunchWatch(now, pid, pid, start_ns, "refused", reason)
+            detail = self.last_attach_error if reason == "attach failed" else ""
+            return ev.LaunchWatch(now, pid, pid, start_ns, "refused", reason, detail=detail)
         return ev.LaunchWatch(now, pid, pid, start_ns, "watching", "", self._watches[pid].library)
 
     def _refusal(self, pid: int, start_ns: int) -> tuple[str | None, tuple[str, str] | None]:
@@ -152,8 +154,9 @@ class LaunchWatcher:
         try:
             for name, offset in sorted(offsets.items()):
                 fds.append(uprobes.attach(self.programs[ENTRY_POINTS[name]], mapped, offset, pid))
-        except uprobes.UprobeError:
+        except uprobes.UprobeError as exc:
             self._release(pid, fds)
+            self.last_attach_error = f"{name}: {exc.strerror}"
             return "attach failed"
         if not _running(pid, start_ns):  # the PID changed hands while we attached
             self._release(pid, fds)
@@ -185,9 +188,10 @@ class LaunchWatcher:
     def _ending(self, watch: _Watch, counts: tuple[int, int, int, int], now: int) -> str | None:
         if not _running(watch.pid, watch.start_ns):
             return "exit"
-        elapsed = now - watch.last_ts
+        # over a second at least: a short burst just after the watch began is no rate
+        elapsed = max(now - watch.last_ts, 1_000_000_000)
         hits = counts[0] + counts[1] - watch.last[0] - watch.last[1]
-        if elapsed > 0 and hits * 1_000_000_000 > self.budget.hits_per_s * elapsed:
+        if hits * 1_000_000_000 > self.budget.hits_per_s * elapsed:
             return "hit budget"
         if now - watch.since_ns >= self.budget.duration_s * 1_000_000_000:
             return "duration"

@@ -14,6 +14,7 @@ stream with an End frame: a stream cut without one means the probe died.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import select
@@ -99,6 +100,9 @@ class Probe:
         self._launch_budget = launch_budget or LaunchBudget()
         self.launches: LaunchWatcher | None = None
         self._unwatched = 0  # launch-watch requests not served: no uprobes here
+        # the timer thread waits on the request pipe; a stop wakes it through this one
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -140,7 +144,7 @@ class Probe:
         if self._stopped:
             return
         self._stopped = True
-        self._stop.set()
+        self._halt()
         for thread in self._threads:
             if thread.name != "probe-writer":
                 thread.join(timeout=5)
@@ -164,6 +168,11 @@ class Probe:
             _detach(self.bpf)
             self.bpf = None
         self.router.close()
+        if all(not thread.is_alive() for thread in self._threads):  # none still waits on them
+            for fd in (self._wake_read, self._wake_write, self._launch_requests):
+                if fd is not None:
+                    os.close(fd)
+            self._launch_requests = None
 
     def __enter__(self) -> Probe:
         self.start()
@@ -306,7 +315,8 @@ class Probe:
         if fd is None:
             self._stop.wait(wait)
             return
-        if not select.select([fd], [], [], min(wait, STATS_INTERVAL_S))[0]:
+        ready = select.select([fd, self._wake_read], [], [], min(wait, STATS_INTERVAL_S))[0]
+        if fd not in ready:
             return
         try:
             data = os.read(fd, 4096)
@@ -314,6 +324,7 @@ class Probe:
             return
         if not data:  # the aggregator closed its end: no more requests
             self._launch_requests = None
+            os.close(fd)
             return
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         if self.launches is None:
@@ -331,8 +342,14 @@ class Probe:
                 self._emit(frame, block=True)
         self._emit(self.stats(), block=True)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _halt(self) -> None:
+        """The threads' signal to stop; the timer, waiting on requests, wakes at once."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"\0")
+
+    def _fail(self, exc: BaseException) -> None:
+        self._halt()
         if self._on_error is not None:
             self._on_error(exc)
 

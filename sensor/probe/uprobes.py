@@ -10,6 +10,7 @@ process traps, whatever it maps. Closing the event's file descriptor detaches it
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import platform
@@ -49,17 +50,22 @@ def available() -> str | None:
 
 def attach(program_fd: int, path: str, offset: int, pid: int) -> int:
     """The perf event's descriptor: `program_fd` runs when process `pid` calls the function at
-    file offset `offset` of `path` (a path this process can open: /proc/PID/map_files/...)."""
+    file offset `offset` of `path` (a path this process can open: /proc/PID/map_files/...).
+    The breakpoint is planted when the event is made, the program set just after: calls in
+    between (microseconds) are not counted."""
     number = PERF_EVENT_OPEN.get(platform.machine())
     if number is None:
         raise UprobeError(0, available())
     encoded = ctypes.create_string_buffer(os.fsencode(path))
     attr = _PerfEventAttr(type=int(UPROBE_PMU.read_text()), size=ctypes.sizeof(_PerfEventAttr), config=0,
                           sample_period=1, wakeup_events=1, config1=ctypes.addressof(encoded), config2=offset)
-    fd = int(_libc.syscall(number, ctypes.byref(attr), pid, -1, -1, PERF_FLAG_FD_CLOEXEC))
+    while True:  # a signal to this thread (the agent's SIGCHLD) interrupts it: try again
+        fd = int(_libc.syscall(number, ctypes.byref(attr), pid, -1, -1, PERF_FLAG_FD_CLOEXEC))
+        if fd >= 0 or ctypes.get_errno() != errno.EINTR:
+            break
     if fd < 0:
-        errno = ctypes.get_errno()
-        raise UprobeError(errno, f"perf_event_open(uprobe) failed: {os.strerror(errno)}")
+        error = ctypes.get_errno()
+        raise UprobeError(error, f"perf_event_open(uprobe) failed: {os.strerror(error)}")
     try:
         fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, program_fd)
         fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)

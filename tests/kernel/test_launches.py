@@ -17,18 +17,22 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.facts import GpuLaunches
 from sensor.aggregator.launches import pipe_sender
+from sensor.api.client import sensor_stub
+from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.probe.elfsym import function_offsets
 from sensor.probe.launches import FUNCS_MAX, REQUEST, LaunchWatcher
 from sensor.probe.probe import Probe
 from sensor.probe.program import ProbeConfig
 from sensor.rules.loader import load_rules
 from tests.kernel.conftest import HELPERS, Collector
+from tests.kernel.test_agent import Agent
 from tests.waiting import wait_until
 
 LIBCUDA_SOURCE = HELPERS / "libcuda" / "fake_libcuda.c"
@@ -380,3 +384,38 @@ def _rule_file(tmp_path: Path) -> Path:
     path = tmp_path / "launches.yaml"
     path.write_text(RULE)
     return path
+
+
+def test_the_agent_asks_through_its_pipe_and_prints_the_launch_facts(agents: list[Agent], helpers: Path,
+                                                                      tmp_path: Path) -> None:
+    """`gpusentry run` as the README starts it: the aggregator, as gpusentry, asks on its pipe
+    (started through the privilege wrapper), the probe, narrowed to its capabilities, attaches,
+    GetProcess shows the watch on the process's GPU session, and the facts are printed."""
+    agent = Agent()
+    agents.append(agent)
+    library = build_fake_libcuda(tmp_path)
+    ssh = tmp_path / "ssh"
+    shutil.copy(helpers / "launch_client", ssh)
+    tunnel = Client(["ssh", "-R", "9000:localhost:22", "root@198.51.100.1"],
+                    env={**os.environ, "LAUNCH_LIBRARY": str(library)}, executable=str(ssh))
+    try:
+        (tmp_path / "nvidiactl").write_bytes(b"")
+        assert tunnel.say(f"open {tmp_path / 'nvidiactl'}").startswith("opened ")
+        with grpc.insecure_channel(f"unix:{agent.tmp / 'api.sock'}") as channel:
+            stub = sensor_stub(channel)
+
+            def watch_state() -> str:
+                return str(stub.GetProcess(pb.GetProcessRequest(pid=tunnel.pid)).gpu.launch_watch)
+            wait_until(lambda: watch_state() == "watching", 15, "the watch on the agent's GPU session")
+            assert entry_byte(tunnel.pid, library) == INT3
+            tunnel.launch(300, 3)
+    finally:
+        tunnel.close()
+
+    def last_fact() -> list[dict[str, object]]:
+        return [line["fact"]["gpu_launches"] for line in list(agent.lines) if line["type"] == "fact"
+                and line["fact"]["kind"] == "FACT_KIND_GPU_LAUNCHES" and line["fact"]["process"]["pid"] == tunnel.pid
+                and line["fact"]["gpu_launches"]["watch"] != "watching"]
+    fact = wait_until(last_fact, 15, "the agent's last gpu_launches fact")[0]
+    assert (fact["total_launches"], fact["distinct_kernels"], fact["watch"]) == ("300", 3, "exit")
+    assert agent.stop() == 0
