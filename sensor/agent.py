@@ -140,7 +140,8 @@ def _exit_text(returncode: int) -> str:
 
 
 def _start_probe(limits: ProbeConfig, sink: FrameWriter, watch: Watch, exclude: Sequence[int] = (),
-                 containers: ContainerConfig | None = None) -> tuple[Probe, threading.Event, list[BaseException]]:
+                 containers: ContainerConfig | None = None,
+                 launch_requests: int | None = None) -> tuple[Probe, threading.Event, list[BaseException]]:
     from sensor.probe.probe import Probe
 
     failed = threading.Event()
@@ -151,17 +152,19 @@ def _start_probe(limits: ProbeConfig, sink: FrameWriter, watch: Watch, exclude: 
         failed.set()
         watch.wake()
 
-    probe = Probe(limits, sink, exclude_pids=exclude, on_error=on_error, containers=containers)
+    probe = Probe(limits, sink, exclude_pids=exclude, on_error=on_error, containers=containers,
+                  launch_requests=launch_requests)
     probe.start()
     return probe, failed, errors
 
 
 def _start_probe_or_end(limits: ProbeConfig, sink: FrameWriter, watch: Watch, exclude: Sequence[int],
-                        containers: ContainerConfig) -> tuple[Probe, threading.Event, list[BaseException]]:
+                        containers: ContainerConfig,
+                        launch_requests: int | None = None) -> tuple[Probe, threading.Event, list[BaseException]]:
     """The probe, started; if it cannot start, the stream still ends with End, saying why,
     so the aggregator ends its run cleanly instead of recording a dead probe."""
     try:
-        return _start_probe(limits, sink, watch, exclude, containers)
+        return _start_probe(limits, sink, watch, exclude, containers, launch_requests)
     except Exception as exc:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         with contextlib.suppress(OSError):
@@ -248,8 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prepare_directories(args, run_as)  # before the journal is opened: a directory it made would be root's
     _apart(lambda: _check_journal(args))
     _own_journal(args, run_as)
-    child = subprocess.Popen(run_as.command(_aggregate_command(args, view), group=args.socket_group),
-                             stdin=subprocess.PIPE, start_new_session=True)
+    child, requests = _start_aggregator(args, view, run_as)
     assert child.stdin is not None
     stream = _last_to_close(child.stdin)
     stop = Stop("the agent did not start")
@@ -257,7 +259,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         meta = StreamMeta(config=limits.to_dict(), features=program.kernel_features(limits))
         writer = FrameWriter(stream, meta)
         watch = Watch()
-        probe, failed, errors = _start_probe_or_end(limits, writer, watch, [child.pid], _container_config(args))
+        probe, failed, errors = _start_probe_or_end(limits, writer, watch, [child.pid], _container_config(args),
+                                                    launch_requests=requests)
         viewer = _start_view(args, probe, run_as) if view else None
         kept = _narrow_probe(privileges.AGENT_PROBE_CAPS)
         who = run_as.user or "root"
@@ -276,6 +279,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if stop.error is not None:
         raise stop.error
     return 0
+
+
+def _start_aggregator(args: argparse.Namespace, view: bool, run_as: RunAs) -> tuple[subprocess.Popen[bytes], int]:
+    """The aggregator, reading frames on its stdin; and the read end of the pipe on which it asks
+    the probe for launch watches (sensor/aggregator/launches.py), which only the probe reads."""
+    requests, asking = os.pipe()
+    command = [*_aggregate_command(args, view), "--launch-requests", str(asking)]
+    child = subprocess.Popen(run_as.command(command, group=args.socket_group),
+                             stdin=subprocess.PIPE, start_new_session=True, pass_fds=(asking,))
+    os.close(asking)
+    return child, requests
 
 
 def _apart(check: Callable[[], T]) -> T:

@@ -215,6 +215,8 @@ def _agent_commands(sub: Any) -> None:
     _detection_flags(analyze)
 
     aggregate = sub.add_parser("aggregate")  # HIDDEN: no help, so not listed
+    # the pipe on which it asks the probe for launch watches (sensor/aggregator/launches.py): run sets it
+    aggregate.add_argument("--launch-requests", type=int, default=None, help=argparse.SUPPRESS)
     _config_flag(aggregate)
     _output_flags(aggregate)
     _detection_flags(aggregate)

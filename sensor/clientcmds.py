@@ -273,6 +273,9 @@ def status_table(status: pb.Status) -> list[str]:
     drops = sorted(status.drops, key=lambda d: HOPS.index(d.hop) if d.hop in HOPS else len(HOPS))
     lines += ["", *table(["HOP", "DROPPED", "COUNT"], ([d.hop, d.what, str(d.count)] for d in drops))]
     lines += ["", *_rule_table(status.rules)]
+    if any(status.launch_watches.values()):  # launches counted in suspicious processes (docs/rules.md)
+        watches = sorted(status.launch_watches.items())
+        lines += ["", *table(["LAUNCH WATCHES", "COUNT"], ([k, str(v)] for k, v in watches))]
     if status.sinks:
         lines += ["", *table(["SINK", "TYPE", "TARGET", "UP", "SENT", "RETRIED", "DROPPED", "FAILED", "QUEUED",
                               "BEHIND", "LAST ERROR"],

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from sensor import events as ev
 from sensor.aggregator.aggregator import Aggregator
 from sensor.aggregator.detector import DetectorConfig
+from sensor.aggregator.launches import pipe_sender
 from sensor.api import convert
 from sensor.api.convert import SEVERITY
 from sensor.api.publish import Publisher
@@ -199,7 +200,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         reader = FrameReader(sys.stdin.buffer, "probe stream")
     except EmptyStream:
         return 0  # the probe failed to start and has said why
-    aggregator = Aggregator(rules=ruleset, config=config)
+    requests = getattr(args, "launch_requests", None)
+    aggregator = Aggregator(rules=ruleset, config=config,
+                            launch_requests=pipe_sender(requests) if requests is not None else None)
     book = IncidentBook(window_s=args.incident_window, host=stream_host(reader.meta))
     sinks = sinks_of(args, journal, stream_host(reader.meta))
     state = ApiState(aggregator, journal, Handover(max_subscribers=args.max_subscribers), reader.meta,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -37,6 +38,8 @@ class Kind(IntEnum):
     END = 35  # the probe's last frame: it stopped on purpose (a stream without it was cut)
     CONTAINER = 36  # what the probe learnt about a container (sensor/containers/resolve.py)
     SOCK_BYTES = 40  # per-socket byte counts from the kernel, read on a timer
+    LAUNCH_WATCH = 41  # a launch watch on a process began, was refused, or ended (sensor/probe/launches.py)
+    LAUNCH_COUNTS = 42  # a watched process's libcuda launch counts, read on a timer
 
 
 # /proc gives start times in clock ticks (USER_HZ: 100 on every mainstream architecture), BPF
@@ -243,6 +246,8 @@ VERDICTS_MISSED = {
     "container_unread": "execs whose cgroup could not be read (process gone): they keep the container they were in",
     "pod_gpus_unread": "Kubernetes containers whose GPUs the kubelet's pod-resources API did not give (it failed)",
     "ssh_config_unread": "execs of ssh whose configuration files could not be read (process gone): argv only",
+    "launch_unwatched": "launch-watch requests not served: this kernel cannot attach uprobes (see doctor)",
+    "launch_request_invalid": "launch-watch requests the probe could not read (not a pid and start time)",
 }
 
 
@@ -377,13 +382,61 @@ class SockBytes(Event):
     closed_lost: int = 0  # closed sockets whose final counts were lost: the probe read too late (total)
 
 
+@dataclass(slots=True)
+class LaunchWatch(Event):
+    """What became of a request to count a process's kernel launches (sensor/probe/launches.py).
+    Made by the probe; tgid is the process watched."""
+
+    KIND = Kind.LAUNCH_WATCH
+    start_ns: int = 0
+    state: str = ""  # watching, refused, ended
+    reason: str = ""  # why refused or ended (LAUNCH_WATCH_REASONS); "" while watching
+    library: str = ""  # the libcuda file watched, as the process maps it (a path it controls)
+    detail: str = ""  # what the kernel answered, when it would not attach
+
+
+@dataclass(slots=True)
+class LaunchCounts(Event):
+    """A watched process's launch counts since its watch began (totals), from the kernel's map.
+    Made by the probe; tgid is the process watched."""
+
+    KIND = Kind.LAUNCH_COUNTS
+    start_ns: int = 0
+    launches: int = 0  # cuLaunchKernel calls
+    launches_ex: int = 0  # cuLaunchKernelEx calls
+    distinct: int = 0  # distinct kernel functions launched (up to the probe's cap)
+    unrecorded: int = 0  # launches of functions past that cap
+    since_ns: int = 0  # when the watch began (boot clock)
+
+
+# A request for a launch watch, from the aggregator to the probe on a pipe of their own: a process
+# by pid and start time (ns since boot), nothing else (sensor/probe/launches.py checks it).
+LAUNCH_REQUEST = struct.Struct("<QQ")
+
+# Why a launch watch was refused or ended, for status and output.
+LAUNCH_WATCH_REASONS = {
+    "not running": "refused: no process with that PID and start time",
+    "no libcuda": "refused: the process maps no libcuda",
+    "no entry points": "refused: its libcuda exports no launch entry point we could read",
+    "watched before": "refused: the process was watched already (a watch is never renewed)",
+    "at capacity": "refused: as many processes as allowed are watched now",
+    "attach failed": "refused: the kernel would not attach the uprobes",
+    "library on a stalling filesystem": "refused: its libcuda is on FUSE or a network filesystem, whose reads could "
+                                        "hang the probe",
+    "exit": "ended: the process exited",
+    "duration": "ended: the watch's time was up",
+    "hit budget": "ended: more launches a second than the budget allows (each costs the process a trap)",
+    "stopped": "ended: the probe stopped",
+}
+
+
 # Made by the probe in user space, not by a monitored process: their tgid is the probe's.
 PROBE_MADE: tuple[type[Event], ...] = (Proc, Stats, GpuCounters, End, Container, SockBytes)
 
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
     for cls in (Exec, Fork, Exit, Connect, TcpEstablished, Accept, Proc, Stats, GpuOpen, GpuIoctl, GpuCounters, End,
-                Container, SockBytes)
+                Container, SockBytes, LaunchWatch, LaunchCounts)
 }
 
 _FIELDS: dict[type[Event], tuple[str, ...]] = {

@@ -46,7 +46,9 @@ PROBE_CAPS: dict[int, str] = {
                     "capabilities): binary identity and the routing table of a process's network namespace",
     CAP_DAC_READ_SEARCH: "read an executable the file mode hides (an execute-only copy of ssh) to identify it "
                          "by content",
-    CAP_SYS_ADMIN: "setns into a process's network namespace to ask its routing table where a connection goes",
+    CAP_SYS_ADMIN: "setns into a process's network namespace to ask its routing table where a connection goes; "
+                   "open a watched process's libcuda through /proc/PID/map_files and attach its launch uprobes "
+                   "(perf_event_open of the uprobe PMU)",
 }
 # The agent's probe also signals its unprivileged processes: SIGHUP (reload) to the
 # aggregator, SIGTERM to the live view. `record` has no such processes.

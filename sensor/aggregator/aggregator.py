@@ -17,6 +17,7 @@ from sensor.aggregator.containers import ContainerTable
 from sensor.aggregator.detector import FACT_EVENTS, Detector, DetectorConfig
 from sensor.aggregator.facts import Fact
 from sensor.aggregator.gpu import GpuTracker
+from sensor.aggregator.launches import LaunchEvidence, Send
 from sensor.aggregator.process_table import Process, ProcessTable, ProcKey
 from sensor.rules.alert import Alert
 from sensor.rules.model import RuleSet
@@ -24,7 +25,7 @@ from sensor.rules.model import RuleSet
 REAP_EVERY_NS = 1_000_000_000
 PROFILE_TICK_NS = 1_000_000_000  # how often GPU sessions are checked for a due profile
 # The events facts come of: the detector's and the GPU tracker's.
-CONCLUDING: tuple[type[ev.Event], ...] = (*FACT_EVENTS, ev.GpuIoctl, ev.GpuOpen)
+CONCLUDING: tuple[type[ev.Event], ...] = (*FACT_EVENTS, ev.GpuIoctl, ev.GpuOpen, ev.LaunchWatch, ev.LaunchCounts)
 
 
 @dataclass(slots=True)
@@ -53,13 +54,16 @@ class Counters:
 
 class Aggregator:
     def __init__(self, table: ProcessTable | None = None, rules: RuleSet | None = None,
-                 config: DetectorConfig | None = None) -> None:
-        """Without rules there is no detection: only state (the process table, GPU sessions)."""
+                 config: DetectorConfig | None = None, launch_requests: Send | None = None) -> None:
+        """Without rules there is no detection: only state (the process table, GPU sessions).
+        `launch_requests` asks the probe to watch a process's kernel launches (live only)."""
         self.table = table if table is not None else ProcessTable()
         self.containers = ContainerTable()
         self.detector = Detector(self.table, rules, config, self.containers) if rules is not None else None
         self.gpu = GpuTracker()
         self.table.on_remove.append(self.gpu.forget)
+        self.launches = LaunchEvidence(launch_requests)
+        self.table.on_remove.append(self.launches.forget)
         self.counters = Counters()
         self.now_ns = 0
         self._last_reap = 0
@@ -73,6 +77,8 @@ class Aggregator:
             ev.GpuCounters: self._on_gpu_counters,  # type: ignore[dict-item]
             ev.Container: self._on_container,  # type: ignore[dict-item]
             ev.SockBytes: self._on_sock_bytes,  # type: ignore[dict-item]
+            ev.LaunchWatch: self._on_launch_frame,  # type: ignore[dict-item]
+            ev.LaunchCounts: self._on_launch_frame,  # type: ignore[dict-item]
         }
         self._waiting_for_parent: dict[int, list[Process]] = {}  # snapshot: ppid -> children
         self._concluding: dict[type[ev.Event], bool] = {}  # event type -> _concludes
@@ -102,6 +108,7 @@ class Aggregator:
             self.table.reap(self.now_ns)
             if self.detector is not None:
                 self.detector.expire(self.now_ns)
+                self._consider_launch_watches()
         return Observation(event, process, facts, alerts)
 
     def _profiles(self, facts: list[Fact], alerts: list[Alert]) -> None:
@@ -127,8 +134,14 @@ class Aggregator:
         facts: list[Fact] = []
         if isinstance(event, ev.GpuIoctl):
             facts += self.gpu.on_ioctl(event, process)
+            self._consider_launch_watch(process)
         elif isinstance(event, ev.GpuOpen):
             facts += self.gpu.on_open(event, process)
+            self._consider_launch_watch(process)
+        elif isinstance(event, ev.LaunchWatch):
+            return self.launches.on_watch(event, process)
+        elif isinstance(event, ev.LaunchCounts):
+            return self.launches.on_counts(event, process)
         if self.detector is not None:
             facts += self.detector.facts_of(event, process)
         return facts
@@ -200,6 +213,25 @@ class Aggregator:
 
     def _on_container(self, event: ev.Container) -> None:
         self.containers.on_frame(event)
+
+    def _on_launch_frame(self, event: ev.LaunchWatch | ev.LaunchCounts) -> Process | None:
+        return self.table.lookup(event.tgid, event.start_ns)
+
+    # -- launch watches -------------------------------------------------------------------
+
+    def _consider_launch_watch(self, process: Process) -> None:
+        """A process that uses a GPU: worth a launch watch if it is suspicious (launches.py)."""
+        if self.detector is not None and self.launches.send is not None and process.key not in self.launches.sessions:
+            self.launches.consider(process, self.detector.suspicion(process))
+
+    def _consider_launch_watches(self) -> None:
+        """Every second: GPU processes that became suspicious after they took their GPU."""
+        if self.launches.send is None:
+            return
+        for session in self.gpu:
+            process = self.table.get(session.process)
+            if process is not None:
+                self._consider_launch_watch(process)
 
     def _on_activity(self, event: ev.Event) -> Process | None:
         proc = self.table.by_pid(event.tgid)

@@ -35,6 +35,7 @@ LINEAGE_CACHE = 16384
 UNSET = 0xFFFFFFFF
 # The events facts_of reads (the aggregator passes it no other: they give no facts).
 FACT_EVENTS: tuple[type[ev.Event], ...] = (ev.Exec, ev.Connect, ev.TcpEstablished, ev.Accept, ev.GpuOpen)
+GPU_FACTS = frozenset({f.GpuOpenFact.KIND, f.GpuCompute.KIND, f.GpuLaunches.KIND})
 
 
 @dataclass
@@ -183,6 +184,16 @@ class Detector:
     def expire(self, now_ns: int) -> None:
         self.engine.expire(now_ns)
         self.taint.expire(now_ns)
+
+    def suspicion(self, process: Process) -> str | None:
+        """Why this process is already suspicious (worth a launch watch), or None: it is in a
+        tunnel's scope, or in the scope of a sequence whose first step matched. Using a GPU is not
+        suspicious in itself: a sequence opened by GPU facts alone (gpu-compute-then-miner-egress
+        after any CUDA process's compute) does not count."""
+        if process.tunnel_scopes:
+            return "tunnel"
+        rule_id = self.engine.open_sequence(process, ignoring=GPU_FACTS)
+        return f"sequence {rule_id}" if rule_id is not None else None
 
     # -- what the rule engine asks about processes ------------------------------------------
 

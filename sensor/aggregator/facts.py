@@ -183,10 +183,28 @@ def _gib(size: int) -> str:
     return f"{size / (1 << 30):.2f} GiB"
 
 
+@dataclass(slots=True, frozen=True)
+class GpuLaunches(Fact):
+    """Kernel launches of a watched process, counted in libcuda's launch entry points over one
+    window (sensor/aggregator/launches.py). Only processes already suspicious are watched."""
+
+    KIND = "gpu_launches"
+    launches_per_s: int  # over the window
+    distinct_kernels: int  # distinct kernel functions launched since the watch began (capped: 256)
+    window_s: int
+    launches: int  # in the window
+    total_launches: int  # since the watch began
+    watch: str  # "watching", or why the watch ended: exit, duration, hit budget, stopped
+
+    def summary(self) -> str:
+        ended = "" if self.watch == "watching" else f"; watch ended: {self.watch}"
+        return f"{self.launches_per_s} kernel launches/s, {self.distinct_kernels} distinct kernels{ended}"
+
+
 FACT_KINDS: dict[str, type[Fact]] = {
     cls.KIND: cls
     for cls in (ExecFact, ConnectFact, EgressFact, TunnelFact, MinerFact, InternalScanFact, GpuOpenFact, GpuCompute,
-                GpuProfile)
+                GpuProfile, GpuLaunches)
 }
 
 

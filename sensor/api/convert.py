@@ -21,6 +21,7 @@ from sensor.aggregator.aggregator import Observation
 from sensor.aggregator.containers import ContainerTable
 from sensor.aggregator.detector import container_detail
 from sensor.aggregator.gpu import GpuSession, GpuTracker
+from sensor.aggregator.launches import LaunchSession
 from sensor.aggregator.process_table import Process, ProcessTable
 from sensor.api.v1 import gpusentry_pb2 as pb
 from sensor.classify.egress import by_range
@@ -39,6 +40,7 @@ FACT_DETAIL: dict[str, tuple[pb.FactKind, str]] = {
     "miner": (pb.FACT_KIND_MINER, "miner"), "internal_scan": (pb.FACT_KIND_INTERNAL_SCAN, "internal_scan"),
     "gpu_open": (pb.FACT_KIND_GPU_OPEN, "gpu_open"), "gpu_compute": (pb.FACT_KIND_GPU_COMPUTE, "gpu_compute"),
     "gpu_profile": (pb.FACT_KIND_GPU_PROFILE, "gpu_profile"),
+    "gpu_launches": (pb.FACT_KIND_GPU_LAUNCHES, "gpu_launches"),
 }
 # Fact fields whose name in the proto differs (`class` is a Python keyword, hence `klass`).
 FACT_FIELD_RENAMED = {"klass": "class_id"}
@@ -172,14 +174,21 @@ def activity(session: GpuSession) -> pb.GpuActivity:
                           suppressed=sum(c.suppressed for c in session.counts.values()))
 
 
-def gpu_summary(session: GpuSession | None, clock: Clock) -> pb.GpuSessionSummary | None:
+def gpu_summary(session: GpuSession | None, clock: Clock,
+                launches: LaunchSession | None = None) -> pb.GpuSessionSummary | None:
     if session is None:
         return None
     first = clock.timestamp(session.first_compute_ts) if session.first_compute_ts else None
-    return pb.GpuSessionSummary(
+    summary = pb.GpuSessionSummary(
         devices=sorted({device_name(kind, minor) for kind, minor in session.devices}), compute=session.has_compute,
         first_compute=first, channels=[f"{o.klass:#x}" for o in session.ever(Role.CHANNEL)],
         cuda_boost=session.cuda_boost, failed_allocations=session.failed_count)
+    if launches is not None:
+        summary.launch_watch = launches.state
+        summary.launch_watch_why = f"{launches.why}: {launches.detail}" if launches.detail else launches.why
+        summary.launches, summary.launches_per_s = launches.launches, launches.launches_per_s
+        summary.distinct_kernels = launches.distinct
+    return summary
 
 
 def facts(obs: Observation, clock: Clock) -> list[pb.Fact]:

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message_factory import GetMessageClass
 
 from sensor import events as ev
+from sensor.aggregator.launches import LaunchStats
 from sensor.aggregator.process_table import Process
 from sensor.api import convert
 from sensor.api.filters import (
@@ -107,7 +108,7 @@ class SensorService(pb_grpc.SensorServicer):
             process=convert.process(proc, clock, containers),
             ancestors=[convert.process(p, clock, containers) for p in table.ancestors(proc.key)],
             children=[convert.process(c, clock, containers) for c in children],
-            gpu=convert.gpu_summary(session, clock))
+            gpu=convert.gpu_summary(session, clock, self.state.aggregator.launches.sessions.get(proc.key)))
 
     # -- GetStatus ------------------------------------------------------------------------
 
@@ -171,6 +172,8 @@ def status_of(state: ApiState) -> pb.Status:
                                 count=aggregator.table.stats.evicted))
     drops.append(pb.DropCounter(hop="aggregator", what="containers forgotten at the table's cap",
                                 count=aggregator.containers.evicted))
+    drops.append(pb.DropCounter(hop="aggregator", what="launch-watch requests the probe's pipe did not take",
+                                count=aggregator.launches.stats.unsent))
     sessions = list(aggregator.gpu)
     drops.append(pb.DropCounter(hop="aggregator", what="GPU objects not kept (per-process cap)",
                                 count=sum(s.objects_dropped for s in sessions)))
@@ -204,5 +207,12 @@ def status_of(state: ApiState) -> pb.Status:
         started=started, uptime_s=(time.time_ns() - state.started_ns) / 1e9, kernel=state.meta.kernel,
         kernel_features={k: str(v) for k, v in features.items()}, events_by_kind=dict(counters.events),
         drops=drops, rules=rules, subscribers=broker.stats.subscribers, host=this_host(),
-        config_file=state.config_file, sinks=state.sinks.statuses() if state.sinks is not None else [])
+        config_file=state.config_file, sinks=state.sinks.statuses() if state.sinks is not None else [],
+        launch_watches=launch_watches(aggregator.launches.stats))
+
+
+def launch_watches(stats: LaunchStats) -> dict[str, int]:
+    return {"asked": stats.asked, "unsent": stats.unsent, "watching": stats.watching,
+            **{f"refused: {k}": v for k, v in stats.refused.items()},
+            **{f"ended: {k}": v for k, v in stats.ended.items()}}
 

@@ -263,4 +263,18 @@ struct sock_gen_key {
 	u64 sk_gen;
 };
 
+/* Kernel launches of one watched process, counted by the libcuda uprobes (launch.bpf.c). */
+struct launch_count {
+	u64 launches;    /* cuLaunchKernel (and _ptsz) calls */
+	u64 launches_ex; /* cuLaunchKernelEx (and _ptsz) calls */
+	u32 distinct;    /* distinct kernel functions recorded (at most LAUNCH_FUNCS_MAX) */
+	u32 unrecorded;  /* launches of a function not recorded: the process's cap was reached */
+};
+
+struct launch_func_key {
+	u32 tgid;
+	u32 _pad;
+	u64 func; /* the CUfunction, a user-space handle; never leaves the kernel */
+};
+
 #endif /* GPUSENTRY_EVENTS_H */

@@ -273,6 +273,30 @@ def check_ringbuf(machine: str | None = None) -> Check:
     return Check("ring buffer", True, "BPF_MAP_TYPE_RINGBUF available")
 
 
+def filesystem_type(fd: int) -> int:
+    """The filesystem magic number (statfs f_type) of an open file; 0 when unknown."""
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(120)  # struct statfs: f_type is its first field (a long)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fstatfs(fd, buffer) != 0:
+        return 0
+    return int.from_bytes(buffer.raw[:ctypes.sizeof(ctypes.c_long)], "little") & 0xFFFFFFFF
+
+
+def check_uprobes() -> Check:
+    """Launch watches (libcuda's launch entry points, in suspicious processes only) need uprobes;
+    without them the agent runs on, with no gpu_launches facts."""
+    from sensor.probe.uprobes import available
+
+    why = available()
+    if why is None:
+        return Check("uprobes", True, "uprobe perf events: launch watches can attach (suspicious processes only)")
+    return Check("uprobes", False, f"{why}: no launch watch, no gpu_launches facts",
+                 "a kernel with CONFIG_UPROBE_EVENTS (launch evidence only; detection runs without it)",
+                 required=False)
+
+
 def run_checks(mount: bool = False) -> list[Check]:
     return [
         check_privileges(),
@@ -284,4 +308,5 @@ def run_checks(mount: bool = False) -> list[Check]:
         check_ringbuf(),
         check_headers(),
         check_bcc(),
+        check_uprobes(),
     ]

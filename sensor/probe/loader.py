@@ -29,7 +29,10 @@ from sensor.probe.bpfsys import BpfMap
 # The maps the long-lived probe reads or writes; the programs' other maps live on with them.
 PROBE_MAPS = ("events", "decisive", "self_tgids", "ringbuf_drops", "gpu_counts", "gpu_count_overflow",
               "known_exes", "known_scopes", "gpu_mem", "gpu_mem_overflow", "sock_bytes", "sock_bytes_closed",
-              "sock_bytes_overflow")
+              "sock_bytes_overflow", "launch_counts", "launch_funcs")
+# Programs loaded but not attached: the probe attaches them itself, to chosen processes only
+# (the libcuda launch uprobes, sensor/probe/launches.py).
+PROBE_PROGRAMS = ("launch_kernel", "launch_kernel_ex")
 _PERCPU_TYPES = {5, 6, 10}  # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
 _MESSAGE_MAX = 64 * 1024
 _FDS_MAX = 250  # SCM_RIGHTS takes at most 253 descriptors per message
@@ -37,14 +40,19 @@ _FDS_MAX = 250  # SCM_RIGHTS takes at most 253 descriptors per message
 
 @dataclass
 class Loaded:
-    """What the child handed over: maps by name, and the attachments to keep open."""
+    """What the child handed over: maps by name, the attachments to keep open, and the programs
+    the probe attaches itself, by name."""
 
     maps: dict[str, BpfMap]
     links: list[int] = field(default_factory=list)
+    programs: dict[str, int] = field(default_factory=dict)
 
     def close_maps(self) -> None:
         for bpf_map in self.maps.values():
             bpf_map.close()
+        for name, fd in list(self.programs.items()):
+            os.close(fd)
+            del self.programs[name]
 
 
 def load_in_child(config: program.ProbeConfig) -> Loaded:
@@ -74,7 +82,8 @@ def _received(answer: dict[str, Any], fds: list[int]) -> Loaded:
         raise program.LoadError(answer["error"], answer.get("fix") or "run `gpusentry doctor`")
     maps = {name: BpfMap(name, fds[m["fd"]], m["key_size"], m["value_size"], m["max_entries"], m["cpus"])
             for name, m in answer["maps"].items()}
-    return Loaded(maps, [fds[i] for i in answer["links"]])
+    programs = {name: fds[i] for name, i in answer.get("programs", {}).items()}
+    return Loaded(maps, [fds[i] for i in answer["links"]], programs)
 
 
 # -- the child -------------------------------------------------------------------------------
@@ -95,20 +104,26 @@ def _describe(bpf: Any) -> tuple[dict[str, Any], list[int]]:
                       "cpus": program.possible_cpus() if table.ttype in _PERCPU_TYPES else 0}
         fds.append(table.map_fd)
     links = list(bpf.tracepoint_fds.values()) + list(bpf.raw_tracepoint_fds.values())
-    answer = {"maps": maps, "links": list(range(len(fds), len(fds) + len(links)))}
-    return answer, fds + links
+    answer: dict[str, Any] = {"maps": maps, "links": list(range(len(fds), len(fds) + len(links)))}
+    fds += links
+    programs = {}
+    for name in PROBE_PROGRAMS:
+        programs[name] = len(fds)
+        fds.append(bpf.load_func(name.encode(), bpf.KPROBE).fd)  # a uprobe program is of the kprobe type
+    answer["programs"] = programs
+    return answer, fds
 
 
 def _child(sock: socket.socket, config: program.ProbeConfig) -> int:
     try:
         bpf = program.load(config)
+        answer, fds = _describe(bpf)  # loads the probe's own programs: a verifier failure is said here too
     except GpusentryError as exc:
         sock.send(json.dumps({"error": exc.problem, "fix": exc.fix}).encode())
         return 1
     except Exception as exc:  # anything else: still one answer, not a hung probe
         sock.send(json.dumps({"error": f"the BPF loader failed: {type(exc).__name__}: {exc}"}).encode())
         return 1
-    answer, fds = _describe(bpf)
     socket.send_fds(sock, [json.dumps(answer).encode()], fds)
     return 0
 

@@ -5,7 +5,8 @@ their file descriptors. Three threads: the ring-buffer reader (drains both rings
 every FLUSH_S, or at once when an exec wakes it; decodes each record at once, since its room
 goes back to the kernel after the read; makes the verdicts that need this host: what an
 exec'd binary is, where a connection goes; encodes the frames), the writer (writes each
-drain's frames to the sink), and the stats timer (kernel drop counters every second). The queue between reader
+drain's frames to the sink), and the stats timer (kernel drop counters every second; launch watches: requests from the
+aggregator served as they come, counts read every second, sensor/probe/launches.py). The queue between reader
 and writer is bounded; when it is full the event is dropped and counted, never silently
 lost, and the counts travel downstream in every Stats frame. A stop on purpose ends the
 stream with an End frame: a stream cut without one means the probe died.
@@ -13,6 +14,7 @@ stream with an End frame: a stream cut without one means the probe died.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import select
@@ -26,9 +28,10 @@ from typing import Protocol
 from sensor import events as ev
 from sensor.containers.model import Container
 from sensor.containers.resolve import ContainerConfig, ContainerResolver
-from sensor.probe import procfs, program, records
+from sensor.probe import procfs, program, records, uprobes
 from sensor.probe.identity import WAKING_TOOLS, BinaryIdentity
 from sensor.probe.lanes import LAST, Lanes
+from sensor.probe.launches import REQUEST, LaunchBudget, LaunchWatcher
 from sensor.probe.loader import Loaded, load_in_child
 from sensor.probe.ringbuf import RingReader
 from sensor.probe.routes import Router
@@ -69,7 +72,11 @@ class Probe:
         exclude_pids: Iterable[int] = (),
         on_error: Callable[[BaseException], None] | None = None,
         containers: ContainerConfig | None = None,
+        launch_requests: int | None = None,
+        launch_budget: LaunchBudget | None = None,
     ) -> None:
+        """`launch_requests`: the read end of the aggregator's pipe of launch-watch requests
+        (sensor/probe/launches.py); None: no launch is ever watched."""
         self.config = config
         self._sink = sink
         # the agent's other processes (the aggregator) are its own with all they start; this
@@ -101,6 +108,13 @@ class Probe:
         self.router = Router()
         self.containers = ContainerResolver(containers)
         self.ssh_configs = SshConfigReader()
+        self._launch_requests = launch_requests
+        self._launch_budget = launch_budget or LaunchBudget()
+        self.launches: LaunchWatcher | None = None
+        self._unwatched = 0  # launch-watch requests not served: no uprobes here
+        # the timer thread waits on the request pipe; a stop wakes it through this one
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -116,6 +130,11 @@ class Probe:
         self.identity.settled = self.containers.settled = self.router.settled = known
         self.router.prepare(self.router.own, os.getpid())
         self._emit_snapshot()
+        if self._launch_requests is not None:
+            os.set_blocking(self._launch_requests, False)
+            if uprobes.available() is None:
+                self.launches = LaunchWatcher(self.bpf.programs, maps["launch_counts"], maps["launch_funcs"],
+                                              self._launch_budget)
         for target, name in ((self._read_loop, "ringbuf"), (self._write_loop, "writer"),
                              (self._stats_loop, "stats")):
             thread = threading.Thread(target=target, name=f"probe-{name}", daemon=True)
@@ -137,13 +156,15 @@ class Probe:
         if self._stopped:
             return
         self._stopped = True
-        self._stop.set()
+        self._halt()
         for thread in self._threads:
             if thread.name != "probe-writer":
                 thread.join(timeout=5)
         if self.bpf is not None:
             self._emit_counters()  # the final counts
             now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            for frame in self.launches.stop(now) if self.launches is not None else ():
+                self._emit(frame, block=True)
             self._emit(ev.End(now, os.getpid(), os.getpid(), reason), block=True)
         self._queue.put((LAST, None), decisive=True, timeout=1.0)  # a dead writer takes nothing more
         for thread in self._threads:
@@ -159,6 +180,11 @@ class Probe:
             _detach(self.bpf)
             self.bpf = None
         self.router.close()
+        if all(not thread.is_alive() for thread in self._threads):  # none still waits on them
+            for fd in (self._wake_read, self._wake_write, self._launch_requests):
+                if fd is not None:
+                    os.close(fd)
+            self._launch_requests = None
 
     def __enter__(self) -> Probe:
         self.start()
@@ -297,10 +323,40 @@ class Probe:
 
     def _stats_loop(self) -> None:
         try:
-            while not self._stop.wait(STATS_INTERVAL_S):
+            tick = time.monotonic() + STATS_INTERVAL_S
+            while not self._stop.is_set():
+                wait = tick - time.monotonic()
+                if wait > 0:
+                    self._wait_for_requests(wait)
+                    continue
+                tick = max(tick + STATS_INTERVAL_S, time.monotonic())
                 self._emit_counters()
         except BaseException as exc:  # without counters, drops would go unseen: stop loudly
             self._fail(exc)
+
+    def _wait_for_requests(self, wait: float) -> None:
+        """Until the next tick, serve the aggregator's launch-watch requests as they come."""
+        fd = self._launch_requests
+        if fd is None:
+            self._stop.wait(wait)
+            return
+        ready = select.select([fd, self._wake_read], [], [], min(wait, STATS_INTERVAL_S))[0]
+        if fd not in ready:
+            return
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        if not data:  # the aggregator closed its end: no more requests
+            self._launch_requests = None
+            os.close(fd)
+            return
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        if self.launches is None:
+            self._unwatched += len(data) // REQUEST.size  # no uprobes here (doctor says why)
+            return
+        for frame in self.launches.on_bytes(data, now):
+            self._emit(frame, block=True)
 
     def _emit_counters(self) -> None:
         counters = self.gpu_counters()
@@ -310,10 +366,19 @@ class Probe:
         # keeps such rows until the record comes (sensor/aggregator/relay.py)
         for frame in self.sock_bytes():
             self._emit(frame, block=True)
+        if self.launches is not None:
+            for frame in self.launches.read(time.clock_gettime_ns(time.CLOCK_BOOTTIME)):
+                self._emit(frame, block=True)
         self._emit(self.stats(), block=True)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _halt(self) -> None:
+        """The threads' signal to stop; the timer, waiting on requests, wakes at once."""
         self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"\0")
+
+    def _fail(self, exc: BaseException) -> None:
+        self._halt()
         if self._on_error is not None:
             self._on_error(exc)
 
@@ -437,6 +502,10 @@ class Probe:
                   "container_unread": self.containers.stats.cgroup_unread,
                   "pod_gpus_unread": self.containers.stats.gpus_unread,
                   "ssh_config_unread": self.ssh_configs.stats.unread}
+        if self._unwatched:
+            missed["launch_unwatched"] = self._unwatched
+        if self.launches is not None and self.launches.stats.invalid:
+            missed["launch_request_invalid"] = self.launches.stats.invalid
         return ev.Stats(now, os.getpid(), os.getpid(), kernel, probe, dict(self.records), missed)
 
     def _emit_snapshot(self) -> None:

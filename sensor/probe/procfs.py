@@ -62,6 +62,15 @@ def _stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rfind(b")") + 2 :].decode().split()
 
 
+def start_tick(pid: int) -> int | None:
+    """The process's start time in clock ticks (/proc/PID/stat starttime); None when it is gone
+    (or a zombie: it has exited, only its parent has not reaped it)."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
 def _ids(pid: int) -> tuple[int, int]:
     uid = gid = 0
     try:

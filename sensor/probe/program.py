@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.errors import GpusentryError, UsageError
-from sensor.probe import features, settled
+from sensor.probe import features, launches, settled, uprobes
 from sensor.probe.btf import BtfError, resolve_offsets
 
 
@@ -35,7 +35,7 @@ def _bpf_dir() -> Path:
 
 
 BPF_DIR = _bpf_dir()
-PROGRAM_FILES = ("common.bpf.c", "process.bpf.c", "net.bpf.c", "gpu.bpf.c")
+PROGRAM_FILES = ("common.bpf.c", "process.bpf.c", "net.bpf.c", "gpu.bpf.c", "launch.bpf.c")
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,8 @@ def cflags(config: ProbeConfig, offsets: dict[str, int]) -> list[str]:
         "RINGBUF_PAGES": config.ringbuf_pages,
         "NR_CPUS_POSSIBLE": possible_cpus(),
         "UVM_MAJOR": uvm_major(),
+        "LAUNCH_WATCH_MAX": launches.WATCH_MAX,
+        "LAUNCH_FUNCS_MAX": launches.FUNCS_MAX,
     }
     if features.exit_has_group_dead():
         defines["HAVE_EXIT_GROUP_DEAD"] = 1
@@ -126,7 +128,17 @@ def kernel_features(config: ProbeConfig) -> dict[str, str]:
         "possible_cpus": str(possible_cpus()),
         "argv": f"{config.max_args} args x {config.arg_len} bytes",
         "io_uring_opens": "yes" if uring_defines else f"no ({uring_detail})",
+        "launch_watches": _launch_watches(),
     }
+
+
+def _launch_watches() -> str:
+    why = uprobes.available()
+    if why is not None:
+        return f"unavailable: {why}"
+    budget = launches.LaunchBudget()
+    return (f"libcuda uprobes on suspicious processes only: at most {budget.watched} at once, "
+            f"{budget.duration_s:g} s each, {budget.hits_per_s} launches/s")
 
 
 def source_text() -> str:

@@ -233,6 +233,21 @@ class RuleEngine:
                 if now_ns - partial.first_ts > rule.window_ns:
                     self._close(rule, identity, expired=True)
 
+    def open_sequence(self, process: Process, ignoring: frozenset[str] = frozenset()) -> str | None:
+        """A sequence rule with an open partial match in one of this process's scopes, or None;
+        a partial whose matched steps are all facts of the `ignoring` kinds does not count."""
+        for rule_id, partials in self._partials.items():
+            rule = self.ruleset.by_id(rule_id) if partials else None
+            if rule is None:
+                continue
+            keys = {kind: self.context.scope_keys(process, kind, rule) for kind in rule.scopes}
+            for partial in partials.values():
+                if all(fact.KIND in ignoring for fact, _ in partial.steps):
+                    continue
+                if any(keys.get(kind, frozenset()) & shared for kind, shared in partial.scopes.items()):
+                    return rule_id
+        return None
+
     # -- exceptions -----------------------------------------------------------------------
 
     def _excepted(self, rule: Rule, step_values: list[dict[str, Any]]) -> bool:

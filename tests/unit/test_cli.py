@@ -128,7 +128,7 @@ def test_shell_completion() -> None:
     assert complete("gpusentry ru") == ["run", "rules"]
     assert "aggregate" not in complete("gpusentry ")
     assert complete("gpusentry run --output ") == ["alerts", "incidents", "events", "none"]
-    assert complete("gpusentry events --fact-kind gpu") == ["gpu_open", "gpu_compute", "gpu_profile"]
+    assert complete("gpusentry events --fact-kind gpu") == ["gpu_open", "gpu_compute", "gpu_profile", "gpu_launches"]
     assert "--lifeline" not in complete("gpusentry watch --")
 
 

@@ -160,11 +160,15 @@ FACTS: list[tuple[f.Fact, str, Message]] = [
                        registered_bytes=1 << 24, virtual_bytes=1 << 32, uvm_mapped_bytes=1 << 30, allocations=40,
                        frees=12, alloc_rate=6, ioctl_rate=120, compute_objects=1, channels=2, compute_age_s=301,
                        devices=1, uvm_gpus=1)),
+    (f.GpuLaunches(TS, KEY, 420, 3, 5, 2100, 9000, "hit budget"), "gpu_launches",
+     pb.GpuLaunchesFact(launches_per_s=420, distinct_kernels=3, window_s=5, launches=2100, total_launches=9000,
+                        watch="hit budget")),
 ]
 FACT_KIND_OF = {"exec": pb.FACT_KIND_EXEC, "connect": pb.FACT_KIND_CONNECT, "egress": pb.FACT_KIND_EGRESS,
                 "tunnel": pb.FACT_KIND_TUNNEL, "miner": pb.FACT_KIND_MINER,
                 "internal_scan": pb.FACT_KIND_INTERNAL_SCAN, "gpu_open": pb.FACT_KIND_GPU_OPEN,
-                "gpu_compute": pb.FACT_KIND_GPU_COMPUTE, "gpu_profile": pb.FACT_KIND_GPU_PROFILE}
+                "gpu_compute": pb.FACT_KIND_GPU_COMPUTE, "gpu_profile": pb.FACT_KIND_GPU_PROFILE,
+                "gpu_launches": pb.FACT_KIND_GPU_LAUNCHES}
 
 
 def expected_fact(fact: f.Fact, field: str, detail: Message, ref: pb.ProcessRef = REF) -> pb.Fact:

@@ -373,7 +373,8 @@ ROME_OVERRIDE = f"rules:\n  - id: {ROME}\n    override:\n"
     (ROME_OVERRIDE + "      window: soon\n",
      f"SITE:4: rule {ROME}: `window` is a duration like 90s, 30m, 2h (or seconds)"),
     (ROME_OVERRIDE + "      steps: [{fact: tunnel}, {fact: gpu_compte}]\n",
-     f"SITE:4: rule {ROME}: `fact` is one of connect, egress, exec, gpu_compute, gpu_open, gpu_profile, "
+     f"SITE:4: rule {ROME}: `fact` is one of connect, egress, exec, gpu_compute, gpu_launches, gpu_open, "
+     "gpu_profile, "
      "internal_scan, miner, tunnel, not 'gpu_compte'"),
     (OPENED + "    enabled: maybe\n", "SITE:3: rule reverse-tunnel-opened: `enabled` is true or false"),
     (OPENED + "    severity: low\n    override: {tags: []}\n",

@@ -43,9 +43,8 @@ RULE = """  - id: r1
 
 @pytest.mark.parametrize(("text", "expected"), [
     (HEADER + RULE + "    match: {fact: tunel}\n",
-     "FILE:6: rule r1: `fact` is one of connect, egress, exec, gpu_compute, gpu_open, gpu_profile, internal_scan, "
-     "miner, tunnel, "
-     "not 'tunel'"),
+     "FILE:6: rule r1: `fact` is one of connect, egress, exec, gpu_compute, gpu_launches, gpu_open, gpu_profile, "
+     "internal_scan, miner, tunnel, not 'tunel'"),
     (HEADER + RULE + "    match: {fact: tunnel, where: {colour: red}}\n",
      "FILE:6: rule r1: a tunnel fact has no field 'colour'"),
     (HEADER + RULE + "    match: {fact: connect, where: {port: {between: [1, 2]}}}\n",

@@ -220,6 +220,9 @@ class Scenario:
         self.spawn(101, 103, "/usr/bin/python3", "hash.py")
         self.gpu_compute(103)
         self.frames.append(ev.GpuCounters(self.tick(), 0, 0, [[103, ev.GpuKind.CTL, 0x2B, 5, 0, 0, self.ts]]))
+        since = self.tick()  # in a tunnel's scope with a GPU: the probe watches its launches
+        self.frames.append(ev.LaunchWatch(since, 103, 103, self.started[103], "watching", "", "/usr/lib/libcuda.so.1"))
+        self.frames.append(ev.LaunchCounts(self.tick(6), 103, 103, self.started[103], 3000, 0, 2, 0, since))
         self.connect(103, "203.0.113.9", 4444, "egress")
         for host in range(40):
             self.connect(103, f"10.0.0.{host + 1}", 22, "lan")

@@ -46,6 +46,7 @@ class FactKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FACT_KIND_GPU_OPEN: _ClassVar[FactKind]
     FACT_KIND_GPU_COMPUTE: _ClassVar[FactKind]
     FACT_KIND_GPU_PROFILE: _ClassVar[FactKind]
+    FACT_KIND_GPU_LAUNCHES: _ClassVar[FactKind]
 SEVERITY_UNSPECIFIED: Severity
 SEVERITY_INFO: Severity
 SEVERITY_LOW: Severity
@@ -74,6 +75,7 @@ FACT_KIND_INTERNAL_SCAN: FactKind
 FACT_KIND_GPU_OPEN: FactKind
 FACT_KIND_GPU_COMPUTE: FactKind
 FACT_KIND_GPU_PROFILE: FactKind
+FACT_KIND_GPU_LAUNCHES: FactKind
 
 class Host(_message.Message):
     __slots__ = ("hostname", "machine_id")
@@ -489,8 +491,24 @@ class GpuProfileFact(_message.Message):
     untracked: int
     def __init__(self, held_bytes: _Optional[int] = ..., peak_bytes: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., system_bytes: _Optional[int] = ..., registered_bytes: _Optional[int] = ..., virtual_bytes: _Optional[int] = ..., uvm_mapped_bytes: _Optional[int] = ..., allocations: _Optional[int] = ..., frees: _Optional[int] = ..., alloc_rate: _Optional[int] = ..., ioctl_rate: _Optional[int] = ..., compute_objects: _Optional[int] = ..., channels: _Optional[int] = ..., compute_age_s: _Optional[int] = ..., devices: _Optional[int] = ..., uvm_gpus: _Optional[int] = ..., peer_objects: _Optional[int] = ..., untracked: _Optional[int] = ...) -> None: ...
 
+class GpuLaunchesFact(_message.Message):
+    __slots__ = ("launches_per_s", "distinct_kernels", "window_s", "launches", "total_launches", "watch")
+    LAUNCHES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_KERNELS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LAUNCHES_FIELD_NUMBER: _ClassVar[int]
+    WATCH_FIELD_NUMBER: _ClassVar[int]
+    launches_per_s: int
+    distinct_kernels: int
+    window_s: int
+    launches: int
+    total_launches: int
+    watch: str
+    def __init__(self, launches_per_s: _Optional[int] = ..., distinct_kernels: _Optional[int] = ..., window_s: _Optional[int] = ..., launches: _Optional[int] = ..., total_launches: _Optional[int] = ..., watch: _Optional[str] = ...) -> None: ...
+
 class Fact(_message.Message):
-    __slots__ = ("time", "ts", "kind", "process", "summary", "exec", "connect", "egress", "tunnel", "miner", "internal_scan", "gpu_open", "gpu_compute", "gpu_profile")
+    __slots__ = ("time", "ts", "kind", "process", "summary", "exec", "connect", "egress", "tunnel", "miner", "internal_scan", "gpu_open", "gpu_compute", "gpu_profile", "gpu_launches")
     TIME_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -505,6 +523,7 @@ class Fact(_message.Message):
     GPU_OPEN_FIELD_NUMBER: _ClassVar[int]
     GPU_COMPUTE_FIELD_NUMBER: _ClassVar[int]
     GPU_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    GPU_LAUNCHES_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     ts: int
     kind: FactKind
@@ -519,7 +538,8 @@ class Fact(_message.Message):
     gpu_open: GpuOpen
     gpu_compute: GpuComputeFact
     gpu_profile: GpuProfileFact
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ts: _Optional[int] = ..., kind: _Optional[_Union[FactKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., summary: _Optional[str] = ..., exec: _Optional[_Union[ExecFact, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., miner: _Optional[_Union[MinerFact, _Mapping]] = ..., internal_scan: _Optional[_Union[InternalScanFact, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_compute: _Optional[_Union[GpuComputeFact, _Mapping]] = ..., gpu_profile: _Optional[_Union[GpuProfileFact, _Mapping]] = ...) -> None: ...
+    gpu_launches: GpuLaunchesFact
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ts: _Optional[int] = ..., kind: _Optional[_Union[FactKind, str]] = ..., process: _Optional[_Union[ProcessRef, _Mapping]] = ..., summary: _Optional[str] = ..., exec: _Optional[_Union[ExecFact, _Mapping]] = ..., connect: _Optional[_Union[Connect, _Mapping]] = ..., egress: _Optional[_Union[Egress, _Mapping]] = ..., tunnel: _Optional[_Union[Tunnel, _Mapping]] = ..., miner: _Optional[_Union[MinerFact, _Mapping]] = ..., internal_scan: _Optional[_Union[InternalScanFact, _Mapping]] = ..., gpu_open: _Optional[_Union[GpuOpen, _Mapping]] = ..., gpu_compute: _Optional[_Union[GpuComputeFact, _Mapping]] = ..., gpu_profile: _Optional[_Union[GpuProfileFact, _Mapping]] = ..., gpu_launches: _Optional[_Union[GpuLaunchesFact, _Mapping]] = ...) -> None: ...
 
 class AlertStep(_message.Message):
     __slots__ = ("fact", "time", "summary", "exec_id", "fields_json", "detail")
@@ -802,20 +822,30 @@ class GetProcessRequest(_message.Message):
     def __init__(self, exec_id: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class GpuSessionSummary(_message.Message):
-    __slots__ = ("devices", "compute", "first_compute", "channels", "cuda_boost", "failed_allocations")
+    __slots__ = ("devices", "compute", "first_compute", "channels", "cuda_boost", "failed_allocations", "launch_watch", "launch_watch_why", "launches", "launches_per_s", "distinct_kernels")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_FIELD_NUMBER: _ClassVar[int]
     FIRST_COMPUTE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     CUDA_BOOST_FIELD_NUMBER: _ClassVar[int]
     FAILED_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_WATCH_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_WATCH_WHY_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_FIELD_NUMBER: _ClassVar[int]
+    LAUNCHES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_KERNELS_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedScalarFieldContainer[str]
     compute: bool
     first_compute: _timestamp_pb2.Timestamp
     channels: _containers.RepeatedScalarFieldContainer[str]
     cuda_boost: bool
     failed_allocations: int
-    def __init__(self, devices: _Optional[_Iterable[str]] = ..., compute: _Optional[bool] = ..., first_compute: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channels: _Optional[_Iterable[str]] = ..., cuda_boost: _Optional[bool] = ..., failed_allocations: _Optional[int] = ...) -> None: ...
+    launch_watch: str
+    launch_watch_why: str
+    launches: int
+    launches_per_s: int
+    distinct_kernels: int
+    def __init__(self, devices: _Optional[_Iterable[str]] = ..., compute: _Optional[bool] = ..., first_compute: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channels: _Optional[_Iterable[str]] = ..., cuda_boost: _Optional[bool] = ..., failed_allocations: _Optional[int] = ..., launch_watch: _Optional[str] = ..., launch_watch_why: _Optional[str] = ..., launches: _Optional[int] = ..., launches_per_s: _Optional[int] = ..., distinct_kernels: _Optional[int] = ...) -> None: ...
 
 class GetProcessResponse(_message.Message):
     __slots__ = ("process", "ancestors", "children", "gpu")
@@ -881,7 +911,7 @@ class RuleSetStatus(_message.Message):
     def __init__(self, rules: _Optional[_Iterable[_Union[RuleStatus, _Mapping]]] = ..., files: _Optional[_Iterable[str]] = ..., load_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps", "incidents", "host", "config_file", "sinks")
+    __slots__ = ("started", "uptime_s", "kernel", "kernel_features", "events_by_kind", "drops", "rules", "subscribers", "journal_alerts", "last_cursor", "sensor_gaps", "incidents", "host", "config_file", "sinks", "launch_watches")
     class KernelFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -890,6 +920,13 @@ class Status(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class EventsByKindEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class LaunchWatchesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -911,6 +948,7 @@ class Status(_message.Message):
     HOST_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
     SINKS_FIELD_NUMBER: _ClassVar[int]
+    LAUNCH_WATCHES_FIELD_NUMBER: _ClassVar[int]
     started: _timestamp_pb2.Timestamp
     uptime_s: float
     kernel: str
@@ -926,7 +964,8 @@ class Status(_message.Message):
     host: Host
     config_file: str
     sinks: _containers.RepeatedCompositeFieldContainer[SinkStatus]
-    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ..., incidents: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., config_file: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ...) -> None: ...
+    launch_watches: _containers.ScalarMap[str, int]
+    def __init__(self, started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_s: _Optional[float] = ..., kernel: _Optional[str] = ..., kernel_features: _Optional[_Mapping[str, str]] = ..., events_by_kind: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Iterable[_Union[DropCounter, _Mapping]]] = ..., rules: _Optional[_Union[RuleSetStatus, _Mapping]] = ..., subscribers: _Optional[int] = ..., journal_alerts: _Optional[int] = ..., last_cursor: _Optional[int] = ..., sensor_gaps: _Optional[int] = ..., incidents: _Optional[int] = ..., host: _Optional[_Union[Host, _Mapping]] = ..., config_file: _Optional[str] = ..., sinks: _Optional[_Iterable[_Union[SinkStatus, _Mapping]]] = ..., launch_watches: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class SinkStatus(_message.Message):
     __slots__ = ("name", "type", "target", "sent", "retried", "dropped", "failed", "queued", "behind", "cursor", "last_error", "up")
