@@ -364,8 +364,8 @@ class Probe:
             self._emit(counters, block=True)
         # a socket's counts may go ahead of its connect's record, still in a ring: the aggregator
         # keeps such rows until the record comes (sensor/aggregator/relay.py)
-        for frame in self.sock_bytes():
-            self._emit(frame, block=True)
+        for sockets in self.sock_bytes():
+            self._emit(sockets, block=True)
         if self.launches is not None:
             for frame in self.launches.read(time.clock_gettime_ns(time.CLOCK_BOOTTIME)):
                 self._emit(frame, block=True)
