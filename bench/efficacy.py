@@ -333,6 +333,7 @@ class Bench:
     def _placeholders(self, variant: Variant, number: int, scope: Path, scratch: Path) -> dict[str, str]:
         options = shlex.join(self.net.ssh_options)
         return {"ssh": f"{SSH} {options}", "scp": f"scp {options}", "ssh_options": options, "outside": OUTSIDE_IP,
+                "key": str(self.net.key),
                 "outside_ns": self.net.outside.name, "port": str(FIRST_PORT + number), "dir": str(scratch),
                 "gpu": replay(self.drivers["hopper"], "hopper-bringup.yaml"),
                 "training": replay(self.drivers["ampere"], "training-job.yaml"),

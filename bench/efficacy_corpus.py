@@ -10,6 +10,7 @@ Anything a step leaves running (ssh -f, a workload) runs on until the variant en
 Placeholders in a step (str.format; write {{ and }} for a literal brace):
   {ssh} {scp}   OpenSSH's client with the network's key and options ({ssh_options}: those alone)
   {outside}     the outside host's address; {port}: a tunnel port of this variant's own
+  {key}         the private key root logs in with on both sshds
   {outside_ns}  the outside host's network namespace (for `ip netns exec`)
   {dir}         a scratch directory of this variant's own (both hosts see it)
   {gpu}         GPU compute: the Hopper bring-up replayed on the fake driver
@@ -140,15 +141,44 @@ CONTROL_VARIANTS = (
              note="a plain outbound connection to port 443, bytes both ways"),
 )
 
-# Tunnels by behaviour (issue 14 §1), wired by the lead once their workloads are merged: each
-# is a script under tests/scenario/workloads/ that prints `ready` once set up. A workload that
-# needs a listener on the outside host starts it in an outside(...) step first. E.g.
-#   positive("paramiko-reverse-forward", gpuhost("ready {python} tests/scenario/workloads/<script>.py "
-#            "{outside} {port} && {gpu}"), rules=ROME, note="paramiko -R under an unrelated name"),
-#   positive("port-forward-like", gpuhost("ready ..."), rules=("<its rule>",), severity="medium",
-#            note="a true tunnel, flagged at a lower severity"),
-#   negative("web-server-with-db", gpuhost("ready {python} tests/scenario/workloads/<script>.py ..."),
-#            note="serves inbound requests, holds an outbound database connection"),
-BEHAVIOUR_VARIANTS: tuple[Variant, ...] = ()
+# Tunnels by behaviour (issue 14 §1): the workloads of tests/scenario/workloads/, each a script
+# that prints `ready` once set up (run as `python -m tests.scenario.workloads.<script>`). Ports
+# other than {port} are fixed per variant (each variant has its own).
+WORKLOAD = "{python} -u -m tests.scenario.workloads."
+BACK_IN = "{ssh} -p %s root@127.0.0.1 '{enter} cd {root} && exec {gpu}'"  # a login back in, then compute
+BY_BEHAVIOUR = (*ROME, "gpu-compute-in-tunnel-scope", "reverse-tunnel-opened")
+BEHAVIOUR_VARIANTS: tuple[Variant, ...] = (
+    positive("paramiko-reverse-forward",
+             gpuhost("ready " + WORKLOAD + "notes_sync {outside} {key} {port} 127.0.0.1:22"),
+             outside(BACK_IN % "{port}"), rules=BY_BEHAVIOUR, severity="high",
+             note="a paramiko -R under an unrelated name; GPU compute by a login back through it"),
+    positive("plain-socket-relay",
+             outside("ready " + WORKLOAD + "outside control 7100 7102 7101"),
+             gpuhost("ready " + WORKLOAD + "plain_relay {outside} 7100 7102 127.0.0.1:22"),
+             outside(BACK_IN % "7101"), rules=BY_BEHAVIOUR, severity="high",
+             note="30 lines of Python: dials out, then dials sshd for each request; compute through it"),
+    positive("port-forward-like",
+             outside("ready " + WORKLOAD + "outside echo 7200"),
+             gpuhost("ready " + WORKLOAD + "port_forward 15432 {outside}:7200 && "
+                     + WORKLOAD + "local_client 127.0.0.1:15432 8192 3"),
+             rules=("forward-tunnel-by-behaviour",), severity="medium",
+             note="kubectl port-forward's shape: a true tunnel, flagged at a lower severity"),
+)
 
-VARIANTS = ROME_VARIANTS + BEHAVIOUR_VARIANTS + CONTROL_VARIANTS
+BEHAVIOUR_CONTROLS: tuple[Variant, ...] = (
+    negative("web-server-with-db",
+             outside("ready " + WORKLOAD + "outside db 7300"),
+             gpuhost("ready " + WORKLOAD + "web_with_db 8080 {outside}:7300"),
+             outside(WORKLOAD + "outside web 203.0.113.1 8080 20"),
+             note="serves inbound requests, holds an outbound database connection"),
+    negative("ci-runner",
+             outside("ready " + WORKLOAD + "outside poll 7400"),
+             gpuhost(WORKLOAD + "ci_runner {outside}:7400 3 {ssh_options}"),
+             note="long-polls a server; its children run tests against localhost"),
+    negative("health-checker",
+             outside("ready " + WORKLOAD + "outside sink 7500"),
+             gpuhost(WORKLOAD + "health_checker {outside}:7500 8081 30"),
+             note="probes local ports while holding an outbound metrics connection"),
+)
+
+VARIANTS = ROME_VARIANTS + BEHAVIOUR_VARIANTS + CONTROL_VARIANTS + BEHAVIOUR_CONTROLS

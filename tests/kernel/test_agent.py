@@ -455,14 +455,14 @@ def test_sighup_reloads_rules_and_keeps_them_when_the_new_file_is_invalid(agents
     rules.write_text("rules: [broken\n")
     agent.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: any("rules not reloaded" in m for m in agent.messages), what="the refused reload")
-    assert any(f"keeping the current 13 rules: invalid rules: {rules}:2: not valid YAML" in m
+    assert any(f"keeping the current 14 rules: invalid rules: {rules}:2: not valid YAML" in m
                for m in agent.messages), agent.messages
     subprocess.run(["/bin/true", "gs-marker-1"], check=True)
     wait_until(lambda: len(agent.alerts("marker-one")) == 2, what="the kept rule still firing")
 
     rules.write_text(MARKER_RULE.format(rule_id="marker-two", marker="gs-marker-2"))
     agent.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: any(m.startswith("gpusentry: rules reloaded: 13 rules") for m in agent.messages),
+    wait_until(lambda: any(m.startswith("gpusentry: rules reloaded: 14 rules") for m in agent.messages),
                what="the reload")
     subprocess.run(["/bin/true", "gs-marker-2"], check=True)
     wait_until(lambda: agent.alerts("marker-two"), what="the new rule's alert")
@@ -509,7 +509,7 @@ def test_rules_check_lists_every_problem(tmp_path: Path) -> None:
                    "    match: {fact: exec, where: {cmdline: {regex: 'x(?=y)'}}}\n")
     ok = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good)], capture_output=True,
                         text=True, cwd=ROOT)
-    assert (ok.returncode, ok.stdout.splitlines()[-1]) == (0, "ok: 13 rules (0 disabled) in 2 file(s)")
+    assert (ok.returncode, ok.stdout.splitlines()[-1]) == (0, "ok: 14 rules (0 disabled) in 2 file(s)")
     assert f"  fine: enabled, low, {good}:2; facts: exec; can fire" in ok.stdout.splitlines()
     checked = subprocess.run([sys.executable, "-m", "sensor", "rules", "check", str(good), str(bad)],
                              capture_output=True, text=True, cwd=ROOT)

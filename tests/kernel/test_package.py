@@ -108,4 +108,4 @@ def test_rules_check_reads_the_packaged_rules(installed: tuple[Path, Path, Path]
     venv, site, cwd = installed
     out = _checked([venv / "bin" / "gpusentry", "rules", "check"], cwd)
     assert f"{site}/sensor/rules/builtin.yaml:" in out
-    assert out.splitlines()[-1] == "ok: 12 rules (0 disabled) in 1 file(s)"
+    assert out.splitlines()[-1] == "ok: 13 rules (0 disabled) in 1 file(s)"

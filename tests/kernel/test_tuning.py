@@ -93,4 +93,4 @@ def test_a_builtin_rule_tuned_from_the_config_file(root: None) -> None:
     assert f"    exception lab-benchmarks ({site}:12)" in lines
     assert any(line.startswith("  miner_binaries: 21 items (20 from ") and line.endswith(f"1 from {site}:2)")
                for line in lines)
-    assert lines[-1] == "ok: 12 rules (1 disabled) in 2 file(s)"
+    assert lines[-1] == "ok: 13 rules (1 disabled) in 2 file(s)"

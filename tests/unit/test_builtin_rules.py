@@ -129,6 +129,14 @@ def test_reverse_tunnel_then_gpu_compute_in_the_same_lineage() -> None:
     assert alerts(host.events) == ["reverse-tunnel-opened", "reverse-tunnel-then-gpu-compute"]
 
 
+def test_training_compute_then_a_tunnel_from_another_tree_is_not_the_sequence() -> None:
+    host = agent_tree()
+    host.spawn(1, 200, "/usr/bin/python3", "train.py")  # a scheduler's job, outside the agent's tree
+    host.gpu_compute(200)
+    host.spawn(101, 102, *REVERSE)
+    assert alerts(host.events) == ["reverse-tunnel-opened"]
+
+
 def test_training_compute_in_another_tree_is_silent() -> None:
     host = agent_tree()
     host.spawn(101, 102, *REVERSE)
@@ -227,12 +235,13 @@ def test_forward_tunnel_then_gpu_compute_is_silent() -> None:
     assert alerts(host.events) == []
 
 
-def test_gpu_compute_before_the_reverse_tunnel_is_not_the_sequence() -> None:
+def test_gpu_compute_before_the_reverse_tunnel_is_the_other_sequence() -> None:
+    """Compute first, the tunnel after it: not the tunnel-then-compute sequence, but its mirror."""
     host = agent_tree()
     host.spawn(101, 103, "/usr/bin/python3", "hash.py")
     host.gpu_compute(103)
     host.spawn(101, 102, *REVERSE)
-    assert alerts(host.events) == ["reverse-tunnel-opened"]
+    assert alerts(host.events) == ["reverse-tunnel-opened", "gpu-compute-then-reverse-tunnel"]
 
 
 def test_pool_traffic_in_another_tree_than_the_reverse_tunnel() -> None:
@@ -315,7 +324,7 @@ def test_a_reload_that_changes_the_sequence_discards_it(tmp_path: Path) -> None:
     host, aggregator, detector = tunnel_opened()
     step = "        - fact: gpu_compute\n"
     text = BUILTIN.read_text()
-    assert text.count(step) == 2
+    assert text.count(step) == 3
     # still true of this GPU's compute, but a different step: the open match is not carried over
     changed = text.replace(step, step + "          where: {architecture: Hopper}\n", 1)
     (tmp_path / "rules.yaml").write_text(changed)

@@ -83,7 +83,7 @@ def test_a_row_shows_the_verdict_severity_time_and_rules() -> None:
 def test_the_corpus_is_well_formed() -> None:
     names = [v.name for v in VARIANTS]
     assert len(names) == len(set(names))
-    known = {"ssh", "scp", "ssh_options", "outside", "outside_ns", "port", "dir", "gpu", "training", "pool",
+    known = {"ssh", "scp", "ssh_options", "outside", "outside_ns", "key", "port", "dir", "gpu", "training", "pool",
              "python", "root", "enter"}
     for variant in VARIANTS:
         assert variant.label in ("positive", "negative") and variant.severity in SEVERITIES

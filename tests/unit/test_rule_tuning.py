@@ -320,7 +320,7 @@ def test_rule_statuses_show_tuning_and_exception_counts(tmp_path: Path) -> None:
     raised(aggregator, reverse_tunnel_to("198.51.100.1").events)
     assert aggregator.detector is not None
     statuses = {s.id: s for s in rule_statuses(aggregator.detector.engine)}
-    assert len(statuses) == 12
+    assert len(statuses) == 13
     opened, scan = statuses["reverse-tunnel-opened"], statuses["internal-scan"]
     site_file = tmp_path / "50-site.yaml"
     assert (opened.enabled, opened.alerts, opened.suppressed, dict(opened.suppressed_by_exception)) == (

@@ -110,7 +110,7 @@ def test_builtin_rules_load() -> None:
     assert {r.id for r in ruleset.rules} == {
         "reverse-tunnel-opened", "tunnel-to-nonstandard-port", "miner-pool-connection", "known-miner-binary",
         "tunnel-to-public-tunnel-service", "forward-tunnel-by-behaviour", "gpu-compute-in-tunnel-scope",
-        "reverse-tunnel-then-gpu-compute", "reverse-tunnel-then-miner-egress",
+        "reverse-tunnel-then-gpu-compute", "gpu-compute-then-reverse-tunnel", "reverse-tunnel-then-miner-egress",
         "gpu-compute-then-miner-egress", "internal-scan", "reverse-tunnel-then-small-long-gpu-compute"}
     sequence = ruleset.by_id("reverse-tunnel-then-gpu-compute")
     assert sequence is not None and sequence.window_ns == 1800 * SEC and sequence.scopes == ("lineage", "tunnel")

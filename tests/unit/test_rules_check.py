@@ -27,7 +27,7 @@ def line_of(lines: list[str], start: str) -> str:
 def test_the_builtin_rules_alone() -> None:
     code, lines = check([])
     assert code == 0
-    assert lines[0] == "rules:" and lines[-1] == "ok: 12 rules (0 disabled) in 1 file(s)"
+    assert lines[0] == "rules:" and lines[-1] == "ok: 13 rules (0 disabled) in 1 file(s)"
     assert line_of(lines, "reverse-tunnel-opened:") == (
         "  reverse-tunnel-opened: enabled, high, BUILTIN:35; facts: tunnel; can fire")
     assert line_of(lines, "reverse-tunnel-then-gpu-compute:") == (
@@ -40,12 +40,12 @@ def test_a_tuned_configuration() -> None:
     code, lines = check([EXAMPLE])
     site = EXAMPLE / "50-site.yaml"
     assert code == 0
-    assert lines[-1] == "ok: 12 rules (1 disabled) in 2 file(s)"
+    assert lines[-1] == "ok: 13 rules (1 disabled) in 2 file(s)"
     assert line_of(lines, "tunnel-to-nonstandard-port:") == (
         f"  tunnel-to-nonstandard-port: disabled, medium, BUILTIN:47, overridden by {site}:25; facts: tunnel; "
         "does not fire (disabled)")
     assert line_of(lines, "gpu-compute-then-miner-egress:") == (
-        f"  gpu-compute-then-miner-egress: enabled, high, window 10m, BUILTIN:117, overridden by {site}:30; "
+        f"  gpu-compute-then-miner-egress: enabled, high, window 10m, BUILTIN:133, overridden by {site}:30; "
         "facts: gpu_compute, miner; can fire")
     opened = lines.index(line_of(lines, "reverse-tunnel-opened:"))
     assert lines[opened + 1] == f"    exception backup-bastion ({site}:42)"
@@ -84,7 +84,7 @@ def test_the_problem_points_at_an_overriding_step(tmp_path: Path) -> None:
 def test_a_disabled_rule_on_such_a_kind_is_not_an_error(tmp_path: Path) -> None:
     site = write(tmp_path, "rules:\n  - id: internal-scan\n    enabled: false\n")
     code, lines = check([site], produced_fact_kinds() - {"internal_scan"})
-    assert code == 0 and lines[-1] == "ok: 12 rules (1 disabled) in 2 file(s)"
+    assert code == 0 and lines[-1] == "ok: 13 rules (1 disabled) in 2 file(s)"
 
 
 def test_the_produced_kinds_are_the_fact_classes_of_the_aggregator() -> None:
