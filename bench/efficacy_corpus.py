@@ -82,7 +82,8 @@ ROME_VARIANTS = (
     positive("rome-ssh-R-foreground", gpuhost("{ssh} " + REVERSE + " </dev/null >/dev/null 2>&1 &\n"
                                               + TUNNEL_UP + "\n{gpu}"), rules=ROME,
              note="ssh -R in the shell's background, not daemonised"),
-    positive("rome-compute-then-tunnel", gpuhost("{gpu} && {ssh} -f " + REVERSE), rules=ROME,
+    positive("rome-compute-then-tunnel", gpuhost("{gpu} && {ssh} -f " + REVERSE),
+             rules=("gpu-compute-then-reverse-tunnel",),
              note="GPU compute first, the tunnel after it"),
     positive("rome-renamed-ssh", gpuhost("cp /usr/bin/ssh {dir}/syncd && {dir}/syncd {ssh_options} -f " + REVERSE
                                          + " && {gpu}"), rules=ROME,

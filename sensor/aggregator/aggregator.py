@@ -100,6 +100,9 @@ class Aggregator:
                 facts.append(fact)
                 alerts += self.detector.evaluate([fact], about)
                 process = process or about
+        if self.detector is not None and self.detector.late_tainted:
+            rejudged = self._rejudge_compute(event.ts, facts, alerts)
+            process = process or rejudged
         if self.now_ns - self._last_profiles >= PROFILE_TICK_NS:
             self._last_profiles = self.now_ns
             self._profiles(facts, alerts)
@@ -110,6 +113,22 @@ class Aggregator:
                 self.detector.expire(self.now_ns)
                 self._consider_launch_watches()
         return Observation(event, process, facts, alerts)
+
+    def _rejudge_compute(self, ts: int, facts: list[Fact], alerts: list[Alert]) -> Process | None:
+        """A tunnel found by its behaviour after the sessions it brought in had started: their GPU
+        compute, already judged outside any tunnel, is judged again (a gpu_compute fact of now) in
+        the scope they have now, so that the tunnel-then-compute rules see it. The first process
+        that had compute, for the observation."""
+        assert self.detector is not None
+        late, self.detector.late_tainted = self.detector.late_tainted, []
+        first = None
+        for proc in late:
+            fact = self.gpu.compute_again(proc.key, ts)
+            if fact is not None:
+                facts.append(fact)
+                alerts += self.detector.evaluate([fact], proc)
+                first = first or proc
+        return first
 
     def _profiles(self, facts: list[Fact], alerts: list[Alert]) -> None:
         """The GPU profiles due now (on the events' clock: the probe's Stats frame comes every

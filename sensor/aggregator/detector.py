@@ -60,6 +60,9 @@ class Detector:
         self.readings = ExecReadings(self.miner)
         self.scan = ScanDetector(config.scan_threshold, config.scan_window_s)
         self.taint = TunnelTaint()
+        # processes a tunnel's scope reached after they began (a tunnel found by its behaviour once
+        # its sessions had started): the aggregator takes them after each event
+        self.late_tainted: list[Process] = []
         self.relay = RelayDetector(self.relay_group)
         table.on_remove.append(self.relay.forget)
         self.engine = RuleEngine(ruleset, self)
@@ -137,7 +140,8 @@ class Detector:
             for member in (root, *self.table.descendants(root.key)):
                 if member is root or self.relay_group(member) == root.key:
                     member.tunnel_scopes = member.tunnel_scopes | scopes
-            self.taint.taint_late(root.key, scopes, self.table)
+            # their GPU compute, if any, is judged again in this scope (Aggregator._rejudge_compute)
+            self.late_tainted += self.taint.taint_late(root.key, scopes, self.table)
         direction = "reverse" if relay.reverse else "local"
         far = f"{relay.outward_address}:{relay.outward_port}"
         forwards = tuple(f"{direction} {far} <-> {service}" for service in relay.local_services)

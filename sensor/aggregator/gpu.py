@@ -177,6 +177,22 @@ class GpuTracker:
                            device_id=self._device_of(session, obj), by_name=obj.by_name,
                            held_bytes=session.held_bytes())]
 
+    def compute_again(self, key: ProcKey, ts: int) -> GpuCompute | None:
+        """The process's GPU compute as a fact of now, if it holds a live compute object: for a
+        process whose scope changed after its compute began (a tunnel found late)."""
+        session = self.sessions.get(key)
+        if session is None:
+            return None
+        live = session.live(Role.COMPUTE)
+        if not live:
+            return None
+        obj = min(live, key=lambda o: o.ts)
+        channel = session.objects.get((obj.root, obj.parent))
+        return GpuCompute(ts=ts, process=key, handle=obj.handle, klass=obj.klass, architecture=obj.architecture,
+                          channel_class=channel.klass if channel and channel.role is Role.CHANNEL else 0,
+                          device_id=self._device_of(session, obj), by_name=obj.by_name,
+                          held_bytes=session.held_bytes())
+
     @staticmethod
     def _device_of(session: GpuSession, obj: GpuObject) -> int:
         """Walk up the parents (compute -> channel -> channel group -> device)."""

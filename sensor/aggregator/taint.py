@@ -120,11 +120,11 @@ class TunnelTaint:
                 self._sessions.popitem(last=False)
                 self.stats.dropped += 1
 
-    def taint_late(self, candidate: ProcKey, scopes: frozenset[str], table: ProcessTable) -> int:
+    def taint_late(self, candidate: ProcKey, scopes: frozenset[str], table: ProcessTable) -> list[Process]:
         """A relay candidate is a tunnel after all: the sessions its connections brought in, and
         everything they started, get its scopes, as do its connections still waiting for their
         accept or their child. Returns the processes that got them."""
-        given = 0
+        given: list[Process] = []
         for session in self._sessions.pop(candidate, []):
             proc = table.get(session)
             if proc is None:
@@ -132,7 +132,7 @@ class TunnelTaint:
             for p in (proc, *table.descendants(session)):
                 if not scopes <= p.tunnel_scopes:
                     p.tunnel_scopes = p.tunnel_scopes | scopes
-                    given += 1
+                    given.append(p)
         for endpoint, ((old, who), ts) in list(self._candidates.items()):
             if who == candidate:
                 del self._candidates[endpoint]
@@ -141,7 +141,7 @@ class TunnelTaint:
             for n, ((old, who), ts) in enumerate(waiting):
                 if who == candidate:
                     waiting[n] = ((old | scopes, who), ts)
-        self.stats.handed_over_late += given
+        self.stats.handed_over_late += len(given)
         return given
 
     def _hand_over(self, listener_pid: int, link: Link, ts: int) -> None:

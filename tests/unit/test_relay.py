@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sensor import events as ev
 from sensor.aggregator import relay
 from sensor.aggregator.aggregator import Aggregator
-from sensor.aggregator.facts import TunnelFact
+from sensor.aggregator.facts import GpuCompute, TunnelFact
 from sensor.rules.loader import load_rules
 from tests.unit.test_builtin_rules import SEC, Host
 
@@ -234,6 +234,37 @@ def test_a_session_accepted_before_the_relay_was_found_gets_its_scope_with_its_d
     assert ("gpu-compute-in-tunnel-scope", "high") in raised
     assert ("reverse-tunnel-then-gpu-compute", "critical") in raised  # the compute after the tunnel fact
     assert aggregator.detector is not None and aggregator.detector.taint.stats.handed_over_late == 2
+
+
+def test_compute_begun_before_the_relay_was_found_is_judged_again_in_its_scope() -> None:
+    """The session's GPU compute came before the first byte count, and nothing computes after:
+    once the relay is found, that compute is judged again (a gpu_compute fact of the moment) in
+    the tunnel's scope, so both tunnel-then-compute rules fire, each once."""
+    wire = Wire()
+    host = wire.host
+    host.spawn(1, 50, "/usr/sbin/sshd", "-D")
+    host.spawn(1, 100, "/usr/bin/python3", "/tmp/notes.py")
+    outward, _ = wire.dial(100, OUTSIDE, 22)
+    wire.read(outward)
+    local, sport = wire.dial(100, *SSHD)
+    wire.accept(50, "127.0.0.1", sport, SSHD)
+    host.spawn(50, 51, "/usr/lib/openssh/sshd-session")
+    host.spawn(51, 52, "/bin/bash")
+    host.gpu_compute(52)
+    wire.move(local, sent=6000, received=6000)
+    wire.move(outward, sent=6400, received=6500)
+    wire.read(outward, local)
+    aggregator = Aggregator(rules=load_rules([]))
+    again: list[GpuCompute] = []
+    raised: list[str] = []
+    for event in host.events:
+        seen = aggregator.handle(event)
+        if isinstance(event, ev.SockBytes):
+            again += [f for f in seen.facts if isinstance(f, GpuCompute)]
+        raised += [a.rule_id for a in seen.alerts]
+    (fact,) = again
+    assert (fact.process.pid, fact.ts, fact.klass, fact.handle) == (52, host.events[-1].ts, 0xCBC0, 5)
+    assert raised == ["reverse-tunnel-opened", "gpu-compute-in-tunnel-scope", "reverse-tunnel-then-gpu-compute"]
 
 
 def test_a_session_accepted_after_the_relay_was_found_is_tainted_at_once() -> None:
