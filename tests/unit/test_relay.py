@@ -206,8 +206,9 @@ def test_a_web_server_with_a_database_connection_is_no_tunnel() -> None:
     assert run(wire)[1] == []
 
 
-def test_a_session_accepted_before_the_relay_was_found_gets_its_scope_with_its_descendants() -> None:
-    """sshd accepted the relay's connection and forked the session before a byte was counted."""
+def compute_through_a_relay_found_late() -> Wire:
+    """sshd (50) accepts the relay's (100) connection and forks a session (51, 52) that computes
+    on the GPU, all before the relay's first byte count; then its counts show it relaying."""
     wire = Wire()
     host = wire.host
     host.spawn(1, 50, "/usr/sbin/sshd", "-D")
@@ -222,6 +223,13 @@ def test_a_session_accepted_before_the_relay_was_found_gets_its_scope_with_its_d
     wire.move(local, sent=6000, received=6000)
     wire.move(outward, sent=6400, received=6500)
     wire.read(outward, local)
+    return wire
+
+
+def test_a_session_accepted_before_the_relay_was_found_gets_its_scope_with_its_descendants() -> None:
+    """sshd accepted the relay's connection and forked the session before a byte was counted."""
+    wire = compute_through_a_relay_found_late()
+    host = wire.host
     host.spawn(52, 53, "/usr/bin/python3", "train.py")
     host.gpu_compute(53)
     aggregator, facts, raised = run(wire)
@@ -240,20 +248,8 @@ def test_compute_begun_before_the_relay_was_found_is_judged_again_in_its_scope()
     """The session's GPU compute came before the first byte count, and nothing computes after:
     once the relay is found, that compute is judged again (a gpu_compute fact of the moment) in
     the tunnel's scope, so both tunnel-then-compute rules fire, each once."""
-    wire = Wire()
+    wire = compute_through_a_relay_found_late()
     host = wire.host
-    host.spawn(1, 50, "/usr/sbin/sshd", "-D")
-    host.spawn(1, 100, "/usr/bin/python3", "/tmp/notes.py")
-    outward, _ = wire.dial(100, OUTSIDE, 22)
-    wire.read(outward)
-    local, sport = wire.dial(100, *SSHD)
-    wire.accept(50, "127.0.0.1", sport, SSHD)
-    host.spawn(50, 51, "/usr/lib/openssh/sshd-session")
-    host.spawn(51, 52, "/bin/bash")
-    host.gpu_compute(52)
-    wire.move(local, sent=6000, received=6000)
-    wire.move(outward, sent=6400, received=6500)
-    wire.read(outward, local)
     aggregator = Aggregator(rules=load_rules([]))
     again: list[GpuCompute] = []
     raised: list[str] = []
