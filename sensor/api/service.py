@@ -164,6 +164,10 @@ def status_of(state: ApiState) -> pb.Status:
                                 count=counters.gpu_count_overflow))
     drops.append(pb.DropCounter(hop="kernel", what="GPU memory allocations not summed (map full)",
                                 count=counters.gpu_mem_overflow))
+    drops.append(pb.DropCounter(hop="kernel", what="TCP sends and receives not counted (map full)",
+                                count=counters.sock_bytes_not_counted))
+    drops.append(pb.DropCounter(hop="kernel", what="closed sockets' byte counts lost before read",
+                                count=counters.sock_bytes_closed_lost))
     drops += [pb.DropCounter(hop="probe", what=f"queue full: {k}", count=v) for k, v in
               sorted(counters.probe_drops.items())]
     drops += [pb.DropCounter(hop="probe", what=ev.VERDICTS_MISSED.get(k, k), count=v) for k, v in

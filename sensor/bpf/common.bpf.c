@@ -187,3 +187,20 @@ static __always_inline u32 current_netns(void)
 	return load_ku32((const void *)load_kptr(nsproxy, OFF_NSPROXY_NET_NS), OFF_NET_INUM);
 }
 
+/* fd -> struct file in the current task (GPU devices, accepted sockets). */
+static __always_inline void *fd_to_file(s32 fd)
+{
+	if (fd < 0)
+		return 0;
+	/* Plain loads down to the fd array (common.bpf.c: current_task); its slot, indexed by a
+	 * number the verifier cannot bound, and the file are read as any kernel memory. */
+	const void *files = (const void *)load_kptr(current_task(), OFF_TASK_FILES);
+	const void *fdt = (const void *)load_kptr(files, OFF_FILES_FDT);
+	if (!fdt)
+		return 0;
+	u32 max_fds = load_ku32(fdt, OFF_FDT_MAX_FDS);
+	const void *fd_array = (const void *)load_kptr(fdt, OFF_FDT_FD);
+	if ((u32)fd >= max_fds)
+		return 0;
+	return (void *)read_kptr(fd_array, (u32)fd * 8);
+}

@@ -235,21 +235,10 @@ static __always_inline int accept_enter(u64 uaddr, u64 uaddrlen, s32 listen_fd)
 }
 
 /* fd -> struct file -> struct socket (file->private_data) -> struct sock, in the current task.
- * The same walk as gpu.bpf.c's fd_to_file, kept here because net.bpf.c comes first in the text.
  * Called only on the fd accept() has just returned, which is a socket. */
 static __always_inline u64 sock_of_fd(s32 fd)
 {
-	if (fd < 0)
-		return 0;
-	const void *files = (const void *)load_kptr(current_task(), OFF_TASK_FILES);
-	const void *fdt = (const void *)load_kptr(files, OFF_FILES_FDT);
-	if (!fdt)
-		return 0;
-	u32 max_fds = load_ku32(fdt, OFF_FDT_MAX_FDS);
-	const void *fd_array = (const void *)load_kptr(fdt, OFF_FDT_FD);
-	if ((u32)fd >= max_fds)
-		return 0;
-	const void *file = (const void *)read_kptr(fd_array, (u32)fd * 8);
+	const void *file = fd_to_file(fd);
 	const void *socket = (const void *)read_kptr(file, OFF_FILE_PRIVATE_DATA);
 	return read_kptr(socket, OFF_SOCKET_SK);
 }

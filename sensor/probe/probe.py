@@ -98,7 +98,6 @@ class Probe:
         self._gpu_memory: dict[int, bytes] = {}  # tgid -> its memory totals as last sent
         self._exited: set[int] = set()  # processes whose GPU counters go after the next read
         self._sock_totals: dict[int, tuple[int, int]] = {}  # live socket (kernel address) -> last sent totals
-        self._sock_lost = 0  # sends and receives not counted, and closed sockets' counts lost (the kernel's)
         # decoded records of the poll under way: whether each came from the decisive ring, and
         # for an exec what the kernel read of its file
         self._polled: list[tuple[ev.Event, bool, records.ExecFacts | None]] = []
@@ -483,7 +482,6 @@ class Probe:
             del self._sock_totals[sk]
         overflow = maps["sock_bytes_overflow"]
         not_counted, closed_lost = (sum(_U64.unpack(v)[0] for v in overflow.per_cpu(_U32.pack(i))) for i in (0, 1))
-        self._sock_lost = not_counted + closed_lost
         if not rows and not not_counted and not closed_lost:
             return []
         chunks = [rows[i:i + SOCK_ROWS_PER_FRAME] for i in range(0, len(rows), SOCK_ROWS_PER_FRAME)] or [[]]
@@ -492,8 +490,6 @@ class Probe:
     def stats(self) -> ev.Stats:
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         kernel = self.kernel_drops() if self.bpf is not None else {}
-        if self._sock_lost:  # shown with the ring drops wherever they are (status, the live view)
-            kernel["sock_bytes"] = self._sock_lost
         probe = dict(self.probe_drops)
         if self.decode_errors:
             probe["undecodable"] = self.decode_errors

@@ -752,6 +752,20 @@ def test_status_shows_containers_forgotten_at_the_tables_cap(api: Harness) -> No
         ("aggregator", 2)]
 
 
+def test_status_shows_the_kernels_uncounted_socket_bytes_and_gpu_memory(api: Harness) -> None:
+    """The kernel's map-full counters, carried by the probe's frames, reach GetStatus (and the live
+    view, which shows its drops)."""
+    api.feed(ev.SockBytes(api.tick(), 1, 1, [], not_counted=7, closed_lost=2))
+    api.feed(ev.GpuCounters(api.tick(), 1, 1, memory_overflow=5))
+    drops = sensor_stub(api.channel()).GetStatus(pb.GetStatusRequest()).drops
+    assert {(d.hop, d.what): d.count for d in drops if d.hop == "kernel"} == {
+        ("kernel", "GPU records held back by a process's budget (still counted)"): 0,
+        ("kernel", "GPU ioctls not counted (map full)"): 0,
+        ("kernel", "GPU memory allocations not summed (map full)"): 5,
+        ("kernel", "TCP sends and receives not counted (map full)"): 7,
+        ("kernel", "closed sockets' byte counts lost before read"): 2}
+
+
 def test_status_counts_partial_matches_a_reload_discards(api: Harness, tmp_path: Path) -> None:
     api.spawn(10, 70, "/bin/marker")  # the first step of marker-then-4444: a partial match opens
     detector = api.state.aggregator.detector
